@@ -1,0 +1,27 @@
+# Signal Studio. Every target bootstraps .venv from nothing when it is missing or stale.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup studio demo test screenshots bench clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+studio: $(STAMP)
+	$(BIN)/signal-studio --demo
+
+demo: $(STAMP)
+	$(BIN)/signal-backend demo
+
+test: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,31 @@
+"""Recipes: one TOML format, one pydantic model per stage."""
+
+from .base import RecipeBase
+from .importing import ImportRecipe
+from .pretrain import PretrainRecipe
+from .registry import (
+    RECIPE_KINDS,
+    RecipeError,
+    RecipeIssue,
+    default_recipe,
+    dumps_recipe,
+    load_recipe,
+    loads_recipe,
+    parse_recipe,
+)
+from .sampling import SampleRecipe
+
+__all__ = [
+    "RECIPE_KINDS",
+    "ImportRecipe",
+    "PretrainRecipe",
+    "RecipeBase",
+    "RecipeError",
+    "RecipeIssue",
+    "SampleRecipe",
+    "default_recipe",
+    "dumps_recipe",
+    "load_recipe",
+    "loads_recipe",
+    "parse_recipe",
+]

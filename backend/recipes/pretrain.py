@@ -1,0 +1,146 @@
+"""Recipe for flow-matching pretraining with deliberate signal allocation (METHODS.md §1)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import RecipeBase, Section
+from .sampling import SamplerSettings
+
+
+class DataSection(Section):
+    dataset: str = Field("shapesworld", min_length=1, description="Dataset name inside the project")
+    view: str = Field("curated", description="'curated' (flagged items left out) or 'all'")
+    caption_dropout: float = Field(0.1, ge=0.0, le=1.0, description="Fraction of captions replaced by the empty prompt (for CFG)")
+
+
+class ModelSection(Section):
+    family: Literal["embedded", "sd3"] = Field("embedded", description="Model family")
+    init: str = Field("", description="Start from this model folder (diffusers layout); empty = random init")
+    size: Literal["tiny", "small", "base"] = Field("small", description="Embedded MMDiT preset (ignored when init is set)")
+    layers: int | None = Field(None, ge=1, le=64, description="Override the preset's number of MMDiT blocks")
+    heads: int | None = Field(None, ge=1, le=64, description="Override the preset's attention heads")
+    head_dim: int | None = Field(None, ge=8, le=256, description="Override the preset's head width")
+    text_encoder: str = Field("", description="Local text-encoder folder; empty = the embedded MiniLM")
+    vae: str = Field("", description="Local VAE folder; empty = the embedded ShapesWorld VAE")
+
+
+class TimestepDensity(Section):
+    kind: Literal["uniform", "logit_normal", "mode", "cosmap"] = Field("logit_normal", description="Density of training t")
+    m: float = Field(0.0, ge=-5, le=5, description="logit-normal location (m > 0 moves mass toward noise)")
+    s: float = Field(1.0, gt=0, le=5, description="logit-normal scale")
+    mode_scale: float = Field(1.29, ge=-1, le=1.81, description="'mode' density scale s")
+
+
+class ShiftSection(Section):
+    kind: Literal["none", "fixed", "per_bucket", "dynamic"] = Field(
+        "per_bucket", description="none; fixed alpha; per bucket alpha = sqrt(m/n) vs base; FLUX-style dynamic"
+    )
+    alpha: float = Field(1.0, gt=0, le=20, description="Shift for kind = 'fixed'")
+    base_resolution: int = Field(32, ge=8, description="Side (px) of the square image whose alpha is 1 for 'per_bucket'")
+    base_shift: float = Field(0.5, description="'dynamic': mu at base_tokens")
+    max_shift: float = Field(1.15, description="'dynamic': mu at max_tokens")
+    base_tokens: int = Field(256, ge=1, description="'dynamic': token count for base_shift")
+    max_tokens: int = Field(4096, ge=2, description="'dynamic': token count for max_shift")
+
+
+class AllocationSection(Section):
+    timesteps: TimestepDensity = Field(default_factory=TimestepDensity)
+    shift: ShiftSection = Field(default_factory=ShiftSection)
+    loss_bins: int = Field(10, ge=1, le=100, description="Loss is logged per bin of t, this many bins")
+
+
+class StageSection(Section):
+    name: str = Field("main", description="Stage name shown in the timeline")
+    steps: int = Field(1000, ge=1, description="Optimizer steps spent in this stage")
+    buckets: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(32, 32)], min_length=1, description="Allowed (width, height) buckets in pixels"
+    )
+    complexity: tuple[int, int] = Field((1, 4), description="Caption complexity range (1 = 'a red circle' ... 4)")
+    mixture: dict[str, float] = Field(
+        default_factory=dict, description="Category weights (empty = draw uniformly over items)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> StageSection:
+        lo, hi = self.complexity
+        if not 1 <= lo <= hi <= 4:
+            raise ValueError(f"complexity must satisfy 1 <= low <= high <= 4, got {self.complexity}")
+        for w, h in self.buckets:
+            if w % 8 or h % 8 or w < 16 or h < 16:
+                raise ValueError(f"bucket {w}x{h}: sides must be multiples of 8 and at least 16")
+        for cat, weight in self.mixture.items():
+            if weight < 0:
+                raise ValueError(f"mixture weight for {cat!r} is negative")
+        if self.mixture and sum(self.mixture.values()) <= 0:
+            raise ValueError("mixture weights sum to zero")
+        return self
+
+
+class RepaSection(Section):
+    enabled: bool = Field(False, description="Align early image tokens to a frozen image encoder (REPA)")
+    encoder: str = Field("", description="Encoder folder; empty = the embedded ShapesWorld encoder")
+    block: int = Field(1, ge=0, description="Index of the MMDiT block whose image tokens are aligned")
+    weight: float = Field(0.5, ge=0, description="lambda in L = L_v + lambda * L_REPA")
+    projector_dim: int = Field(256, ge=8, description="Hidden width of the MLP projector")
+    projector_layers: int = Field(3, ge=1, le=6, description="Layers of the MLP projector")
+    until_step: int | None = Field(None, ge=1, description="Switch REPA off after this step (empty = never)")
+
+
+class OptimSection(Section):
+    batch_size: int = Field(32, ge=1, description="Images per optimizer step per process (before accumulation)")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step")
+    lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.99))
+    warmup: int = Field(100, ge=0, description="Linear warm-up steps")
+    schedule: Literal["constant", "cosine", "linear"] = Field("cosine", description="Decay after warm-up")
+    clip: float = Field(1.0, gt=0, description="Gradient norm clip")
+    ema: float = Field(0.999, ge=0, lt=1, description="EMA decay of the weights used for sampling (0 = off)")
+    precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="Mixed precision; auto = bf16 on capable GPUs")
+    seed: int = Field(0, description="Seed for weights, data order and noise")
+
+
+class ScheduleSection(Section):
+    log_every: int = Field(10, ge=1, description="Metrics every N steps")
+    checkpoint_every: int = Field(500, ge=1, description="Resumable checkpoint every N steps")
+    sample_every: int = Field(250, ge=1, description="Preview grid every N steps")
+    eval_every: int = Field(0, ge=0, description="ShapesEval every N steps (0 = at the end only)")
+    eval_images: int = Field(64, ge=1, description="Images per ShapesEval")
+
+
+class PreviewSection(Section):
+    prompts: list[str] = Field(
+        default_factory=lambda: ["a red circle", "a blue square", "two green triangles", "a yellow star on a striped purple background"],
+        description="Fixed prompts of the preview grid",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], description="Fixed seeds of the preview grid")
+    sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(steps=20, cfg=3.0, width=32, height=32))
+
+
+class ComputeSection(Section):
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where the job runs")
+    processes: int = Field(1, ge=1, description="Processes through accelerate launch (data parallel)")
+    threads: int = Field(0, ge=0, description="CPU threads per process (0 = all cores / processes)")
+    compile: bool = Field(False, description="torch.compile the network (GPU)")
+
+
+class PretrainRecipe(RecipeBase):
+    """Train a flow-matching MMDiT, deciding where the training signal goes."""
+
+    kind: Literal["pretrain"] = "pretrain"
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    allocation: AllocationSection = Field(default_factory=AllocationSection)
+    curriculum: list[StageSection] = Field(default_factory=lambda: [StageSection()], min_length=1)
+    repa: RepaSection = Field(default_factory=RepaSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    preview: PreviewSection = Field(default_factory=PreviewSection)
+    compute: ComputeSection = Field(default_factory=ComputeSection)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.curriculum)

@@ -1,0 +1,28 @@
+"""Recipe for generating images from a model or checkpoint."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import RecipeBase, Section
+
+
+class SamplerSettings(Section):
+    steps: int = Field(28, ge=1, le=1000, description="Euler ODE steps from t=1 to t=0")
+    cfg: float = Field(4.0, ge=0.0, le=50.0, description="Classifier-free guidance weight w (1 = no guidance)")
+    shift: float | None = Field(None, gt=0, description="Resolution shift alpha; empty = the model's own rule for this size")
+    width: int = Field(64, ge=16, le=4096, multiple_of=8, description="Image width in pixels")
+    height: int = Field(64, ge=16, le=4096, multiple_of=8, description="Image height in pixels")
+
+
+class SampleRecipe(RecipeBase):
+    """Generate images for prompts and seeds from a model folder or a run checkpoint."""
+
+    kind: Literal["sample"] = "sample"
+    model: str = Field("", description="Model folder, run folder or checkpoint (project-relative or absolute)")
+    prompts: list[str] = Field(default_factory=lambda: ["a red circle"], min_length=1, description="Prompts to render")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="One image per prompt and seed")
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+    out: str = Field("samples", description="Output folder (project-relative or absolute)")
