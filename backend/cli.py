@@ -132,8 +132,5 @@ def _load_commands() -> None:
         importlib.import_module(module)
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("backend.demo",)
+_COMMAND_MODULES: tuple[str, ...] = ("backend.cli_world", "backend.demo")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

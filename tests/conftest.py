@@ -28,7 +28,7 @@ def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | N
     if env:
         full_env.update(env)
     proc = subprocess.run(
-        [sys.executable, "-m", "backend.cli", *args],
+        [sys.executable, "-m", "backend", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

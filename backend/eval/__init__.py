@@ -1,0 +1,1 @@
+"""Evaluation: ShapesEval (detector-judged prompt fidelity) and Fréchet distance in encoder space."""
