@@ -30,6 +30,15 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _size(text: str) -> tuple[int, int]:
+    """Parse WIDTHxHEIGHT."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    return w, h
+
+
 # --- project --------------------------------------------------------------------------------
 
 
@@ -132,5 +141,5 @@ def _load_commands() -> None:
         importlib.import_module(module)
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("backend.cli_world", "backend.demo")
+_COMMAND_MODULES: tuple[str, ...] = ("backend.cli_world", "backend.cli_engine", "backend.demo")
 

@@ -7,15 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from backend.cli import command, fail
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return w, h
+from backend.cli import _size, command, fail
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

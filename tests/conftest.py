@@ -38,3 +38,63 @@ def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | N
     if check and proc.returncode != 0:
         raise AssertionError(f"signal-backend {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def tiny_pretrain_recipe(**over) -> str:
+    """A pretrain recipe small enough for a test (tiny MMDiT, 32x32, a handful of steps)."""
+    steps = over.get("steps", 8)
+    return f"""
+kind = "pretrain"
+name = "{over.get('name', 'tiny')}"
+[data]
+dataset = "shapes"
+caption_dropout = 0.1
+[model]
+size = "tiny"
+[allocation.timesteps]
+kind = "{over.get('density', 'logit_normal')}"
+[allocation.shift]
+kind = "per_bucket"
+base_resolution = 32
+[[curriculum]]
+name = "only"
+steps = {steps}
+buckets = [[32, 32]]
+complexity = [1, 4]
+[repa]
+enabled = {str(over.get('repa', False)).lower()}
+block = 0
+[optim]
+batch_size = {over.get('batch', 8)}
+lr = 0.001
+warmup = 2
+ema = 0.9
+seed = {over.get('seed', 0)}
+[schedule]
+log_every = 2
+checkpoint_every = {over.get('checkpoint_every', 4)}
+sample_every = {over.get('sample_every', 4)}
+eval_images = {over.get('eval_images', 6)}
+[preview]
+prompts = ["a red circle", "a blue square"]
+seeds = [0]
+[preview.sampler]
+steps = 4
+cfg = 2.0
+width = 32
+height = 32
+[compute]
+processes = {over.get('processes', 1)}
+threads = {over.get('threads', 0)}
+"""
+
+
+@pytest.fixture(scope="session")
+def shapes_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with 160 ShapesWorld images at 32x32 imported into dataset 'shapes' (built once)."""
+    root = tmp_path_factory.mktemp("shapes_project")
+    export = root / "export"
+    run_cli("world", "export", str(export), "--n", "160", "--seed", "11", "--resolution", "32x32", "--no-subject", check=True)
+    run_cli("project", "init", str(root / "proj"), check=True)
+    run_cli("import", str(export), "--project", str(root / "proj"), "--dataset", "shapes", check=True)
+    return root / "proj"

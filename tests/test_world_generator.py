@@ -136,9 +136,10 @@ def test_export_writes_an_ordinary_folder(tmp_path: Path):
     assert (out / first["file"]).with_suffix(".txt").read_text().strip() == first["caption"]
     spec = Scene.from_json(first["spec"])
     assert spec == make_scene(2, 0)
-    assert len(list((out / "subject").glob("*.png"))) == 5
+    assert len(list((tmp_path / "world-subject").glob("*.png"))) == 5
+    assert not any("subject" in p.name for p in out.iterdir())
     # same seed, same bytes
     again = tmp_path / "again"
     run_cli("world", "export", str(again), "--n", "3", "--seed", "2", "--no-subject", check=True)
     assert (again / "000002.png").read_bytes() == (out / "000002.png").read_bytes()
-    assert not (again / "subject").exists()
+    assert not (tmp_path / "again-subject").exists()

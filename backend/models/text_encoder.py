@@ -28,6 +28,9 @@ class TextEncoder:
 
     def __init__(self, folder: str | Path | None = None, device: str = "cpu", max_length: int = 32):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.folder = Path(folder) if folder else minilm_path()
         if not (self.folder / "config.json").exists():

@@ -6,25 +6,16 @@ instead of reading files; held-out sets use a different world seed than training
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
+
+from backend.imaging import to_image, to_tensor
 
 from .generate import make_scene
 from .render import render
 from .spec import Scene
 
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float tensor (3, H, W) in [-1, 1]."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def to_image(x: torch.Tensor) -> Image.Image:
-    """Float tensor (3, H, W) in [-1, 1] -> PIL RGB."""
-    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
+__all__ = ["psnr", "random_crops", "render_scenes", "square_batch", "to_image", "to_tensor"]
 
 
 def render_scenes(seed: int, start: int, n: int, size: tuple[int, int] | None = None, category: str | None = None) -> tuple[list[Image.Image], list[Scene]]:

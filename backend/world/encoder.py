@@ -59,6 +59,7 @@ class Encoder:
     def __init__(self, model: ShapesEncoder, device: str = "cpu"):
         self.model = model.to(device).eval()
         self.device = device
+        self.folder: Path | None = None
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -67,7 +68,9 @@ class Encoder:
         folder = Path(folder)
         model = ShapesEncoder(**json.loads((folder / "config.json").read_text()))
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        return cls(model, device)
+        enc = cls(model, device)
+        enc.folder = folder
+        return enc
 
     @property
     def dim(self) -> int:

@@ -1,5 +1,8 @@
 """Export ShapesWorld as an ordinary folder a user could have made: PNGs, .txt sidecars, metadata.jsonl.
 
+The subject's instance renders go to a sibling folder ``DIR-subject`` so that importing DIR
+never mixes the subject into base data.
+
 The folder then enters a project through the normal import path. ``defects=True`` plants the
 kinds of bad files real folders have (corrupt, empty, mislabelled, duplicated) so a new user
 sees curation at work on the demo.
@@ -49,7 +52,7 @@ def export_world(
                 progress(i + 1, n)
     summary: dict = {"images": n, "categories": counts, "seed": seed}
     if subject:
-        sub = out / "subject"
+        sub = subject_folder(out)
         sub.mkdir(exist_ok=True)
         with open(sub / "metadata.jsonl", "w", encoding="utf-8") as meta:
             for k, (img, info) in enumerate(subject_instances(seed, 5)):
@@ -58,10 +61,15 @@ def export_world(
                 text = subject_prompt()
                 (sub / f"subject_{k}.txt").write_text(text + "\n", encoding="utf-8")
                 meta.write(json.dumps({"file": name, "caption": text, "category": "subject", "spec": info}) + "\n")
-        summary["subject"] = {"images": 5, "class": SUBJECT_CLASS, "prompt": subject_prompt(), "folder": "subject"}
+        summary["subject"] = {"images": 5, "class": SUBJECT_CLASS, "prompt": subject_prompt(), "folder": str(sub)}
     if defects and n >= 2:
         summary["defects"] = plant_defects(out)
     return summary
+
+
+def subject_folder(out: Path) -> Path:
+    """The subject's renders go beside the base export, never inside it (base data never shows it)."""
+    return out.with_name(out.name + "-subject")
 
 
 def plant_defects(out: Path) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .arrays import render_scenes, square_batch
+from .arrays import render_scenes, square_batch, to_image
 from .detector import GRID, INPUT, SIZE_NAMES, Detection, Detector, ShapesDetector, save_detector
 from .spec import BACKGROUNDS, COLOR_NAMES, SHAPES, Scene
 
@@ -149,8 +149,6 @@ def evaluate_detector(detector: Detector, seed: int = 20_002, n: int = 1000, deg
     images, scenes = render_scenes(seed, 0, n)
     if degraded:
         gen = torch.Generator().manual_seed(seed)
-        from .arrays import to_image
-
         x = degrade(square_batch(images, INPUT), gen)
         images = [to_image(xi) for xi in x]
     return attribute_accuracy(detector(images), scenes)

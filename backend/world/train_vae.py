@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from .arrays import psnr, random_crops, render_scenes
+from .arrays import psnr, random_crops, render_scenes, to_tensor
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -33,9 +33,7 @@ VAE_CONFIG = dict(
 
 def evaluate_vae(vae: AutoencoderKL, seed: int = 10_001, n: int = 240) -> dict:
     """Held-out PSNR on fresh renders (a world seed never used in training), per resolution."""
-    images, scenes = render_scenes(seed, 0, n)
-    from .arrays import to_tensor
-
+    images, _ = render_scenes(seed, 0, n)
     by_res: dict[str, list[float]] = {}
     latents = []
     vae.eval()

@@ -1,0 +1,139 @@
+"""CLI for the engine: import, run a recipe, run a job as a worker, sample from a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from backend.cli import _size, command, fail
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", type=Path, help="folders or files")
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--dataset", default="default")
+    p.add_argument("--category-from", choices=("metadata", "folder", "none"), default="metadata")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+@command("import", "import folders of images and captions into a project dataset", _import_args)
+def _import(args: argparse.Namespace) -> int:
+    from backend.data.importer import import_sources
+    from backend.store import Project
+
+    def progress(i: int, n: int) -> None:
+        print(f"\r[import] {i}/{n}", end="", file=sys.stderr, flush=True)
+
+    with Project.open(args.project) as project:
+        try:
+            report = import_sources(project, args.dataset, args.sources, category_from=args.category_from, progress=progress)
+        except FileNotFoundError as exc:
+            return fail(str(exc))
+    print(file=sys.stderr)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.summary())
+    return 0
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--name", default=None, help="job name (default: the recipe's name)")
+
+
+@command("run", "validate a recipe, create a job and run it here (multi-process through accelerate launch)", _run_args)
+def _run(args: argparse.Namespace) -> int:
+    from backend.jobs import create_job
+    from backend.recipes import load_recipe
+    from backend.store import Project
+
+    recipe = load_recipe(args.recipe)
+    with Project.open(args.project) as project:
+        job_id = create_job(project, recipe, args.name)
+    print(f"job {job_id} ({recipe.kind})", file=sys.stderr)
+    processes = getattr(getattr(recipe, "compute", None), "processes", 1)
+    return launch_worker(args.project, job_id, processes)
+
+
+def launch_worker(project: Path, job_id: int, processes: int = 1, resume: bool = True) -> int:
+    """Run a job: in this process, or as ``processes`` data-parallel processes under accelerate."""
+    if processes <= 1:
+        return _execute(project, job_id, resume)
+    cmd = worker_command(project, job_id, processes, resume)
+    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // processes)))})
+
+
+def worker_command(project: Path, job_id: int, processes: int = 1, resume: bool = True) -> list[str]:
+    tail = ["-m", "backend", "worker", "--project", str(project), "--job", str(job_id)] + ([] if resume else ["--fresh"])
+    if processes <= 1:
+        return [sys.executable, *tail]
+    import torch
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if not torch.cuda.is_available():
+        launch += ["--cpu"]
+    else:
+        launch += ["--multi_gpu"]
+    return launch + tail
+
+
+def _execute(project: Path, job_id: int, resume: bool) -> int:
+    from backend.jobs import execute_job
+    from backend.store import Project
+
+    with Project.open(project) as proj:
+        summary = execute_job(proj, job_id, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--job", type=int, required=True)
+    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+
+
+@command("worker", "run one job of a project (the service and 'run' start this)", _worker_args)
+def _worker(args: argparse.Namespace) -> int:
+    return _execute(args.project, args.job, not args.fresh)
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model folder, run folder or checkpoint")
+    p.add_argument("--project", type=Path, default=None, help="resolve project-relative names against this project")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--eval-prompts", action="store_true", help="render the ShapesEval prompt set instead (names carry prompt ids)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--shift", type=float, default=None)
+    p.add_argument("--size", type=_size, default=(32, 32), help="WIDTHxHEIGHT")
+    p.add_argument("--out", type=Path, required=True)
+
+
+@command("sample", "generate images from any model, run or checkpoint", _sample_args)
+def _sample(args: argparse.Namespace) -> int:
+    from backend.recipes import SampleRecipe
+    from backend.recipes.sampling import SamplerSettings
+    from backend.sample.cli import run_sample_recipe, sample_eval_set
+    from backend.store import Project
+
+    if not args.prompt and not args.eval_prompts:
+        return fail("give --prompt (repeatable) or --eval-prompts")
+    sampler = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, width=args.size[0], height=args.size[1])
+    recipe = SampleRecipe(model=args.model, prompts=args.prompt or ["-"], seeds=args.seeds, sampler=sampler, out=str(args.out.resolve()))
+    project = Project.open(args.project) if args.project else None
+    try:
+        summary = sample_eval_set(project, recipe) if args.eval_prompts else run_sample_recipe(project, recipe)
+    except (FileNotFoundError, ValueError, NotImplementedError) as exc:
+        return fail(str(exc))
+    finally:
+        if project:
+            project.close()
+    print(json.dumps(summary, indent=2))
+    return 0

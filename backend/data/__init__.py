@@ -1,0 +1,1 @@
+"""Data: import, validation, curation, views, buckets and caches."""

@@ -1,0 +1,54 @@
+"""Turn what a user names (a model folder, a run, a checkpoint) into a loaded model bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.models.family import ModelBundle, load_model
+from backend.store import Project
+
+
+def locate(project: Project | None, spec: str) -> Path:
+    """Project-relative names stay inside the project; absolute paths are taken as given."""
+    path = Path(spec).expanduser()
+    if path.is_absolute():
+        return path
+    if project is None:
+        return path.resolve()
+    return project.resolve(spec)
+
+
+def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True) -> tuple[ModelBundle, str]:
+    """Load ``spec``; returns the bundle and a short description of what was loaded."""
+    from backend.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    if not spec:
+        raise ValueError("no model given: name a model folder, a run folder or a checkpoint")
+    path = locate(project, spec)
+    if not path.exists():
+        raise FileNotFoundError(f"model {spec!r} not found ({path})")
+    if (path / "transformer" / "config.json").exists():
+        return load_model(path), f"model {path.name}"
+    ckpt = path if (path / "state.json").exists() else latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"{path} is neither a model folder nor a run with checkpoints")
+    run_dir = ckpt.parent.parent
+    recipe_file = run_dir / "recipe.toml"
+    if not recipe_file.exists():
+        raise FileNotFoundError(f"{run_dir} has no recipe.toml; cannot rebuild the network for {ckpt.name}")
+    from backend.recipes import load_recipe
+    from backend.train.pretrain import build_bundle
+
+    recipe = load_recipe(recipe_file)
+    bundle = build_bundle(recipe)  # type: ignore[arg-type]
+    which = "ema" if prefer_ema and (ckpt / "ema.safetensors").exists() else "model"
+    if which == "ema":
+        from safetensors.torch import load_file
+
+        state = load_file(str(ckpt / "ema.safetensors"))
+        prefix = "module."
+        bundle.transformer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    else:
+        load_checkpoint(ckpt, {"model": bundle.transformer}, restore_rng=False)
+    bundle.transformer.eval()
+    return bundle, f"{run_dir.name}/{ckpt.name} ({which})"

@@ -1,0 +1,64 @@
+"""Generate images from a model, run or checkpoint: for a recipe, or for the ShapesEval prompt set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from backend.models.resolve import locate, resolve_model
+from backend.recipes import SampleRecipe
+from backend.sample.euler import SampleSettings, generate
+from backend.store import Project
+
+EVAL_SEED_OFFSET = 1000  # ShapesEval renders use seeds 1000 + k (the trainer's evaluator does the same)
+
+
+def write_images(out: Path, images: list[Image.Image], prompts: list[str], seeds: list[int], names: list[str], info: dict[str, Any], specs: list[dict] | None = None) -> None:
+    """PNGs plus metadata.jsonl lines (with the prompt spec when known, so ``eval shapes`` can score them)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metadata.jsonl", "a", encoding="utf-8") as meta:
+        for i, (img, prompt, seed, name) in enumerate(zip(images, prompts, seeds, names)):
+            img.save(out / name)
+            rec: dict[str, Any] = {"file": name, "prompt": prompt, "seed": seed, **info}
+            if specs:
+                rec["spec"] = specs[i]
+            meta.write(json.dumps(rec) + "\n")
+
+
+def _settings(recipe: SampleRecipe) -> SampleSettings:
+    s = recipe.sampler
+    return SampleSettings(width=s.width, height=s.height, steps=s.steps, cfg=s.cfg, alpha=s.shift)
+
+
+def run_sample_recipe(project: Project | None, recipe: SampleRecipe, reporter: Any = None) -> dict[str, Any]:
+    """One image per prompt and seed."""
+    bundle, what = resolve_model(project, recipe.model)
+    settings = _settings(recipe)
+    prompts = [p for p in recipe.prompts for _ in recipe.seeds]
+    seeds = [sd for _ in recipe.prompts for sd in recipe.seeds]
+    images = generate(bundle, prompts, seeds, settings)
+    out = locate(project, recipe.out)
+    names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(seeds)]
+    write_images(out, images, prompts, seeds, names, {"model": what, "settings": settings.__dict__})
+    if reporter is not None:
+        reporter.progress(len(images), len(images))
+    return {"state": "done", "model": what, "images": len(images), "out": str(out)}
+
+
+def sample_eval_set(project: Project | None, recipe: SampleRecipe, seeds_per_prompt: int | None = None) -> dict[str, Any]:
+    """Render the ShapesEval prompt set; file names carry prompt ids and metadata carries specs."""
+    from backend.eval.shapes_eval import load_eval_prompts
+
+    bundle, what = resolve_model(project, recipe.model)
+    settings = _settings(recipe)
+    pairs = [(p, s) for p in load_eval_prompts() for s in p.seeds[: seeds_per_prompt or len(p.seeds)]]
+    prompts = [p.prompt for p, _ in pairs]
+    seeds = [EVAL_SEED_OFFSET + s for _, s in pairs]
+    images = generate(bundle, prompts, seeds, settings)
+    out = locate(project, recipe.out)
+    write_images(out, images, prompts, seeds, [f"{p.id}_s{s}.png" for p, s in pairs], {"model": what, "settings": settings.__dict__},
+                 specs=[p.spec for p, _ in pairs])
+    return {"state": "done", "model": what, "images": len(images), "out": str(out)}

@@ -1,0 +1,219 @@
+"""Pretraining batches: curriculum stages, aspect buckets, category mixture, cached encodings.
+
+Every micro-batch is a pure function of (seed, step, micro, rank): the stage comes from the
+step, the bucket and items from a generator seeded by those numbers. Resuming at step k
+therefore draws exactly the batches the straight run drew, with no data-loader state to save.
+
+Encodings are built once per stage through the content-addressed caches: latents keyed by
+(image hash, bucket) under the VAE's identity, text states keyed by caption under the text
+encoder's identity, REPA targets keyed by (image hash, bucket) under the encoder's identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from backend.data.buckets import assign_bucket, fit_to_bucket
+from backend.data.cache import TensorCache, cache_key, file_fingerprint
+from backend.data.view import ViewItem
+from backend.imaging import to_tensor
+from backend.models.family import ModelBundle, PromptEmbeds
+from backend.recipes.pretrain import PretrainRecipe, ShiftSection, StageSection
+from backend.store import Project
+from backend.train.timesteps import dynamic_alpha
+
+from .objectives.base import Batch
+
+
+def batch_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).hexdigest()
+    return torch.Generator().manual_seed(int(digest[:15], 16))
+
+
+def bucket_alpha(rule: ShiftSection, width: int, height: int, tokens: int) -> float:
+    """The resolution shift for a bucket under the recipe's rule."""
+    if rule.kind == "none":
+        return 1.0
+    if rule.kind == "fixed":
+        return rule.alpha
+    if rule.kind == "per_bucket":
+        return math.sqrt((width * height) / (rule.base_resolution**2))
+    return dynamic_alpha(tokens, rule.base_tokens, rule.max_tokens, rule.base_shift, rule.max_shift)
+
+
+@dataclass
+class BucketTable:
+    """Everything a stage needs at one bucket, stacked for fast indexing."""
+
+    size: tuple[int, int]
+    alpha: float
+    latents: torch.Tensor  # (N, C, h, w)
+    text_index: torch.Tensor  # (N,) row into the stage's text table
+    categories: list[str]
+    by_category: dict[str, torch.Tensor] = field(default_factory=dict)
+    repa: torch.Tensor | None = None  # (N, D, gh, gw)
+
+
+@dataclass
+class StageTable:
+    stage: StageSection
+    buckets: list[BucketTable]
+    states: torch.Tensor  # (T, L, D) float16
+    pooled: torch.Tensor  # (T, D)
+    eligible: int
+    skipped: Counter
+
+
+class CurriculumData:
+    """Callable ``(step, micro, rank) -> Batch`` for a pretraining recipe."""
+
+    def __init__(self, project: Project, recipe: PretrainRecipe, bundle: ModelBundle, items: list[ViewItem], *, encoder=None, log=print, processes: int = 1):
+        self.project = project
+        self.recipe = recipe
+        self.bundle = bundle
+        self.encoder = encoder
+        self.log = log
+        self.seed = recipe.optim.seed
+        self.batch_size = recipe.optim.batch_size
+        self.dropout = recipe.data.caption_dropout
+        cache_root = project.root / "cache" / "tensors"
+        self.latent_cache = TensorCache(cache_root, f"latents-{bundle.vae_identity}")
+        self.text_cache = TensorCache(cache_root, f"text-{bundle.text_encoder.identity}")
+        self.repa_cache = None
+        if encoder is not None:
+            enc_id = file_fingerprint(encoder.folder / "model.safetensors")
+            self.repa_cache = TensorCache(cache_root, f"repa-{enc_id}")
+        empty = bundle.empty_prompt()
+        self.empty_states = empty.states[0].float()
+        self.empty_pooled = empty.pooled[0].float()
+        self.stages = [self._build_stage(stage, items) for stage in recipe.curriculum]
+        self.bounds = []
+        acc = 0
+        for s in recipe.curriculum:
+            acc += s.steps
+            self.bounds.append(acc)
+
+    # --- building ------------------------------------------------------------------------------
+
+    def _load_image(self, item: ViewItem, size: tuple[int, int]) -> torch.Tensor:
+        with Image.open(item.path(self.project)) as im:
+            return to_tensor(fit_to_bucket(im.convert("RGB"), size))
+
+    def _build_stage(self, stage: StageSection, items: list[ViewItem]) -> StageTable:
+        lo, hi = stage.complexity
+        skipped: Counter = Counter()
+        per_bucket: dict[tuple[int, int], list[ViewItem]] = {}
+        wanted = set(stage.mixture) if stage.mixture else None
+        for it in items:
+            if not it.caption:
+                skipped["no caption"] += 1
+                continue
+            if not lo <= round(it.complexity) <= hi:
+                skipped["complexity outside stage range"] += 1
+                continue
+            if wanted is not None and it.category not in wanted:
+                skipped["category not in mixture"] += 1
+                continue
+            b = assign_bucket(it.width, it.height, [tuple(x) for x in stage.buckets])
+            if b is None:
+                skipped["aspect fits no bucket"] += 1
+                continue
+            per_bucket.setdefault(b, []).append(it)
+        if not per_bucket:
+            raise ValueError(f"stage '{stage.name}': no item fits (skipped: {dict(skipped)}); widen its buckets, complexity or mixture")
+        captions = sorted({it.caption for its in per_bucket.values() for it in its})
+        text_keys = [cache_key("text", c) for c in captions]
+        cap_by_key = dict(zip(text_keys, captions))
+
+        def encode_text(keys: list[str]) -> list[dict[str, torch.Tensor]]:
+            emb = self.bundle.encode_prompts([cap_by_key[k] for k in keys])
+            return [{"states": emb.states[i].half(), "pooled": emb.pooled[i].half()} for i in range(len(keys))]
+
+        n_text = self.text_cache.ensure(text_keys, encode_text)
+        states = self.text_cache.stack(text_keys, "states")
+        pooled = self.text_cache.stack(text_keys, "pooled")
+        text_row = {c: i for i, c in enumerate(captions)}
+        f = self.bundle.vae_factor * int(self.bundle.transformer.config.patch_size)
+        tables = []
+        n_lat = n_repa = 0
+        for size, its in sorted(per_bucket.items()):
+            keys = [cache_key("latent", it.hash, f"{size[0]}x{size[1]}") for it in its]
+            by_key = dict(zip(keys, its))
+
+            def encode_latents(ks: list[str], size=size, by_key=by_key) -> list[dict[str, torch.Tensor]]:
+                x = torch.stack([self._load_image(by_key[k], size) for k in ks])
+                z = self.bundle.encode_images(x).float().cpu()
+                return [{"z": z[i]} for i in range(len(ks))]
+
+            n_lat += self.latent_cache.ensure(keys, encode_latents, batch=64)
+            latents = self.latent_cache.stack(keys, "z")
+            repa = None
+            if self.repa_cache is not None:
+                gh, gw = size[1] // f, size[0] // f
+
+                def encode_repa(ks: list[str], size=size, by_key=by_key, gh=gh, gw=gw) -> list[dict[str, torch.Tensor]]:
+                    x = torch.stack([self._load_image(by_key[k], size) for k in ks])
+                    with torch.no_grad():
+                        grid, _ = self.encoder.tensors(x)
+                        grid = F.adaptive_avg_pool2d(grid.float(), (gh, gw)).cpu()
+                    return [{"g": grid[i].half()} for i in range(len(ks))]
+
+                n_repa += self.repa_cache.ensure(keys, encode_repa, batch=64)
+                repa = self.repa_cache.stack(keys, "g")
+            cats = [it.category for it in its]
+            by_cat = {c: torch.tensor([i for i, x in enumerate(cats) if x == c]) for c in sorted(set(cats))}
+            tokens = (size[0] // f) * (size[1] // f)
+            tables.append(BucketTable(size, bucket_alpha(self.recipe.allocation.shift, size[0], size[1], tokens), latents,
+                                      torch.tensor([text_row[it.caption] for it in its]), cats, by_cat, repa))
+        eligible = sum(len(v) for v in per_bucket.values())
+        self.log(
+            f"stage '{stage.name}': {eligible} items in {len(tables)} bucket(s) "
+            f"({', '.join(f'{t.size[0]}x{t.size[1]}:{len(t.categories)}' for t in tables)}); "
+            f"encoded {n_lat} latents, {n_text} captions" + (f", {n_repa} REPA targets" if self.repa_cache else "")
+            + (f"; skipped {dict(skipped)}" if skipped else "")
+        )
+        return StageTable(stage, tables, states, pooled, eligible, skipped)
+
+    # --- drawing -------------------------------------------------------------------------------
+
+    def stage_index(self, step: int) -> int:
+        for i, bound in enumerate(self.bounds):
+            if step <= bound:
+                return i
+        return len(self.bounds) - 1
+
+    def __call__(self, step: int, micro: int = 0, rank: int = 0) -> Batch:
+        gen = batch_generator(self.seed, step, micro, rank)
+        st = self.stages[self.stage_index(step)]
+        mixture = st.stage.mixture
+        weights = torch.tensor([float(len(b.categories)) for b in st.buckets])
+        if mixture:
+            weights = torch.tensor([sum(mixture.get(c, 0.0) * len(ix) / len(b.categories) for c, ix in b.by_category.items()) for b in st.buckets])
+            weights = torch.where(weights > 0, weights, torch.zeros_like(weights))
+        bucket = st.buckets[int(torch.multinomial(weights / weights.sum(), 1, generator=gen))]
+        n = self.batch_size
+        if mixture:
+            cats = [c for c in bucket.by_category if mixture.get(c, 0) > 0]
+            w = torch.tensor([mixture[c] for c in cats])
+            chosen = torch.multinomial(w / w.sum(), n, replacement=True, generator=gen)
+            idx = torch.stack([bucket.by_category[cats[int(c)]][int(torch.randint(len(bucket.by_category[cats[int(c)]]), (1,), generator=gen))] for c in chosen])
+        else:
+            idx = torch.randint(len(bucket.categories), (n,), generator=gen)
+        rows = bucket.text_index[idx]
+        states = st.states[rows].float()
+        pooled = st.pooled[rows].float()
+        drop = torch.rand(n, generator=gen) < self.dropout
+        if drop.any():
+            states[drop] = self.empty_states
+            pooled[drop] = self.empty_pooled
+        extras = {"categories": [bucket.categories[int(i)] for i in idx]}
+        if bucket.repa is not None:
+            extras["repa_features"] = bucket.repa[idx].float()
+        return Batch(bucket.latents[idx].clone(), PromptEmbeds(states, pooled), bucket.size[0], bucket.size[1], bucket.alpha, gen, extras)

@@ -1,0 +1,34 @@
+"""Flow matching: regress v(x_t, t, c) onto eps - x0 at timesteps from the recipe's density."""
+
+from __future__ import annotations
+
+import torch
+
+from backend.recipes.pretrain import TimestepDensity
+from backend.train.timesteps import sample_t, shift
+
+from .base import Batch, Objective, ObjectiveOutput, TrainContext
+
+
+class FlowMatching(Objective):
+    name = "flow"
+
+    def __init__(self, density: TimestepDensity | None = None, weight: float = 1.0):
+        self.density = density or TimestepDensity()
+        self.weight = weight
+
+    def timesteps(self, batch: Batch) -> torch.Tensor:
+        d = self.density
+        t = sample_t(d.kind, batch.latents.shape[0], batch.generator, m=d.m, s=d.s, mode_scale=d.mode_scale)
+        return shift(t, batch.alpha).clamp(1e-4, 1 - 1e-4)
+
+    def loss(self, ctx: TrainContext, batch: Batch) -> ObjectiveOutput:
+        x0 = batch.latents
+        t = self.timesteps(batch).to(x0.device)
+        eps = torch.randn(x0.shape, generator=batch.generator).to(x0.device, x0.dtype)
+        tt = t.view(-1, 1, 1, 1).to(x0.dtype)
+        x_t = (1 - tt) * x0 + tt * eps
+        v = ctx.bundle.velocity(x_t, t, batch.prompt, ctx.transformer)
+        per = ((v.float() - (eps - x0).float()) ** 2).mean(dim=(1, 2, 3))
+        loss = per.mean()
+        return ObjectiveOutput(self.weight * loss, {"loss/flow": loss.item()}, t.detach(), per.detach())

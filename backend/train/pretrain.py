@@ -1,0 +1,135 @@
+"""Pretraining: a recipe, a project and a job in, a saved model and its ShapesEval out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend.data.view import load_view
+from backend.models.family import ModelBundle, build_embedded, load_model
+from backend.recipes.pretrain import PretrainRecipe
+from backend.sample.cli import EVAL_SEED_OFFSET
+from backend.sample.euler import SampleSettings, generate
+from backend.store import Project
+
+from .curriculum import CurriculumData
+from .loop import LoopConfig, LoopResult, Trainer
+from .objectives import FlowMatching, Repa
+from .reporter import Reporter
+
+
+def build_bundle(recipe: PretrainRecipe) -> ModelBundle:
+    m = recipe.model
+    shift = recipe.allocation.shift.model_dump()
+    if m.init:
+        bundle = load_model(m.init)
+        bundle.info["shift"] = shift
+        return bundle
+    return build_embedded(m.size, layers=m.layers, heads=m.heads, head_dim=m.head_dim, text_encoder=m.text_encoder or None,
+                          vae=m.vae or None, shift=shift, seed=recipe.optim.seed)
+
+
+def loop_config(recipe: PretrainRecipe) -> LoopConfig:
+    o, s = recipe.optim, recipe.schedule
+    return LoopConfig(
+        steps=recipe.total_steps, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), warmup=o.warmup, schedule=o.schedule,
+        clip=o.clip, ema=o.ema, grad_accum=o.grad_accum, precision=o.precision, seed=o.seed, log_every=s.log_every,
+        checkpoint_every=s.checkpoint_every, sample_every=s.sample_every, eval_every=s.eval_every,
+        loss_bins=recipe.allocation.loss_bins, device=recipe.compute.device, compile=recipe.compute.compile,
+    )
+
+
+def eval_size(recipe: PretrainRecipe) -> tuple[int, int]:
+    """ShapesEval renders at the last stage's largest square bucket (or its first bucket)."""
+    buckets = [tuple(b) for b in recipe.curriculum[-1].buckets]
+    squares = [b for b in buckets if b[0] == b[1]]
+    return max(squares) if squares else buckets[0]
+
+
+def make_evaluator(bundle: ModelBundle, recipe: PretrainRecipe, n_images: int) -> Any:
+    from backend.eval.shapes_eval import load_eval_prompts, shapes_eval
+    from backend.world.pretrained import load_detector
+
+    prompts = load_eval_prompts()
+    detector = load_detector()
+    width, height = eval_size(recipe)
+    pairs = [(p, s) for s in range(max(p.seeds[-1] for p in prompts) + 1) for p in prompts if s in p.seeds][:n_images]
+    settings = SampleSettings(width=width, height=height, steps=recipe.preview.sampler.steps, cfg=recipe.preview.sampler.cfg)
+
+    def evaluate(step: int, model: torch.nn.Module) -> dict[str, float]:
+        images = generate(bundle, [p.prompt for p, _ in pairs], [EVAL_SEED_OFFSET + s for _, s in pairs], settings, transformer=model)
+        report = shapes_eval(images, [p.scene for p, _ in pairs], detector)
+        out = {"shapes_eval/overall": report.overall}
+        out.update({f"shapes_eval/{k}": v for k, v in report.categories.items()})
+        evaluate.last = report  # type: ignore[attr-defined]
+        return out
+
+    evaluate.last = None  # type: ignore[attr-defined]
+    return evaluate
+
+
+def make_preview(bundle: ModelBundle, recipe: PretrainRecipe, reporter: Reporter) -> Any:
+    pv = recipe.preview
+    sp = pv.sampler
+    settings = SampleSettings(width=sp.width, height=sp.height, steps=sp.steps, cfg=sp.cfg, alpha=sp.shift)
+    prompts = [p for p in pv.prompts for _ in pv.seeds]
+    seeds = [s for _ in pv.prompts for s in pv.seeds]
+
+    def preview(step: int, model: torch.nn.Module) -> None:
+        images = generate(bundle, prompts, seeds, settings, transformer=model)
+        meta = {"steps": sp.steps, "cfg": sp.cfg, "width": sp.width, "height": sp.height, "shift": sp.shift, "kind": "preview"}
+        for prompt, seed, img in zip(prompts, seeds, images):
+            reporter.sample(step, prompt, seed, img, meta)
+
+    return preview
+
+
+def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, reporter: Reporter, *, resume: bool = True) -> dict[str, Any]:
+    """Train, save the EMA model into ``project/models`` and return a summary with ShapesEval."""
+    t0 = time.perf_counter()
+    threads = recipe.compute.threads or max(1, (torch.get_num_threads()) // max(1, recipe.compute.processes))
+    torch.set_num_threads(threads)
+    torch.manual_seed(recipe.optim.seed)
+    bundle = build_bundle(recipe)
+    n_params = sum(p.numel() for p in bundle.transformer.parameters())
+    reporter.log(f"model: embedded MMDiT '{recipe.model.size}' with {n_params / 1e6:.2f}M parameters")
+    encoder = None
+    if recipe.repa.enabled:
+        from backend.world.pretrained import load_encoder
+
+        encoder = load_encoder(recipe.repa.encoder or None)
+    items = load_view(project, recipe.data.dataset, recipe.data.view)
+    data = CurriculumData(project, recipe, bundle, items, encoder=encoder, log=reporter.log)
+    objectives: list = [FlowMatching(recipe.allocation.timesteps)]
+    if recipe.repa.enabled:
+        r = recipe.repa
+        objectives.append(Repa(bundle.transformer, r.block, encoder.dim, r.weight, r.projector_dim, r.projector_layers, r.until_step))
+    cfg = loop_config(recipe)
+    evaluate = make_evaluator(bundle, recipe, recipe.schedule.eval_images)
+    trainer = Trainer(bundle, objectives, data, cfg, run_dir, reporter, preview=make_preview(bundle, recipe, reporter), evaluate=evaluate)
+    result: LoopResult = trainer.run(resume=resume)
+    summary: dict[str, Any] = {"state": result.state, "step": result.step, "params": n_params, "seconds": round(time.perf_counter() - t0, 1)}
+    if result.state == "done" and trainer.accelerator.is_main_process:
+        report = evaluate.last
+        card = {
+            "recipe": recipe.name or "pretrain",
+            "steps": result.step,
+            "params": n_params,
+            "train_seconds": summary["seconds"],
+            "shapes_eval": report.to_json() if report else None,
+            "shift": recipe.allocation.shift.model_dump(),
+            "timesteps": recipe.allocation.timesteps.model_dump(),
+        }
+        if report is not None:
+            card["shapes_eval"].pop("per_image", None)
+        name = recipe.name or "pretrain"
+        folder = project.root / "models" / f"{name}-{run_dir.name}"
+        bundle.save(folder, transformer=trainer.sampling_model, extra={"card": card})
+        model_id = reporter.model_saved(folder, name, card)
+        summary.update({"model": str(folder), "model_id": model_id, "shapes_eval": card["shapes_eval"]})
+        if report is not None:
+            reporter.log("ShapesEval of the saved model:\n" + report.table())
+    return summary
