@@ -137,3 +137,21 @@ def _sample(args: argparse.Namespace) -> int:
             project.close()
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", type=Path, required=True, help="project folder this service serves")
+    p.add_argument("--create", action="store_true", help="create the project if the folder holds none")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
+    p.add_argument("--port", type=int, default=0, help="port (0 = a free one)")
+    p.add_argument("--token", default=None, help="bearer token (default: fresh random; or SIGNAL_BACKEND_TOKEN)")
+    p.add_argument("--slots", type=int, default=1, help="jobs that may run at once (one per device)")
+
+
+@command("serve", "run the HTTP service for a project (loopback, token, discovery file)", _serve_args)
+def _serve(args: argparse.Namespace) -> int:
+    from backend.service.server import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {args.host} exposes the service beyond this machine; the token is the only guard", file=sys.stderr)
+    return serve(args.project, args.host, args.port, args.token or os.environ.get("SIGNAL_BACKEND_TOKEN"), args.slots, args.create)

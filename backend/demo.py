@@ -1,33 +1,78 @@
-"""``signal-backend demo``: the embedded lifecycle, headless, on whatever exists so far."""
+"""``signal-backend demo``: the embedded lifecycle, headless.
+
+Creates (once) the per-user demo project: ShapesWorld exported as an ordinary folder with a
+few planted bad files, imported through the normal path (the report shows them rejected),
+the subject imported as its own dataset; then pretrains the embedded model from scratch with
+the shipped demo recipe and reports ShapesEval per category.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 from backend.cli import command
-from backend.paths import demo_project_dir
+from backend.paths import demo_project_dir, resources_dir
 from backend.store import Project
 
+DEMO_IMAGES = 4000
+DEMO_SEED = 0
 
-def ensure_demo_project() -> Project:
-    """Open the per-user demo project, creating it on first use."""
-    root = demo_project_dir()
-    if (root / "project.db").exists():
-        return Project.open(root)
-    return Project.init(root)
+
+def demo_recipe_path() -> Path:
+    return resources_dir() / "recipes" / "demo_pretrain.toml"
+
+
+def ensure_demo_project(root: Path | None = None, n: int = DEMO_IMAGES, log=print) -> Project:
+    """Open the demo project, creating and importing ShapesWorld on first use."""
+    from backend.data.importer import import_sources
+    from backend.world.export import export_world, subject_folder
+
+    root = root or demo_project_dir()
+    project = Project.open(root) if (root / "project.db").exists() else Project.init(root)
+    have = project.db.execute("SELECT count(*) FROM datasets WHERE name = 'shapesworld'").fetchone()[0]
+    if have:
+        return project
+    export = project.root / "exports" / "shapesworld"
+    t0 = time.perf_counter()
+    export_world(export, n, DEMO_SEED, subject=True, defects=True)
+    log(f"[demo] exported {n} ShapesWorld images (+ planted bad files) to {export} in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    report = import_sources(project, "shapesworld", [export])
+    log(f"[demo] import ({time.perf_counter() - t0:.1f} s):\n" + report.summary())
+    import_sources(project, "subject", [subject_folder(export)])
+    log("[demo] imported the DreamBooth subject's 5 renders as dataset 'subject'")
+    return project
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--project", type=str, default=None, help="project folder (default: the per-user demo project)")
+    p.add_argument("--project", type=Path, default=None, help="project folder (default: the per-user demo project)")
+    p.add_argument("--recipe", type=Path, default=None, help="pretrain recipe (default: resources/recipes/demo_pretrain.toml)")
+    p.add_argument("--images", type=int, default=DEMO_IMAGES, help="ShapesWorld images to export on first use")
 
 
-@command("demo", "run the embedded ShapesWorld lifecycle headless", _demo_args)
+@command("demo", "run the embedded ShapesWorld lifecycle headless (data, pretraining, ShapesEval)", _demo_args)
 def run_demo(args: argparse.Namespace) -> int:
+    from backend.jobs import create_job, execute_job
+    from backend.recipes import load_recipe
+
     t0 = time.perf_counter()
-    project = Project.open(args.project) if args.project else ensure_demo_project()
+    project = ensure_demo_project(args.project.resolve() if args.project else None, args.images)
     with project:
-        print(f"[demo] project {project.root} (schema {project.applied_migrations()[-1]})")
-        print("[demo] stages not built yet: ShapesWorld export and import, pretraining, evaluation")
-    print(f"[demo] done in {time.perf_counter() - t0:.1f} s")
+        print(f"[demo] project {project.root}")
+        recipe = load_recipe(args.recipe or demo_recipe_path())
+        job_id = create_job(project, recipe, "demo-pretrain")
+        print(f"[demo] pretraining from scratch: job {job_id}, {recipe.total_steps} steps ({recipe.kind} recipe {args.recipe or demo_recipe_path()})")  # type: ignore[attr-defined]
+        summary = execute_job(project, job_id, echo=True)
+        print(json.dumps({k: v for k, v in summary.items() if k != "shapes_eval"}, indent=2))
+        se = summary.get("shapes_eval") or {}
+        if se:
+            print("[demo] ShapesEval of the pretrained model (detector-judged prompt fidelity):")
+            for cat, acc in se["categories"].items():
+                print(f"    {cat:<16}{acc:6.3f}")
+            print(f"    {'overall':<16}{se['overall']:6.3f}")
+        print("[demo] not in the headless demo yet: rating, preference tuning, DreamBooth, distillation")
+    print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
     return 0

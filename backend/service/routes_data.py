@@ -1,0 +1,183 @@
+"""Routes for datasets, items, images, thumbnails, recipes and models."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel
+
+router = APIRouter()
+HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _state(request: Request):
+    return request.app.state.service
+
+
+def _item(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    row["flags"] = json.loads(row.get("flags") or "[]")
+    row["meta"] = json.loads(row["meta"]) if row.get("meta") else None
+    return row
+
+
+@router.get("/datasets")
+def datasets(request: Request) -> list[dict[str, Any]]:
+    """Every dataset with its item count, category counts and flagged count."""
+    st = _state(request)
+    out = []
+    for ds in st.rows("SELECT id, name, source, created FROM datasets ORDER BY id"):
+        cats = st.rows("SELECT COALESCE(category, 'uncategorised') AS category, count(*) AS n FROM items WHERE dataset_id = ? GROUP BY 1 ORDER BY 1", [ds["id"]])
+        ds["categories"] = {c["category"]: c["n"] for c in cats}
+        ds["items"] = sum(ds["categories"].values())
+        ds["flagged"] = st.db().execute("SELECT count(*) FROM items WHERE dataset_id = ? AND flags != '[]'", [ds["id"]]).fetchone()[0]
+        ds["rejects"] = st.db().execute("SELECT count(*) FROM rejects WHERE dataset_id = ?", [ds["id"]]).fetchone()[0]
+        out.append(ds)
+    return out
+
+
+@router.get("/datasets/{name}/items")
+def items(
+    request: Request,
+    name: str,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    category: str | None = None,
+    flagged: bool | None = None,
+    min_width: int | None = Query(None, ge=0),
+    min_height: int | None = Query(None, ge=0),
+    caption: str | None = Query(None, max_length=200),
+) -> dict[str, Any]:
+    """A page of items with filters; ``total`` counts all matches."""
+    st = _state(request)
+    ds = st.db().execute("SELECT id FROM datasets WHERE name = ?", [name]).fetchone()
+    if ds is None:
+        raise HTTPException(404, f"no dataset {name!r}")
+    where, params = ["dataset_id = ?"], [ds[0]]
+    if category:
+        where.append("category = ?")
+        params.append(category)
+    if flagged is not None:
+        where.append("flags != '[]'" if flagged else "flags = '[]'")
+    if min_width is not None:
+        where.append("width >= ?")
+        params.append(min_width)
+    if min_height is not None:
+        where.append("height >= ?")
+        params.append(min_height)
+    if caption:
+        where.append("caption LIKE ? ESCAPE '\\'")
+        params.append("%" + caption.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+    clause = " AND ".join(where)
+    total = st.db().execute(f"SELECT count(*) FROM items WHERE {clause}", params).fetchone()[0]
+    rows = st.rows(
+        f"SELECT id, hash, ext, width, height, mode, caption, category, flags, complexity, source_path FROM items WHERE {clause} ORDER BY id LIMIT ? OFFSET ?",
+        [*params, limit, offset],
+    )
+    return {"total": total, "offset": offset, "items": [_item(r) for r in rows]}
+
+
+@router.get("/items/{item_id}")
+def item(request: Request, item_id: int) -> dict[str, Any]:
+    rows = _state(request).rows("SELECT * FROM items WHERE id = ?", [item_id])
+    if not rows:
+        raise HTTPException(404, f"no item {item_id}")
+    return _item(rows[0])
+
+
+def _blob(request: Request, digest: str, kind: str) -> FileResponse:
+    if not HASH.match(digest):
+        raise HTTPException(400, "not a content hash")
+    proj = _state(request).project()
+    folder = proj.root / kind / digest[:2]
+    matches = sorted(folder.glob(f"{digest}.*")) if folder.is_dir() else []
+    if not matches:
+        raise HTTPException(404, "no such image")
+    return FileResponse(matches[0], headers={"Cache-Control": "max-age=31536000, immutable"})
+
+
+@router.get("/images/{digest}")
+def image(request: Request, digest: str) -> FileResponse:
+    """An image by content hash (dataset items and samples alike)."""
+    return _blob(request, digest, "images")
+
+
+@router.get("/thumbs/{digest}")
+def thumb(request: Request, digest: str) -> Response:
+    """A small thumbnail by content hash (made at import, or on first request)."""
+    if not HASH.match(digest):
+        raise HTTPException(400, "not a content hash")
+    proj = _state(request).project()
+    path = proj.blob_path(digest, "png", kind="cache/thumbs")
+    if not path.exists():
+        src = _blob(request, digest, "images").path
+        from io import BytesIO
+
+        from PIL import Image
+
+        from backend.store import atomic_write_bytes
+
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            im.thumbnail((96, 96))
+            buf = BytesIO()
+            im.save(buf, "PNG")
+        atomic_write_bytes(path, buf.getvalue())
+    return FileResponse(path, headers={"Cache-Control": "max-age=31536000, immutable"})
+
+
+class RecipeText(BaseModel):
+    text: str
+
+
+@router.post("/recipes/validate")
+def validate_recipe(body: RecipeText) -> dict[str, Any]:
+    """Validate TOML recipe text; every problem comes back with its field path."""
+    from backend.recipes import RecipeError, loads_recipe
+
+    try:
+        recipe = loads_recipe(body.text)
+    except RecipeError as exc:
+        return {"valid": False, "issues": [{"path": i.path, "reason": i.reason} for i in exc.issues]}
+    return {"valid": True, "kind": recipe.kind, "issues": []}
+
+
+@router.get("/recipes/default/{kind}")
+def default_recipe(kind: str) -> Response:
+    """A commented default recipe of a kind, as TOML."""
+    from backend.recipes import RECIPE_KINDS, default_recipe, dumps_recipe
+
+    if kind not in RECIPE_KINDS:
+        raise HTTPException(404, f"unknown recipe kind {kind!r}; one of {sorted(RECIPE_KINDS)}")
+    return Response(dumps_recipe(default_recipe(kind)), media_type="application/toml")
+
+
+@router.get("/models")
+def models(request: Request) -> list[dict[str, Any]]:
+    rows = _state(request).rows("SELECT id, kind, name, path, parent_id, job_id, card, created FROM models ORDER BY id")
+    for r in rows:
+        r["card"] = json.loads(r["card"] or "{}")
+    return rows
+
+
+@router.get("/models/{model_id}/lineage")
+def lineage(request: Request, model_id: int) -> list[dict[str, Any]]:
+    """The model and its ancestors, newest first (with the job that made each)."""
+    st = _state(request)
+    chain: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    current: int | None = model_id
+    while current is not None and current not in seen:
+        seen.add(current)
+        rows = st.rows("SELECT m.id, m.kind, m.name, m.path, m.parent_id, m.job_id, j.kind AS job_kind, j.name AS job_name FROM models m LEFT JOIN jobs j ON j.id = m.job_id WHERE m.id = ?", [current])
+        if not rows:
+            if not chain:
+                raise HTTPException(404, f"no model {model_id}")
+            break
+        chain.append(rows[0])
+        current = rows[0]["parent_id"]
+    return chain

@@ -1,0 +1,42 @@
+"""``signal-backend serve``: bind loopback (by default), pick a free port, write the discovery file."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+from backend.store import Project
+
+from .discovery import remove_discovery, write_discovery
+from .state import ServiceState
+
+
+def serve(project: Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None, slots: int = 1, create: bool = False, log_level: str = "warning") -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    root = Path(project).expanduser().resolve()
+    if create and not (root / "project.db").exists():
+        Project.init(root).close()
+    Project.open(root).close()  # migrate before anything reads it
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    port = sock.getsockname()[1]
+    token = token or secrets.token_urlsafe(32)
+    state = ServiceState(project_root=root, token=token, host=host, port=port, slots=slots)
+    app = create_app(state)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    path = write_discovery(url, token, str(root))
+    print(f"signal-backend serving {root} at {url} (discovery file {path})", file=sys.stderr, flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        remove_discovery()
+    return 0
