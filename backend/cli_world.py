@@ -125,8 +125,8 @@ def _eval_fd_args(p: argparse.ArgumentParser) -> None:
 
 @command("eval fd", "Fréchet distance between two image folders in the encoder's space", _eval_fd_args)
 def _eval_fd(args: argparse.Namespace) -> int:
-    from backend.eval.folder import read_images
     from backend.eval.fd import frechet_distance
+    from backend.eval.folder import read_images
     from backend.world.pretrained import load_encoder
 
     enc = load_encoder()

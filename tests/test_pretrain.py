@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_cli, tiny_pretrain_recipe
 from safetensors.torch import load_file
 
 from backend.store import Project
-from conftest import REPO, run_cli, tiny_pretrain_recipe
 
 
 def _run(project: Path, recipe_text: str, tmp_path: Path, name: str) -> subprocess.CompletedProcess:

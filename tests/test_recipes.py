@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from backend.recipes import RECIPE_KINDS, PretrainRecipe, RecipeError, default_recipe, dumps_recipe, loads_recipe
-from conftest import run_cli
 
 
 @pytest.mark.parametrize("kind", sorted(RECIPE_KINDS))

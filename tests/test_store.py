@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from sqlite_utils import Database
 
 from backend.store import OutsideProjectError, Project, ProjectError
 from backend.store.project import connect
 from backend.store.schema import MIGRATIONS, latest_version
-from conftest import REPO
 
 
 def test_init_creates_layout_and_tables(tmp_path: Path):

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from backend.world import CATEGORIES, COLORS, SHAPES, make_caption, make_scene, render
 from backend.world.captions import caption
 from backend.world.spec import BACKGROUNDS, RESOLUTIONS, Scene, pastel
 from backend.world.subject import SUBJECT_COLORS, subject_instances
-from conftest import run_cli
 
 
 def test_vocabulary_is_as_wide_as_promised():
@@ -114,7 +114,7 @@ def test_subject_is_never_in_base_data():
             assert exact < 3, f"scene {i} contains subject-coloured pixels"
     instances = subject_instances(0, 5)
     assert 4 <= len(instances) <= 6
-    for img, meta in instances:
+    for img, _meta in instances:
         arr = np.asarray(img).astype(int)
         assert (np.abs(arr - teal).max(-1) <= 6).sum() > 20 and (np.abs(arr - magenta).max(-1) <= 6).sum() > 20
     poses = {round(m["angle"]) for _, m in instances}

@@ -7,12 +7,12 @@ grpo, dreambooth, distill, ...) adds its model module and one line here. Errors 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomlkit
+import tomllib
 from pydantic import BaseModel, ValidationError
 
 from .base import RecipeBase

@@ -10,6 +10,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel
 
+from .params import MAX_INT, Id
+
 router = APIRouter()
 HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,12 +46,12 @@ def datasets(request: Request) -> list[dict[str, Any]]:
 def items(
     request: Request,
     name: str,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_INT),
     limit: int = Query(100, ge=1, le=1000),
     category: str | None = None,
     flagged: bool | None = None,
-    min_width: int | None = Query(None, ge=0),
-    min_height: int | None = Query(None, ge=0),
+    min_width: int | None = Query(None, ge=0, le=MAX_INT),
+    min_height: int | None = Query(None, ge=0, le=MAX_INT),
     caption: str | None = Query(None, max_length=200),
 ) -> dict[str, Any]:
     """A page of items with filters; ``total`` counts all matches."""
@@ -82,7 +84,7 @@ def items(
 
 
 @router.get("/items/{item_id}")
-def item(request: Request, item_id: int) -> dict[str, Any]:
+def item(request: Request, item_id: Id) -> dict[str, Any]:
     rows = _state(request).rows("SELECT * FROM items WHERE id = ?", [item_id])
     if not rows:
         raise HTTPException(404, f"no item {item_id}")
@@ -165,7 +167,7 @@ def models(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/models/{model_id}/lineage")
-def lineage(request: Request, model_id: int) -> list[dict[str, Any]]:
+def lineage(request: Request, model_id: Id) -> list[dict[str, Any]]:
     """The model and its ancestors, newest first (with the job that made each)."""
     st = _state(request)
     chain: list[dict[str, Any]] = []

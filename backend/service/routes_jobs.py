@@ -8,6 +8,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from .params import MAX_INT, Id
+
 router = APIRouter()
 ACTIONS = ("stop", "pause", "resume", "sample", "save")
 
@@ -16,7 +18,7 @@ def _state(request: Request):
     return request.app.state.service
 
 
-def _job(request: Request, job_id: int) -> dict[str, Any]:
+def _job(request: Request, job_id: Id) -> dict[str, Any]:
     rows = _state(request).rows("SELECT * FROM jobs WHERE id = ?", [job_id])
     if not rows:
         raise HTTPException(404, f"no job {job_id}")
@@ -53,12 +55,12 @@ def create(request: Request, body: JobCreate) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}")
-def get(request: Request, job_id: int) -> dict[str, Any]:
+def get(request: Request, job_id: Id) -> dict[str, Any]:
     return _job(request, job_id)
 
 
 @router.post("/jobs/{job_id}/{action}")
-def control(request: Request, job_id: int, action: Literal["stop", "pause", "resume", "sample", "save"]) -> dict[str, Any]:
+def control(request: Request, job_id: Id, action: Literal["stop", "pause", "resume", "sample", "save"]) -> dict[str, Any]:
     """stop/pause: checkpoint then exit (a stop becomes a kill after a timeout); resume: queue again
     from the last checkpoint; sample/save: a preview grid or a checkpoint now."""
     st = _state(request)
@@ -81,7 +83,7 @@ def control(request: Request, job_id: int, action: Literal["stop", "pause", "res
 
 
 @router.delete("/jobs/{job_id}")
-def delete(request: Request, job_id: int) -> dict[str, Any]:
+def delete(request: Request, job_id: Id) -> dict[str, Any]:
     """Delete a job that is not running, with its run folder (its models stay)."""
     from backend.jobs import delete_run
 
@@ -93,7 +95,7 @@ def delete(request: Request, job_id: int) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}/log")
-def log(request: Request, job_id: int, offset: int = Query(0, ge=0), limit: int = Query(65536, ge=1, le=1 << 22)) -> dict[str, Any]:
+def log(request: Request, job_id: Id, offset: int = Query(0, ge=0, le=MAX_INT), limit: int = Query(65536, ge=1, le=1 << 22)) -> dict[str, Any]:
     """The job's log from byte ``offset`` (poll with the returned ``next``)."""
     job = _job(request, job_id)
     text, nxt = "", offset
@@ -110,8 +112,8 @@ def log(request: Request, job_id: int, offset: int = Query(0, ge=0), limit: int 
 @router.get("/jobs/{job_id}/metrics")
 def metrics(
     request: Request,
-    job_id: int,
-    since_step: int = Query(0, ge=0),
+    job_id: Id,
+    since_step: int = Query(0, ge=0, le=MAX_INT),
     stride: int = Query(1, ge=1, le=100000),
     keys: str | None = Query(None, max_length=2000, description="comma-separated keys; prefix* matches a prefix"),
 ) -> dict[str, list[list[float]]]:
@@ -140,7 +142,7 @@ def metrics(
 
 
 @router.get("/jobs/{job_id}/samples")
-def job_samples(request: Request, job_id: int, since_id: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=5000)) -> list[dict[str, Any]]:
+def job_samples(request: Request, job_id: Id, since_id: int = Query(0, ge=0, le=MAX_INT), limit: int = Query(500, ge=1, le=5000)) -> list[dict[str, Any]]:
     _job(request, job_id)
     rows = _state(request).rows(
         "SELECT id, job_id, step, prompt, seed, image_hash, settings, created FROM samples WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",

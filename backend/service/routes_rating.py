@@ -11,8 +11,10 @@ import json
 import re
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
+
+from .params import Id
 
 router = APIRouter()
 HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -47,7 +49,7 @@ class Undo(BaseModel):
     rater: str = Field("", max_length=100)
 
 
-def _row(request: Request, cid: int) -> dict[str, Any]:
+def _row(request: Request, cid: Id) -> dict[str, Any]:
     rows = _state(request).rows("SELECT * FROM comparisons WHERE id = ?", [cid])
     if not rows:
         raise HTTPException(404, f"no comparison {cid}")
@@ -74,7 +76,7 @@ def next_pair(request: Request) -> dict[str, Any] | None:
 
 
 @router.post("/comparisons/{cid}/choice")
-def submit(request: Request, cid: int, body: Choice) -> dict[str, Any]:
+def submit(request: Request, cid: Id, body: Choice) -> dict[str, Any]:
     db = _state(request).db()
     with db.conn:
         cur = db.execute(
@@ -99,9 +101,9 @@ def undo(request: Request, body: Undo) -> dict[str, Any]:
 
 
 @router.get("/comparisons")
-def comparisons(request: Request, judged: bool | None = None, limit: int = 200) -> dict[str, Any]:
+def comparisons(request: Request, judged: bool | None = None, limit: int = Query(200, ge=1, le=5000)) -> dict[str, Any]:
     st = _state(request)
     where = "" if judged is None else ("WHERE choice IS NOT NULL" if judged else "WHERE choice IS NULL")
     total = st.db().execute(f"SELECT count(*) FROM comparisons {where}").fetchone()[0]
-    rows = st.rows(f"SELECT id, prompt, image_a, image_b, choice, shown_left, rater, decision_ms, created FROM comparisons {where} ORDER BY id DESC LIMIT ?", [max(1, min(limit, 5000))])
+    rows = st.rows(f"SELECT id, prompt, image_a, image_b, choice, shown_left, rater, decision_ms, created FROM comparisons {where} ORDER BY id DESC LIMIT ?", [limit])
     return {"total": total, "items": rows}

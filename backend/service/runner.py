@@ -107,7 +107,7 @@ class JobRunner:
 
     def _escalate_stops(self) -> None:
         now = time.time()
-        for job_id, control in self.db.execute("SELECT id, control FROM jobs WHERE state = 'running' AND control IN ('stop', 'pause')").fetchall():
+        for job_id, _control in self.db.execute("SELECT id, control FROM jobs WHERE state = 'running' AND control IN ('stop', 'pause')").fetchall():
             first = self.stop_requested.setdefault(job_id, now)
             if now - first > self.stop_timeout:
                 self.kill(job_id)

@@ -1,0 +1,193 @@
+"""The service as a real process on loopback: auth on every route, path safety, Host guard,
+job control, crash recovery and a property-based fuzz of the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import tiny_pretrain_recipe
+
+from backend.service.client import BackendError, Client, start_backend
+
+
+@pytest.fixture(scope="module")
+def backend(shapes_project: Path, tmp_path_factory):
+    proc, client = start_backend(shapes_project, log_path=tmp_path_factory.mktemp("svc") / "service.log")
+    yield proc, client
+    client.close()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _openapi(client: Client) -> dict:
+    return client.get("/api/openapi.json")
+
+
+def _fill(path: str) -> str:
+    return path.replace("{job_id}", "1").replace("{item_id}", "1").replace("{model_id}", "1").replace("{cid}", "1") \
+        .replace("{digest}", "0" * 64).replace("{name}", "shapes").replace("{kind}", "pretrain").replace("{action}", "stop") \
+        .replace("{path}", "runs/x.txt")
+
+
+def test_every_route_refuses_missing_and_wrong_tokens(backend):
+    _, client = backend
+    schema = _openapi(client)
+    routes = [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops]
+    assert len(routes) >= 20
+    routes.append(("GET", "/api/openapi.json"))
+    for method, path in routes:
+        url = client.url + _fill(path)
+        assert httpx.request(method, url).status_code == 401, (method, path)
+        bad = httpx.request(method, url, headers={"Authorization": "Bearer wrong-token"})
+        assert bad.status_code == 403, (method, path, bad.status_code)
+        basic = httpx.request(method, url, headers={"Authorization": "Basic " + client.token})
+        assert basic.status_code in (401, 403), (method, path)
+
+
+def test_host_header_must_be_the_bound_host(backend):
+    _, client = backend
+    ok = httpx.get(client.url + "/api/health", headers={"Authorization": f"Bearer {client.token}"})
+    assert ok.status_code == 200
+    for host in ("evil.example", "192.168.1.10:8000", f"attacker.test:{client.url.rsplit(':', 1)[1]}"):
+        r = httpx.get(client.url + "/api/health", headers={"Authorization": f"Bearer {client.token}", "Host": host})
+        assert r.status_code == 403, host
+
+
+def test_no_route_serves_files_outside_the_project(backend, shapes_project: Path, tmp_path: Path):
+    _, client = backend
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    link = shapes_project / "exports" / "escape"
+    link.parent.mkdir(exist_ok=True)
+    if not link.exists():
+        link.symlink_to(tmp_path)
+    attempts = [
+        "%2e%2e/%2e%2e/etc/passwd", "..%2f..%2fetc%2fpasswd", "%2fetc%2fpasswd", "runs/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "exports/escape/secret.txt", "%252e%252e/etc/passwd", "images/..%5c..%5cetc%5cpasswd", str(secret).lstrip("/"),
+    ]
+    raw = httpx.Client(base_url=client.url, headers={"Authorization": f"Bearer {client.token}"})
+    for a in attempts:
+        r = raw.get("/api/files/" + a)
+        assert r.status_code in (403, 404), (a, r.status_code)
+        assert b"top secret" not in r.content and b"root:" not in r.content
+    r = raw.get("/api/files/project.db")
+    assert r.status_code == 403
+    for bad in ("../" * 3 + "etc", "zz" * 32, "0" * 63):
+        assert raw.get(f"/api/images/{bad}").status_code in (400, 404)
+    (shapes_project / "exports" / "note.txt").write_text("inside")
+    assert raw.get("/api/files/exports/note.txt").text == "inside"
+
+
+def test_recipe_validation_and_bad_job_requests(backend):
+    _, client = backend
+    res = client.validate_recipe('kind = "pretrain"\n[optim]\nlr = -1\nbatchsize = 3\n')
+    assert not res["valid"]
+    assert {i["path"] for i in res["issues"]} == {"optim.lr", "optim.batchsize"}
+    with pytest.raises(BackendError) as info:
+        client.create_job('kind = "pretrain"\n[optim]\nlr = -1\n')
+    assert info.value.status == 422 and info.value.detail["issues"][0]["path"] == "optim.lr"
+    with pytest.raises(BackendError) as info:
+        client.control(99999, "stop")
+    assert info.value.status == 404
+
+
+def _wait(pred, timeout=240, every=0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("condition not met")
+
+
+def test_job_lifecycle_events_stop_and_resume(backend, shapes_project: Path):
+    _, client = backend
+    job = client.create_job(tiny_pretrain_recipe(steps=400, checkpoint_every=5, sample_every=1000, name="svc-stop"), "svc-stop")
+    seen: list[dict] = []
+    for ev in client.events(job=job["id"], timeout=240):
+        seen.append(ev)
+        if ev["type"] == "metrics":
+            break
+    assert any(e["type"] == "job" and e["job"]["state"] == "running" for e in seen)
+    _wait(lambda: client.job(job["id"])["step"] >= 10)
+    client.control(job["id"], "sample")
+    _wait(lambda: client.samples(job["id"]))
+    client.control(job["id"], "stop")
+    stopped = client.wait_job(job["id"], timeout=120)
+    assert stopped["state"] == "stopped" and stopped["resumable"] == 1
+    step_at_stop = stopped["step"]
+    run_dir = shapes_project / stopped["run_dir"]
+    assert (run_dir / "checkpoints" / f"step-{step_at_stop:07d}").exists(), "stop must checkpoint first"
+    client.control(job["id"], "resume")
+    _wait(lambda: client.job(job["id"])["step"] > step_at_stop + 2)
+    client.control(job["id"], "stop")
+    client.wait_job(job["id"], timeout=120)
+    log = client.log(job["id"])["text"]
+    assert f"resumed from step-{step_at_stop:07d}" in log
+    series = client.metrics(job["id"], keys="loss")["loss"]
+    steps = [s for s, _ in series]
+    assert steps == sorted(steps) and max(steps) > step_at_stop
+
+
+def test_sigkilled_worker_leaves_job_interrupted_and_resumable(backend, shapes_project: Path):
+    _, client = backend
+    job = client.create_job(tiny_pretrain_recipe(steps=400, checkpoint_every=4, sample_every=1000, name="svc-kill"), "svc-kill")
+    _wait(lambda: client.job(job["id"])["step"] >= 9)
+    row = client.job(job["id"])
+    metrics_before = len(client.metrics(job["id"], keys="loss").get("loss", []))
+    os.killpg(os.getpgid(row["pid"]), signal.SIGKILL)
+    dead = _wait(lambda: (j := client.job(job["id"]))["state"] == "interrupted" and j)
+    assert dead["resumable"] == 1 and "signal" in (dead["error"] or "")
+    assert len(client.metrics(job["id"], keys="loss")["loss"]) >= metrics_before
+    ckpt = Path(shapes_project / dead["run_dir"] / "checkpoints" / "latest").read_text().strip()
+    client.control(job["id"], "resume")
+    _wait(lambda: ckpt in client.log(job["id"])["text"].split("resumed from ")[-1] if "resumed from" in client.log(job["id"])["text"] else False)
+    client.control(job["id"], "stop")
+    assert client.wait_job(job["id"], timeout=120)["state"] == "stopped"
+
+
+def test_killed_service_restarts_with_jobs_and_ratings_intact(shapes_project: Path, tmp_path: Path):
+    proc, client = start_backend(shapes_project, log_path=tmp_path / "svc1.log")
+    digest = "ab" * 32
+    ids = [client.create_pair("a red circle", digest, "cd" * 32, {"seed_a": i})["id"] for i in range(20)]
+    for cid in ids[:15]:
+        client.submit(cid, "a", rater="tester", decision_ms=300)
+    job = client.create_job(tiny_pretrain_recipe(steps=400, checkpoint_every=4, sample_every=1000, name="svc-restart"), "svc-restart")
+    _wait(lambda: client.job(job["id"])["step"] >= 6)
+    worker_pid = client.job(job["id"])["pid"]
+    n_metrics = len(client.metrics(job["id"]).get("loss", []))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    # the worker runs on without the service; kill it too, as a crash of the whole machine would
+    os.killpg(os.getpgid(worker_pid), signal.SIGKILL)
+    time.sleep(0.5)
+    proc2, client2 = start_backend(shapes_project, log_path=tmp_path / "svc2.log")
+    try:
+        judged = client2.get("/api/comparisons", judged=True)
+        assert sum(1 for c in judged["items"] if c["id"] in ids) == 15
+        jobs = {j["name"]: j for j in client2.jobs()}
+        assert jobs["svc-restart"]["state"] == "interrupted" and jobs["svc-restart"]["resumable"] == 1
+        assert len(client2.metrics(job["id"]).get("loss", [])) >= n_metrics
+    finally:
+        client2.close()
+        proc2.terminate()
+        proc2.wait(timeout=30)
+        client.close()
+
+
+def test_undo_returns_the_pair_to_the_queue(backend):
+    _, client = backend
+    a = client.create_pair("a blue square", "11" * 32, "22" * 32)
+    while (nxt := client.next_pair()) and nxt["id"] != a["id"]:
+        client.submit(nxt["id"], "skip", rater="undo-tester")
+    client.submit(a["id"], "b", shown_left="b", rater="undo-tester", decision_ms=1200)
+    assert client.get("/api/comparisons", judged=True)["total"] >= 1
+    undone = client.undo("undo-tester")
+    assert undone["id"] == a["id"] and undone["choice"] is None
+    assert client.next_pair()["id"] == a["id"]
