@@ -155,3 +155,31 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host} exposes the service beyond this machine; the token is the only guard", file=sys.stderr)
     return serve(args.project, args.host, args.port, args.token or os.environ.get("SIGNAL_BACKEND_TOKEN"), args.slots, args.create)
+
+
+def _curate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--near-threshold", type=int, default=None, help="perceptual-hash bits (of 256) for near duplicates (default 20)")
+    p.add_argument("--min-side", type=int, default=None)
+    p.add_argument("--max-aspect", type=float, default=None)
+    p.add_argument("--min-blur", type=float, default=None, help="flag images whose Laplacian variance is below this")
+    p.add_argument("--json", action="store_true")
+
+
+@command("curate", "flag duplicates, near duplicates and filtered items of a dataset (nothing is deleted)", _curate_args)
+def _curate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from backend.data.curate import CurationSettings, curate
+    from backend.store import Project
+
+    with Project.open(args.project) as project:
+        stored = project.db.execute("SELECT curation FROM datasets WHERE name = ?", [args.dataset]).fetchone()
+        base = asdict(CurationSettings.from_json(json.loads(stored[0]) if stored and stored[0] else None))
+        for key in ("near_threshold", "min_side", "max_aspect", "min_blur"):
+            if getattr(args, key) is not None:
+                base[key] = getattr(args, key)
+        report = curate(project, args.dataset, CurationSettings(**base))
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.summary())
+    return 0

@@ -67,7 +67,7 @@ def test_opening_an_older_project_migrates_it_and_keeps_its_rows(tmp_path: Path)
     with Project.open(root) as project:
         assert project.applied_migrations() == names
         assert "rejects" in project.db.table_names()
-        assert "phash" in project.db["items"].columns_dict
+        assert "phash" in project.db["items"].columns_dict and "blur" in project.db["items"].columns_dict
         row = next(project.db["items"].rows)
         assert row["caption"] == "a red circle" and row["phash"] is None
 

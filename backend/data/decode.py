@@ -38,6 +38,8 @@ class Decoded:
     mode: str  # mode of the source file
     normalised: list[str] = field(default_factory=list)
     thumb: bytes = b""
+    phash: str = ""  # 256-bit perceptual hash (hex) for near-duplicate search
+    blur: float = 0.0  # variance of the Laplacian of the grey image: low = blurry
 
 
 def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
@@ -107,7 +109,7 @@ def decode_file(path: Path, *, max_pixels: int = 64_000_000, min_side: int = 8, 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Rejected("too_many_pixels", str(exc)) from None
     except UnidentifiedImageError:
-        raise Rejected("not_an_image", "no known image format") from None
+        raise _diagnose(raw) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise Rejected("corrupt", f"decoding failed: {exc}") from None
     finally:
@@ -126,7 +128,59 @@ def decode_file(path: Path, *, max_pixels: int = 64_000_000, min_side: int = 8, 
     thumb.thumbnail((thumb_side, thumb_side), Image.BILINEAR)
     tbuf = io.BytesIO()
     thumb.save(tbuf, "PNG")
-    return Decoded(data, ext, rgb.size[0], rgb.size[1], src_mode, notes, tbuf.getvalue())
+    return Decoded(data, ext, rgb.size[0], rgb.size[1], src_mode, notes, tbuf.getvalue(), perceptual_hash(rgb), blur_score(rgb))
+
+
+def perceptual_hash(img: Image.Image) -> str:
+    """imagehash's DCT hash at 16x16 (256 bits) plus the mean colour: ``<64 hex>/<rrggbb>``.
+
+    The DCT hash sees structure in grey (re-encodes land within ~12 bits, distinct ShapesWorld
+    scenes 38+ apart) but is blind to colour, so two flat images of different colours would hash
+    alike; the mean colour tells them apart.
+    """
+    import imagehash
+
+    r, g, b = (int(round(v)) for v in np.asarray(img.convert("RGB").resize((8, 8), Image.BOX), dtype=np.float32).reshape(-1, 3).mean(0))
+    return f"{imagehash.phash(img, hash_size=16)}/{r:02x}{g:02x}{b:02x}"
+
+
+def blur_score(img: Image.Image) -> float:
+    """Variance of the Laplacian of the grey image at <=256 px (the usual sharpness proxy)."""
+    grey = img.convert("L")
+    if max(grey.size) > 256:
+        grey.thumbnail((256, 256))
+    a = np.asarray(grey, dtype=np.float32)
+    if min(a.shape) < 3:
+        return 0.0
+    lap = a[1:-1, :-2] + a[1:-1, 2:] + a[:-2, 1:-1] + a[2:, 1:-1] - 4 * a[1:-1, 1:-1]
+    return float(lap.var())
+
+
+_SIGNATURES = {
+    b"\x89PNG": ("PngImagePlugin", "PngImageFile"),
+    b"II*\x00": ("TiffImagePlugin", "TiffImageFile"),
+    b"MM\x00*": ("TiffImagePlugin", "TiffImageFile"),
+    b"\xff\xd8\xff": ("JpegImagePlugin", "JpegImageFile"),
+    b"GIF8": ("GifImagePlugin", "GifImageFile"),
+    b"BM": ("BmpImagePlugin", "BmpImageFile"),
+}
+
+
+def _diagnose(raw: bytes) -> Rejected:
+    """Pillow could not identify the file: an image format with a pixel mode Pillow cannot read,
+    a damaged header, or no image at all. Ask the format's own plugin why."""
+    import importlib
+
+    for magic, (module, cls) in _SIGNATURES.items():
+        if raw.startswith(magic):
+            plugin = getattr(importlib.import_module(f"PIL.{module}"), cls)
+            try:
+                plugin(io.BytesIO(raw))
+            except Exception as exc:  # the plugin's own reason
+                reason = "unsupported_mode" if "mode" in str(exc).lower() else "corrupt"
+                return Rejected(reason, f"{module[:-11]} file: {exc}")
+            return Rejected("corrupt", f"{module[:-11]} header present but the file cannot be read")
+    return Rejected("not_an_image", "no known image format")
 
 
 def _has_rotation(im: Image.Image) -> bool:

@@ -201,6 +201,7 @@ def import_sources(
                     "height": res.height, "mode": res.mode, "caption": cand.caption, "category": cand.category,
                     "meta": dumps(meta) if meta else None, "source_path": cand.key,
                     "complexity": float(complexity) if complexity is not None else caption_complexity(cand.caption),
+                    "phash": res.phash, "blur": res.blur,
                 })
                 report.imported += 1
             if len(pending_items) + len(pending_rejects) >= BATCH or i == total:

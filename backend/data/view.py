@@ -9,6 +9,12 @@ from pathlib import Path
 from backend.store import Project
 
 VIEWS = ("curated", "all")
+KEEP_FLAGS = ("chosen_keeper",)
+
+
+def excluded(flags: list[str]) -> bool:
+    """Whether an item with these flags stays out of the curated view (keeper choices do not count)."""
+    return any(f not in KEEP_FLAGS for f in flags)
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ def load_view(project: Project, dataset: str, view: str = "curated") -> list[Vie
     ).fetchall()
     items = []
     for rid, h, ext, w, hh, cap, cat, cx, flags in rows:
-        if view == "curated" and json.loads(flags or "[]"):
+        if view == "curated" and excluded(json.loads(flags or "[]")):
             continue
         items.append(ViewItem(rid, h, ext, w, hh, cap or "", cat or "uncategorised", float(cx or 0.0)))
     return items

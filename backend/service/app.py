@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from backend import __version__
 
 from .events import EventHub
+from .routes_curation import router as curation_router
 from .routes_data import router as data_router
 from .routes_jobs import router as jobs_router
 from .routes_rating import router as rating_router
@@ -75,6 +76,7 @@ def create_app(state: ServiceState, *, start_runner: bool = True) -> FastAPI:
     app.include_router(data_router, prefix="/api", dependencies=auth)
     app.include_router(jobs_router, prefix="/api", dependencies=auth)
     app.include_router(rating_router, prefix="/api", dependencies=auth)
+    app.include_router(curation_router, prefix="/api", dependencies=auth)
 
     @app.get("/api/openapi.json", dependencies=auth, include_in_schema=False)
     def openapi() -> JSONResponse:

@@ -141,6 +141,18 @@ def m002_curation(db: Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m003_quality(db: Database) -> None:
+    """Blur score per item; a dataset's curation settings (what its curated view leaves out)."""
+    db.executescript(
+        """
+        ALTER TABLE items ADD COLUMN blur REAL;
+        ALTER TABLE datasets ADD COLUMN curation TEXT;
+        CREATE INDEX items_phash ON items(dataset_id, phash);
+        """
+    )
+
+
 def latest_version() -> str:
     """Name of the newest migration this code knows."""
     return MIGRATIONS._migrations[-1].name
