@@ -15,6 +15,7 @@ from pathlib import Path
 
 from backend.cli import command
 from backend.paths import demo_project_dir, resources_dir
+from backend.recipes import WorldRecipe
 from backend.store import Project
 
 DEMO_IMAGES = 4000
@@ -25,25 +26,35 @@ def demo_recipe_path() -> Path:
     return resources_dir() / "recipes" / "demo_pretrain.toml"
 
 
-def ensure_demo_project(root: Path | None = None, n: int = DEMO_IMAGES, log=print) -> Project:
-    """Open the demo project, creating and importing ShapesWorld on first use."""
+def add_world_data(project: Project, recipe: WorldRecipe, log=print, progress=None) -> dict:
+    """Export ShapesWorld into ``exports/<dataset>``, import it through the normal path, curate it."""
+    from backend.data.curate import curate
     from backend.data.importer import import_sources
     from backend.world.export import export_world, subject_folder
 
+    export = project.root / "exports" / recipe.dataset
+    t0 = time.perf_counter()
+    export_world(export, recipe.images, recipe.seed, subject=recipe.subject, defects=recipe.defects, resolution=recipe.resolution,
+                 progress=(lambda i, n: progress(i, 2 * n)) if progress else None)
+    log(f"exported {recipe.images} ShapesWorld images{' (+ planted bad files)' if recipe.defects else ''} to {export} in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    report = import_sources(project, recipe.dataset, [export], progress=(lambda i, n: progress(n + i, 2 * n)) if progress else None)
+    log(f"import ({time.perf_counter() - t0:.1f} s):\n" + report.summary())
+    cur = curate(project, recipe.dataset)
+    log("curation:\n" + cur.summary())
+    if recipe.subject:
+        import_sources(project, "subject", [subject_folder(export)])
+        log("imported the DreamBooth subject's 5 renders as dataset 'subject'")
+    return {"state": "done", "import": report.to_json(), "curation": {k: v for k, v in cur.to_json().items() if not k.endswith("clusters")}}
+
+
+def ensure_demo_project(root: Path | None = None, n: int = DEMO_IMAGES, log=print) -> Project:
+    """Open the demo project, creating and importing ShapesWorld on first use."""
     root = root or demo_project_dir()
     project = Project.open(root) if (root / "project.db").exists() else Project.init(root)
     have = project.db.execute("SELECT count(*) FROM datasets WHERE name = 'shapesworld'").fetchone()[0]
-    if have:
-        return project
-    export = project.root / "exports" / "shapesworld"
-    t0 = time.perf_counter()
-    export_world(export, n, DEMO_SEED, subject=True, defects=True)
-    log(f"[demo] exported {n} ShapesWorld images (+ planted bad files) to {export} in {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    report = import_sources(project, "shapesworld", [export])
-    log(f"[demo] import ({time.perf_counter() - t0:.1f} s):\n" + report.summary())
-    import_sources(project, "subject", [subject_folder(export)])
-    log("[demo] imported the DreamBooth subject's 5 renders as dataset 'subject'")
+    if not have:
+        add_world_data(project, WorldRecipe(images=n, seed=DEMO_SEED), log=lambda m: log(f"[demo] {m}"))
     return project
 
 

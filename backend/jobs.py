@@ -78,7 +78,13 @@ def _run_sample(project: Project, recipe: RecipeBase, run_dir: Path, reporter: A
     return run_sample_recipe(project, recipe, reporter)  # type: ignore[arg-type]
 
 
-RUNNERS: dict[str, Runner] = {"pretrain": _run_pretrain, "import": _run_import, "sample": _run_sample}
+def _run_world(project: Project, recipe: RecipeBase, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
+    from backend.demo import add_world_data
+
+    return add_world_data(project, recipe, log=reporter.log, progress=reporter.progress)  # type: ignore[arg-type]
+
+
+RUNNERS: dict[str, Runner] = {"pretrain": _run_pretrain, "import": _run_import, "sample": _run_sample, "world": _run_world}
 
 
 def is_main_rank() -> bool:

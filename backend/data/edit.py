@@ -50,7 +50,7 @@ def undo_batch(project: Project, batch: str) -> int:
     """Restore every caption a batch changed (newest edit first)."""
     rows = project.db.execute("SELECT id, item_id, old FROM caption_edits WHERE batch = ? ORDER BY id DESC", [batch]).fetchall()
     with project.transaction():
-        for edit_id, item_id, old in rows:
+        for _edit_id, item_id, old in rows:
             project.db.execute("UPDATE items SET caption = ?, complexity = ? WHERE id = ?", [old, caption_complexity(old), item_id])
             project.db["caption_edits"].insert({"item_id": item_id, "old": "", "new": old, "batch": f"undo:{batch}"})
     return len(rows)

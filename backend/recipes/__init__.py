@@ -14,6 +14,7 @@ from .registry import (
     parse_recipe,
 )
 from .sampling import SampleRecipe
+from .world import WorldRecipe
 
 __all__ = [
     "RECIPE_KINDS",
@@ -23,6 +24,7 @@ __all__ = [
     "RecipeError",
     "RecipeIssue",
     "SampleRecipe",
+    "WorldRecipe",
     "default_recipe",
     "dumps_recipe",
     "load_recipe",

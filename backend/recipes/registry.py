@@ -19,11 +19,13 @@ from .base import RecipeBase
 from .importing import ImportRecipe
 from .pretrain import PretrainRecipe
 from .sampling import SampleRecipe
+from .world import WorldRecipe
 
 RECIPE_KINDS: dict[str, type[RecipeBase]] = {
     "import": ImportRecipe,
     "pretrain": PretrainRecipe,
     "sample": SampleRecipe,
+    "world": WorldRecipe,
 }
 
 

@@ -198,3 +198,10 @@ def start_backend(project: str | Path, *, create: bool = False, timeout: float =
         time.sleep(0.1)
     proc.kill()
     raise TimeoutError(f"the backend did not start within {timeout} s")
+
+
+def demo_project_path() -> Path:
+    """Where the per-user demo project lives (the Studio reaches backend paths only through here)."""
+    from backend.paths import demo_project_dir
+
+    return demo_project_dir()

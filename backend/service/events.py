@@ -63,7 +63,7 @@ class EventHub:
         if rows:
             self.cursor["metric"] = rows[-1][0]
             by_job: dict[int, list] = {}
-            for rid, job, step, key, value, t in rows:
+            for _rid, job, step, key, value, t in rows:
                 by_job.setdefault(job, []).append([step, key, value, t])
             for job, items in by_job.items():
                 events.append({"type": "metrics", "job": job, "rows": items})

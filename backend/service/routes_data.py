@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .params import MAX_INT, Id
 
@@ -183,3 +183,76 @@ def lineage(request: Request, model_id: Id) -> list[dict[str, Any]]:
         chain.append(rows[0])
         current = rows[0]["parent_id"]
     return chain
+
+
+class RecipeData(BaseModel):
+    data: dict[str, Any]
+
+
+@router.post("/recipes/render")
+def render_recipe(body: RecipeData) -> Response:
+    """Validate recipe fields (as JSON) and return them as commented TOML; 422 lists every problem."""
+    from backend.recipes import RecipeError, dumps_recipe, parse_recipe
+
+    try:
+        recipe = parse_recipe(body.data)
+    except RecipeError as exc:
+        raise HTTPException(422, {"message": "invalid recipe", "issues": [{"path": i.path, "reason": i.reason} for i in exc.issues]}) from None
+    return Response(dumps_recipe(recipe), media_type="application/toml")
+
+
+@router.post("/recipes/estimate")
+def estimate_recipe(body: RecipeText) -> dict[str, Any]:
+    """Parameters, steps and an estimated duration of a pretrain recipe on this machine."""
+    import os
+
+    from backend.recipes import PretrainRecipe, RecipeError, loads_recipe
+    from backend.recipes.estimate import estimate
+
+    try:
+        recipe = loads_recipe(body.text)
+    except RecipeError as exc:
+        raise HTTPException(422, {"message": "invalid recipe", "issues": [{"path": i.path, "reason": i.reason} for i in exc.issues]}) from None
+    if not isinstance(recipe, PretrainRecipe):
+        raise HTTPException(422, "estimates exist for pretrain recipes only")
+    from .app import devices
+
+    gpu = recipe.compute.device in ("cuda", "auto") and any(d["kind"] == "cuda" for d in devices())
+    return estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
+
+
+class DensityBody(BaseModel):
+    timesteps: dict[str, Any] = Field(default_factory=dict)
+    shift: dict[str, Any] = Field(default_factory=dict)
+    buckets: list[tuple[int, int]] = Field(default_factory=lambda: [(32, 32)], min_length=1, max_length=32)
+
+
+@router.post("/allocation/density")
+def allocation_density(body: DensityBody) -> dict[str, Any]:
+    """The effective density of training timesteps per bucket (density, then resolution shift)."""
+    from pydantic import ValidationError
+
+    from backend.recipes.pretrain import ShiftSection, TimestepDensity
+    from backend.train.density import density_curves
+
+    try:
+        ts, sh = TimestepDensity(**body.timesteps), ShiftSection(**body.shift)
+    except ValidationError as exc:
+        raise HTTPException(422, [{"path": ".".join(map(str, e["loc"])), "reason": e["msg"]} for e in exc.errors()]) from None
+    for w, h in body.buckets:
+        if not (8 <= w <= 8192 and 8 <= h <= 8192):
+            raise HTTPException(422, f"bucket {w}x{h} out of range")
+    return density_curves(ts, sh, [tuple(b) for b in body.buckets])
+
+
+@router.get("/recipes/builtin/{name}")
+def builtin_recipe(name: str) -> Response:
+    """A recipe shipped in resources/recipes (e.g. demo_pretrain)."""
+    from backend.paths import resources_dir
+
+    if not re.fullmatch(r"[a-z0-9_]{1,64}", name):
+        raise HTTPException(404, "no such recipe")
+    path = resources_dir() / "recipes" / f"{name}.toml"
+    if not path.is_file():
+        raise HTTPException(404, f"no shipped recipe {name!r}")
+    return Response(path.read_text(encoding="utf-8"), media_type="application/toml")

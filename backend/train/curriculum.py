@@ -12,7 +12,6 @@ encoder's identity, REPA targets keyed by (image hash, bucket) under the encoder
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -25,9 +24,9 @@ from backend.data.cache import TensorCache, cache_key, file_fingerprint
 from backend.data.view import ViewItem
 from backend.imaging import to_tensor
 from backend.models.family import ModelBundle, PromptEmbeds
-from backend.recipes.pretrain import PretrainRecipe, ShiftSection, StageSection
+from backend.recipes.pretrain import PretrainRecipe, StageSection
 from backend.store import Project
-from backend.train.timesteps import dynamic_alpha
+from backend.train.density import bucket_alpha
 
 from .objectives.base import Batch
 
@@ -35,17 +34,6 @@ from .objectives.base import Batch
 def batch_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     digest = hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).hexdigest()
     return torch.Generator().manual_seed(int(digest[:15], 16))
-
-
-def bucket_alpha(rule: ShiftSection, width: int, height: int, tokens: int) -> float:
-    """The resolution shift for a bucket under the recipe's rule."""
-    if rule.kind == "none":
-        return 1.0
-    if rule.kind == "fixed":
-        return rule.alpha
-    if rule.kind == "per_bucket":
-        return math.sqrt((width * height) / (rule.base_resolution**2))
-    return dynamic_alpha(tokens, rule.base_tokens, rule.max_tokens, rule.base_shift, rule.max_shift)
 
 
 @dataclass

@@ -1,0 +1,45 @@
+"""How big a recipe's model is and how long it will take, without building anything.
+
+Parameter counts follow the SD3 joint block (attention and MLP for image and text streams
+plus adaLN modulation: ~33 d^2 per block); time follows 6 x params x tokens x images at a
+throughput measured on this project's reference machine (see bench/train_step.py). It is an
+estimate for the wizard ("about N minutes"), not a promise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .pretrain import PretrainRecipe
+
+PRESETS = {"tiny": (2, 2, 32), "small": (4, 4, 32), "base": (6, 6, 32)}  # layers, heads, head_dim
+TEXT_DIM = 384
+TEXT_TOKENS = 32
+LATENT_CHANNELS = 4
+TOKEN_STRIDE = 8  # VAE 4x, patch 2
+CPU_FLOPS_PER_CORE = 12e9  # effective training FLOP/s per core, measured on the reference CPU
+GPU_FLOPS = 200e12  # a conservative effective rate for a modern GPU
+
+
+def mmdit_params(layers: int, heads: int, head_dim: int, text_dim: int = TEXT_DIM, channels: int = LATENT_CHANNELS, patch: int = 2) -> int:
+    d = heads * head_dim
+    per_block = 33 * d * d  # measured: 32.2 d^2 (small) to 33.6 d^2 (base) in diffusers 0.42
+    embed = (channels * patch * patch) * d + text_dim * d + 2 * text_dim * d + 256 * d + 2 * d * d
+    head = d * 2 * d + d * patch * patch * channels
+    return layers * per_block + embed + head
+
+
+def estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False) -> dict[str, Any]:
+    m = recipe.model
+    layers, heads, head_dim = PRESETS[m.size]
+    params = mmdit_params(m.layers or layers, m.heads or heads, m.head_dim or head_dim)
+    flops = 0.0
+    stages = []
+    for st in recipe.curriculum:
+        tokens = sum((w // TOKEN_STRIDE) * (h // TOKEN_STRIDE) for w, h in st.buckets) / len(st.buckets) + TEXT_TOKENS
+        f = 6 * params * tokens * recipe.optim.batch_size * recipe.optim.grad_accum * st.steps * recipe.compute.processes
+        flops += f
+        stages.append({"name": st.name, "steps": st.steps, "tokens": tokens})
+    rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_CORE * max(1, cores)
+    seconds = flops / rate * 1.15  # + previews, evaluation and checkpoints
+    return {"params": params, "steps": recipe.total_steps, "stages": stages, "seconds": seconds, "flops": flops}

@@ -1,0 +1,144 @@
+"""The Studio's one line to a backend: find it, start it, or connect to a remote one.
+
+For a project it first looks for a running service through the discovery files; if none
+serves the project, it starts ``signal-backend serve --project DIR`` as a QProcess, shows its
+progress, and reports the process output if it fails to come up. A remote backend (an SSH
+tunnel, say) is just a URL and a token.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
+
+from backend.service.client import Client, find_backends
+
+from .tasks import EventStream, Tasks
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 90.0
+
+
+class BackendLink(QObject):
+    status = Signal(str)  # progress text while connecting
+    connected = Signal(dict)  # /api/info
+    failed = Signal(str, str)  # message, details
+    event = Signal(dict)
+    stream_state = Signal(bool)
+
+    def __init__(self, tasks: Tasks, parent: QObject | None = None):
+        super().__init__(parent)
+        self.tasks = tasks
+        self.client: Client | None = None
+        self.project: Path | None = None
+        self.process: QProcess | None = None
+        self.stream: EventStream | None = None
+        self._poll = QTimer(self)
+        self._poll.setInterval(150)
+        self._poll.timeout.connect(self._check_started)
+        self._started_at = 0.0
+        self._output = b""
+        self.info: dict[str, Any] = {}
+
+    # --- connecting ----------------------------------------------------------------------------
+
+    def open_project(self, path: str | Path, create: bool = False) -> None:
+        self.disconnect_backend()
+        self.project = Path(path).expanduser().resolve()
+        found = find_backends(str(self.project))
+        if found:
+            self.status.emit(f"Connecting to the running backend for {self.project.name}…")
+            self._attach(found[0]["url"], found[0]["token"])
+            return
+        self.status.emit(f"Starting the backend for {self.project.name}…")
+        proc = QProcess(self)
+        proc.setProcessChannelMode(QProcess.MergedChannels)
+        proc.readyReadStandardOutput.connect(lambda: self._collect(proc))
+        proc.setWorkingDirectory(str(REPO))
+        env = QProcessEnvironment.systemEnvironment()
+        env.insert("PYTHONUNBUFFERED", "1")
+        proc.setProcessEnvironment(env)
+        args = ["-m", "backend", "serve", "--project", str(self.project)] + (["--create"] if create else [])
+        self._output = b""
+        proc.start(sys.executable, args)
+        self.process = proc
+        self._started_at = time.time()
+        self._poll.start()
+
+    def connect_remote(self, url: str, token: str) -> None:
+        self.disconnect_backend()
+        self.project = None
+        self.status.emit(f"Connecting to {url}…")
+        self._attach(url, token)
+
+    def _collect(self, proc: QProcess) -> None:
+        self._output += bytes(proc.readAllStandardOutput())
+
+    def _check_started(self) -> None:
+        proc = self.process
+        if proc is None:
+            self._poll.stop()
+            return
+        if proc.state() == QProcess.NotRunning:
+            self._poll.stop()
+            self._collect(proc)
+            self.failed.emit("The backend stopped while starting.", self._output.decode(errors="replace") or "(no output)")
+            self.process = None
+            return
+        pid = proc.processId()
+        for found in find_backends(str(self.project)):
+            if found["pid"] == pid:
+                self._poll.stop()
+                self._attach(found["url"], found["token"])
+                return
+        waited = time.time() - self._started_at
+        self.status.emit(f"Starting the backend for {self.project.name}… {waited:.0f} s")
+        if waited > START_TIMEOUT_S:
+            self._poll.stop()
+            self._collect(proc)
+            proc.kill()
+            self.failed.emit(f"The backend did not start within {START_TIMEOUT_S:.0f} s.", self._output.decode(errors="replace"))
+
+    def _attach(self, url: str, token: str) -> None:
+        client = Client(url, token, timeout=30.0)
+
+        def ok(info: dict) -> None:
+            self.client = client
+            self.info = info
+            self.stream = EventStream(lambda: Client(url, token, timeout=30.0), self)
+            self.stream.event.connect(self.event)
+            self.stream.connected.connect(self.stream_state)
+            self.stream.start()
+            self.connected.emit(info)
+
+        def bad(exc: BaseException, details: str) -> None:
+            client.close()
+            self.failed.emit(f"Cannot use the backend at {url}: {exc}", details)
+
+        self.tasks.run(client.info, done=ok, failed=bad)
+
+    def disconnect_backend(self, stop_process: bool = False) -> None:
+        if self.stream is not None:
+            self.stream.stop()
+            self.stream = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if stop_process and self.process is not None:
+            self.process.terminate()
+            self.process.waitForFinished(5000)
+        self.process = None if stop_process else self.process
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    def call(self, method: str, *args: Any, done=None, failed=None, **kwargs: Any) -> None:
+        """Run ``client.<method>(*args)`` off the GUI thread."""
+        if self.client is None:
+            if failed:
+                failed(RuntimeError("not connected to a backend"), "")
+            return
+        self.tasks.run(getattr(self.client, method), *args, done=done, failed=failed, **kwargs)

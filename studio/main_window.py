@@ -1,0 +1,322 @@
+"""The main window: start page, then a stage sidebar over the views; status bar and menus."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from backend.service.client import demo_project_path
+
+from .backend_link import BackendLink
+from .tasks import Tasks
+from .views.data_view import DataView
+from .views.playground import Playground
+from .views.pretrain_wizard import PretrainWizard
+from .views.runs_view import RunsView
+from .views.start_page import StartPage
+from .widgets import heading, hint, show_error
+
+STAGES = ("Data", "Pretrain", "Rate", "Align", "Personalize", "Distill", "Playground", "Runs")
+NOT_BUILT = {
+    "Rate": "Rating image pairs with the keyboard (A / B / tie / both bad / skip, undo) feeds the reward model. The backend already stores "
+            "judgements (prompt, images, shown side, rater, decision time); the rating view and the pair generator are not built yet.",
+    "Align": "Preference tuning (reward model, ReFL, Diffusion-DPO, Flow-GRPO), continued training, SFT and prompt enhancement are not built yet.",
+    "Personalize": "DreamBooth-LoRA on the ShapesWorld subject (the 'subject' dataset of the demo project) is not built yet.",
+    "Distill": "Distillation into a 1-4 step student (progressive, reflow / InstaFlow, consistency, DMD, ADD/LADD) is not built yet.",
+}
+MAX_RECENT = 10
+
+
+class PretrainPage(QWidget):
+    def __init__(self, window: MainWindow):
+        super().__init__()
+        self.window = window
+        lay = QVBoxLayout(self)
+        lay.addWidget(heading("Pretrain"))
+        lay.addWidget(hint("Train a flow-matching MMDiT from scratch, deciding where the training signal goes: timestep density, "
+                           "resolution shift per bucket, curriculum stages, category mixture and REPA."))
+        row = QHBoxLayout()
+        self.new_btn = QPushButton("New pretraining run…")
+        self.new_btn.setShortcut("Ctrl+Shift+N")
+        self.new_btn.setToolTip("New pretraining run (Ctrl+Shift+N)")
+        self.new_btn.clicked.connect(window.new_pretrain)
+        self.demo_btn = QPushButton("Pretrain the demo base model")
+        self.demo_btn.clicked.connect(window.start_demo_recipe)
+        row.addWidget(self.new_btn)
+        row.addWidget(self.demo_btn)
+        row.addStretch(1)
+        lay.addLayout(row)
+        self.next_step = hint("")
+        lay.addWidget(self.next_step)
+        lay.addStretch(1)
+
+
+class NotBuiltPage(QWidget):
+    def __init__(self, stage: str):
+        super().__init__()
+        lay = QVBoxLayout(self)
+        lay.addWidget(heading(stage))
+        lay.addWidget(QLabel("<b>This stage is not built yet.</b>"))
+        lay.addWidget(hint(NOT_BUILT[stage]))
+        lay.addStretch(1)
+
+
+class ConnectDialog(QDialog):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Connect to a backend")
+        form = QFormLayout(self)
+        self.url = QLineEdit("http://127.0.0.1:8765")
+        self.token = QLineEdit()
+        self.token.setEchoMode(QLineEdit.Password)
+        form.addRow(hint("A backend on another machine: forward its port through SSH "
+                         "(<tt>ssh -L 8765:127.0.0.1:PORT host</tt>) and paste the token from its discovery file."))
+        form.addRow("URL", self.url)
+        form.addRow("Token", self.token)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None):
+        super().__init__()
+        self.settings = settings or QSettings("SignalStudio", "Studio")
+        self.setWindowTitle("Signal Studio")
+        self.tasks = Tasks(self)
+        self.tasks.error.connect(lambda msg, details: show_error(self, "A backend call failed.", msg, "", details))
+        self.link = BackendLink(self.tasks, self)
+        self.link.status.connect(self._status_text)
+        self.link.connected.connect(self._connected)
+        self.link.failed.connect(self._failed)
+        self.link.event.connect(self._event)
+        self.link.stream_state.connect(lambda ok: self.stream_label.setText("live" if ok else "reconnecting…"))
+        self.demo_pending = False
+
+        self.stack = QStackedWidget()
+        self.start = StartPage(self._recent())
+        self.start.open_project.connect(self.open_project)
+        self.start.open_demo.connect(self.open_demo)
+        self.start.connect_remote.connect(self.connect_dialog)
+        self.stack.addWidget(self.start)
+
+        work = QWidget()
+        wl = QHBoxLayout(work)
+        wl.setContentsMargins(0, 0, 0, 0)
+        self.sidebar = QListWidget()
+        self.sidebar.setFixedWidth(150)
+        for i, stage in enumerate(STAGES):
+            item = QListWidgetItem(stage)
+            item.setToolTip(f"{stage} (Ctrl+{i + 1})")
+            self.sidebar.addItem(item)
+        self.pages = QStackedWidget()
+        self.data_view = DataView(self.link)
+        self.data_view.job_started.connect(self._job_started)
+        self.pretrain_page = PretrainPage(self)
+        self.playground = Playground(self.link)
+        self.runs = RunsView(self.link)
+        self.runs.jobs_changed.connect(self._jobs_changed)
+        for stage in STAGES:
+            page = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Playground": self.playground, "Runs": self.runs}.get(stage)
+            self.pages.addWidget(page or NotBuiltPage(stage))
+        self.sidebar.currentRowChanged.connect(self._stage_changed)
+        wl.addWidget(self.sidebar)
+        wl.addWidget(self.pages, 1)
+        self.stack.addWidget(work)
+        self.setCentralWidget(self.stack)
+
+        self.backend_label = QLabel("no backend")
+        self.devices_label = QLabel("")
+        self.job_label = QLabel("")
+        self.stream_label = QLabel("")
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(160)
+        self.progress.setVisible(False)
+        sb = self.statusBar()
+        for w in (self.backend_label, self.devices_label, self.job_label):
+            sb.addWidget(w)
+        sb.addPermanentWidget(self.progress)
+        sb.addPermanentWidget(self.stream_label)
+        self._menus()
+        self.resize(1280, 800)
+        geometry = self.settings.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        self.sidebar.setCurrentRow(int(self.settings.value("stage", 0)))
+
+    # --- menus and shortcuts ----------------------------------------------------------------------
+
+    def _menus(self) -> None:
+        file = self.menuBar().addMenu("&File")
+        for label, key, fn in (("New project…", QKeySequence.New, self.start._new), ("Open project…", QKeySequence.Open, self.start._open),
+                               ("Open the demo project", "Ctrl+D", self.open_demo), ("Connect to a backend…", "Ctrl+K", self.connect_dialog),
+                               ("Start page", "Ctrl+Home", lambda: self.stack.setCurrentIndex(0)), ("Quit", QKeySequence.Quit, self.close)):
+            act = QAction(label, self)
+            act.setShortcut(key)
+            act.triggered.connect(fn)
+            file.addAction(act)
+        view = self.menuBar().addMenu("&View")
+        for i, stage in enumerate(STAGES):
+            act = QAction(stage, self)
+            act.setShortcut(f"Ctrl+{i + 1}")
+            act.triggered.connect(lambda _=False, i=i: self.show_stage(i))
+            view.addAction(act)
+        refresh = QAction("Refresh", self)
+        refresh.setShortcut(QKeySequence.Refresh)
+        refresh.triggered.connect(self.refresh)
+        view.addAction(refresh)
+
+    def show_stage(self, index: int | str) -> None:
+        if isinstance(index, str):
+            index = STAGES.index(index)
+        if self.stack.currentIndex() == 1:
+            self.sidebar.setCurrentRow(index)
+
+    def _stage_changed(self, row: int) -> None:
+        self.pages.setCurrentIndex(row)
+        if STAGES[row] == "Playground" and self.link.client:
+            self.playground.reload()
+
+    # --- projects ---------------------------------------------------------------------------------
+
+    def _recent(self) -> list[str]:
+        value = self.settings.value("recent", [])
+        return [v for v in (value if isinstance(value, list) else [value]) if v]
+
+    def _remember(self, path: str) -> None:
+        recent = [path] + [p for p in self._recent() if p != path]
+        self.settings.setValue("recent", recent[:MAX_RECENT])
+        self.start.set_recent(recent[:MAX_RECENT])
+
+    def open_project(self, path: str, create: bool = False) -> None:
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.link.open_project(path, create)
+
+    def open_demo(self) -> None:
+        self.demo_pending = True
+        self.open_project(str(demo_project_path()), True)
+
+    def connect_dialog(self) -> None:
+        dlg = ConnectDialog(self)
+        if dlg.exec() == QDialog.Accepted:
+            self.progress.setRange(0, 0)
+            self.progress.setVisible(True)
+            self.link.connect_remote(dlg.url.text().strip(), dlg.token.text().strip())
+
+    def _status_text(self, text: str) -> None:
+        self.backend_label.setText(text)
+
+    def _failed(self, message: str, details: str) -> None:
+        self.progress.setVisible(False)
+        self.backend_label.setText("no backend")
+        show_error(self, message, "The Studio could not reach a backend for this project.",
+                   "Check that the folder is a project (or create one), then try again; the backend's output is under Details.", details)
+
+    def _connected(self, info: dict) -> None:
+        self.progress.setVisible(False)
+        url = self.link.client.url if self.link.client else ""
+        self.backend_label.setText(f"backend {url} · project {info['name']}")
+        self.devices_label.setText(" · ".join(d["name"] for d in info.get("devices", [])))
+        self.setWindowTitle(f"Signal Studio — {info['name']}")
+        if self.link.project:
+            self._remember(str(self.link.project))
+        self.stack.setCurrentIndex(1)
+        self.refresh()
+        if self.demo_pending:
+            self.demo_pending = False
+            self.link.call("datasets", done=self._demo_data)
+
+    def _demo_data(self, datasets: list[dict]) -> None:
+        if not any(d["name"] == "shapesworld" for d in datasets):
+            self.backend_label.setText(self.backend_label.text() + " · preparing the demo data (rendering and importing ShapesWorld)…")
+            self.link.call("create_job", 'kind = "world"\ndataset = "shapesworld"\nimages = 4000\n', "demo data", done=self._job_started)
+
+    def refresh(self) -> None:
+        if self.link.client is None:
+            return
+        self.data_view.reload()
+        self.runs.reload()
+        self.playground.reload()
+        self.link.call("get", "/api/recipes/builtin/demo_pretrain", done=self._demo_estimate, failed=lambda e, d: None)
+
+    def _demo_estimate(self, text: str) -> None:
+        self.demo_recipe = text
+        self.link.call("post", "/api/recipes/estimate", {"text": text}, failed=lambda e, d: None,
+                       done=lambda est: self.pretrain_page.next_step.setText(
+                           f"Next step: <b>pretrain the demo base model</b> — {est['params'] / 1e6:.1f}M parameters, {est['steps']} steps, "
+                           f"about {est['seconds'] / 60:.0f} minutes on this machine."))
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    def new_pretrain(self) -> None:
+        if self.link.client is None:
+            return
+
+        def open_wizard(datasets: list[dict]) -> None:
+            if not datasets:
+                show_error(self, "This project has no data yet.", "A pretraining run needs a dataset.", "Add ShapesWorld data or import a folder in Data.")
+                return
+            self.link.call("default_recipe", "pretrain", done=lambda text: self._wizard(datasets, text))
+
+        self.link.call("datasets", done=open_wizard)
+
+    def _wizard(self, datasets: list[dict], default: str) -> None:
+        self.wizard = PretrainWizard(self.link, datasets, default, self.link.info.get("devices", []), self,
+                                     on_started=lambda job: self._job_started(job), start_from=getattr(self, "demo_recipe", None))
+        self.wizard.open()
+
+    def start_demo_recipe(self) -> None:
+        text = getattr(self, "demo_recipe", None)
+        if text:
+            self.link.call("create_job", text, "demo-base", done=self._job_started,
+                           failed=lambda e, d: show_error(self, "The demo run did not start.", str(e), details=d))
+
+    def _job_started(self, job: dict | int) -> None:
+        job_id = job["id"] if isinstance(job, dict) else job
+        self.runs.reload()
+        QTimer.singleShot(300, lambda: self.runs.select(job_id))
+        if not (isinstance(job, dict) and job.get("name", "").startswith("playground")):
+            self.show_stage("Runs")
+
+    def _jobs_changed(self, jobs: list[dict]) -> None:
+        running = [j for j in jobs if j.get("state") == "running"]
+        if running:
+            j = running[0]
+            self.job_label.setText(f"running: #{j['id']} {j.get('name')} {100 * (j.get('progress') or 0):.0f}%")
+        else:
+            self.job_label.setText("no job running")
+
+    def _event(self, ev: dict) -> None:
+        self.runs.on_event(ev)
+        self.playground.on_event(ev)
+        if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("world", "import"):
+            self.data_view.reload()
+        if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") == "pretrain":
+            self.playground.reload()
+
+    # --- closing ----------------------------------------------------------------------------------
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("stage", self.sidebar.currentRow())
+        self.link.disconnect_backend()
+        super().closeEvent(event)
+

@@ -1,0 +1,126 @@
+"""Every backend call off the GUI thread: ``Tasks.run(fn, ..., done=, failed=)``.
+
+Calls run in a QThreadPool; results come back as queued signals on the GUI thread, so the
+window never freezes on the network. ``EventStream`` follows the backend's server-sent
+events in a thread of its own and reconnects when the stream drops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal
+
+
+class _Relay(QObject):
+    done = Signal(object)
+    failed = Signal(object, str)
+
+
+class _Task(QRunnable):
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, relay: _Relay):
+        super().__init__()
+        self.fn, self.args, self.kwargs, self.relay = fn, args, kwargs, relay
+        self.setAutoDelete(True)
+
+    def run(self) -> None:
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:  # delivered to the GUI as an error, never raised in a pool thread
+            self.relay.failed.emit(exc, traceback.format_exc())
+            return
+        self.relay.done.emit(result)
+
+
+class Tasks(QObject):
+    """Runs callables in a thread pool and calls back on the GUI thread."""
+
+    error = Signal(str, str)  # message, details: for calls without their own error handler
+
+    def __init__(self, parent: QObject | None = None, threads: int = 4):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(threads)
+        self._relays: set[_Relay] = set()
+        self.pending = 0
+
+    def run(self, fn: Callable[..., Any], *args: Any, done: Callable[[Any], None] | None = None,
+            failed: Callable[[BaseException, str], None] | None = None, **kwargs: Any) -> None:
+        relay = _Relay()
+        self._relays.add(relay)
+        self.pending += 1
+
+        def finish() -> None:
+            self.pending -= 1
+            self._relays.discard(relay)
+
+        def on_done(result: Any) -> None:
+            finish()
+            if done:
+                done(result)
+
+        def on_failed(exc: BaseException, details: str) -> None:
+            finish()
+            if failed:
+                failed(exc, details)
+            else:
+                self.error.emit(str(exc), details)
+
+        relay.done.connect(on_done)
+        relay.failed.connect(on_failed)
+        self.pool.start(_Task(fn, args, kwargs, relay))
+
+    def wait(self, ms: int = 30000) -> bool:
+        return self.pool.waitForDone(ms)
+
+
+class EventStream(QThread):
+    """Follows ``/api/events`` and emits each event as a dict on the GUI thread."""
+
+    event = Signal(dict)
+    connected = Signal(bool)
+
+    def __init__(self, make_client: Callable[[], Any], parent: QObject | None = None):
+        super().__init__(parent)
+        self.make_client = make_client
+        self._stop = threading.Event()
+        self._client = None
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self._client = self.make_client()
+                self.connected.emit(True)
+                backoff = 0.5
+                for ev in self._client.events(timeout=None):
+                    if self._stop.is_set():
+                        break
+                    self.event.emit(ev)
+            except Exception:
+                if self._stop.is_set():
+                    break
+                self.connected.emit(False)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if self._client is not None:
+                    try:
+                        self._client.close()
+                    except Exception:
+                        pass
+                    self._client = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        client = self._client
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+        self.wait(5000)

@@ -1,0 +1,206 @@
+"""Playground: generate from any saved model or run checkpoint; compare two side by side on
+the same prompts and seeds; save the images.
+
+Generation runs as a ``sample`` job in a worker process like every other job (the service
+never runs models itself), writing into the project's ``exports/playground/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..widgets import TileGrid, alive, heading, hint, pixmap_from_bytes, show_error
+
+
+class ModelPicker(QComboBox):
+    def fill(self, models: list[dict], jobs: list[dict]) -> None:
+        current = self.currentData()
+        self.clear()
+        for m in reversed(models):
+            se = (m.get("card") or {}).get("shapes_eval") or {}
+            score = f" · ShapesEval {se['overall']:.2f}" if se else ""
+            self.addItem(f"model #{m['id']} {m['name']}{score}", m["path"])
+        for j in jobs:
+            if j.get("kind") == "pretrain" and j.get("run_dir") and (j.get("step") or 0) > 0:
+                self.addItem(f"run #{j['id']} {j.get('name')} (latest checkpoint, step {j.get('step')})", j["run_dir"])
+        idx = self.findData(current)
+        if idx >= 0:
+            self.setCurrentIndex(idx)
+
+
+class Playground(QWidget):
+    def __init__(self, link, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.link = link
+        self.pending: dict[int, tuple[str, list[str], list[int]]] = {}
+        self.results: dict[str, list[tuple[str, bytes]]] = {}
+        root = QHBoxLayout(self)
+        left = QVBoxLayout()
+        left.addWidget(heading("Playground"))
+        form = QFormLayout()
+        self.model_a = ModelPicker()
+        self.model_b = ModelPicker()
+        self.compare = QCheckBox("Compare with")
+        self.compare.toggled.connect(self.model_b.setEnabled)
+        self.model_b.setEnabled(False)
+        form.addRow("Model", self.model_a)
+        form.addRow(self.compare, self.model_b)
+        self.prompts = QPlainTextEdit("a red circle\na blue square\ntwo green triangles\na yellow star on a striped purple background")
+        self.prompts.setToolTip("One prompt per line")
+        self.prompts.setMaximumHeight(110)
+        form.addRow("Prompts", self.prompts)
+        self.seeds = QLineEdit("0, 1")
+        form.addRow("Seeds", self.seeds)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 500)
+        self.steps.setValue(20)
+        self.cfg = QDoubleSpinBox()
+        self.cfg.setRange(0, 30)
+        self.cfg.setValue(3.0)
+        self.cfg.setSingleStep(0.5)
+        self.shift = QDoubleSpinBox()
+        self.shift.setRange(0, 20)
+        self.shift.setSingleStep(0.25)
+        self.shift.setSpecialValueText("model's rule")
+        self.size = QComboBox()
+        for s in ("32x32", "48x48", "64x64", "64x48", "48x64", "96x96", "128x128"):
+            self.size.addItem(s)
+        self.size.setCurrentText("32x32")
+        for label, w in (("Steps", self.steps), ("Guidance (CFG)", self.cfg), ("Shift", self.shift), ("Size", self.size)):
+            form.addRow(label, w)
+        left.addLayout(form)
+        row = QHBoxLayout()
+        self.generate_btn = QPushButton("Generate")
+        self.generate_btn.setShortcut("Ctrl+Return")
+        self.generate_btn.setToolTip("Generate (Ctrl+Enter)")
+        self.generate_btn.clicked.connect(self.generate)
+        self.save_btn = QPushButton("Save images…")
+        self.save_btn.clicked.connect(self._save)
+        row.addWidget(self.generate_btn)
+        row.addWidget(self.save_btn)
+        left.addLayout(row)
+        self.status = hint("Pick a model (a saved model or a run's latest checkpoint) and generate.")
+        left.addWidget(self.status)
+        left.addStretch(1)
+        lw = QWidget()
+        lw.setLayout(left)
+        lw.setMaximumWidth(430)
+        root.addWidget(lw)
+        self.columns = QHBoxLayout()
+        self.grids: dict[str, TileGrid] = {}
+        self.titles: dict[str, QLabel] = {}
+        for key in ("A", "B"):
+            col = QVBoxLayout()
+            title = QLabel("")
+            title.setWordWrap(True)
+            col.addWidget(title)
+            grid = TileGrid(cols=2, side=128)
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setWidget(grid)
+            col.addWidget(scroll, 1)
+            self.columns.addLayout(col, 1)
+            self.grids[key] = grid
+            self.titles[key] = title
+        root.addLayout(self.columns, 1)
+
+    def reload(self) -> None:
+        self.link.call("models", done=lambda models: self.link.call("jobs", done=lambda jobs: self._fill(models, jobs)))
+
+    def _fill(self, models: list[dict], jobs: list[dict]) -> None:
+        self.model_a.fill(models, jobs)
+        self.model_b.fill(models, jobs)
+        if self.model_b.count() > 1 and self.model_b.currentIndex() == 0:
+            self.model_b.setCurrentIndex(1)
+
+    def _seeds(self) -> list[int]:
+        return [int(s) for s in self.seeds.text().replace(",", " ").split() if s.strip().lstrip("-").isdigit()] or [0]
+
+    def generate(self) -> None:
+        prompts = [p.strip() for p in self.prompts.toPlainText().splitlines() if p.strip()]
+        if not prompts:
+            show_error(self, "Nothing to generate.", "Write at least one prompt, one per line.")
+            return
+        targets = [("A", self.model_a)] + ([("B", self.model_b)] if self.compare.isChecked() else [])
+        if any(box.currentData() is None for _, box in targets):
+            show_error(self, "No model to generate from.", "Train a model first (Pretrain), or pick one in the list.")
+            return
+        seeds = self._seeds()
+        w, h = (int(v) for v in self.size.currentText().split("x"))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for key in ("A", "B"):
+            self.grids[key].reset([])
+            self.titles[key].setText("")
+        for key, box in targets:
+            out = f"exports/playground/{stamp}-{key}"
+            shift = f"shift = {self.shift.value()}\n" if self.shift.value() > 0 else ""
+            recipe = (f'kind = "sample"\nmodel = {json.dumps(box.currentData())}\nprompts = {json.dumps(prompts)}\nseeds = {json.dumps(seeds)}\n'
+                      f'out = "{out}"\n[sampler]\nsteps = {self.steps.value()}\ncfg = {self.cfg.value()}\nwidth = {w}\nheight = {h}\n{shift}')
+            names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(sd for _ in prompts for sd in seeds)]
+            labels = [f"{p} · seed {sd}" for p in prompts for sd in seeds]
+            self.titles[key].setText(f"<b>{key}</b>: {box.currentText()}")
+            self.grids[key].reset(labels)
+
+            def started(job: dict, key=key, out=out, names=names) -> None:
+                self.pending[job["id"]] = (key, out, names)
+                self.status.setText(f"Generating in job #{job['id']}… (a worker loads the model, then samples)")
+
+            self.link.call("create_job", recipe, f"playground {key}", done=started,
+                           failed=lambda e, d: show_error(self, "Generation did not start.", str(e), details=d))
+        self.generate_btn.setEnabled(False)
+
+    def on_event(self, ev: dict) -> None:
+        if ev.get("type") != "job":
+            return
+        j = ev["job"]
+        if j["id"] not in self.pending or j["state"] in ("queued", "running"):
+            return
+        key, out, names = self.pending.pop(j["id"])
+        if j["state"] != "done":
+            show_error(self, "Generation failed.", j.get("error") or j["state"], "See the run's log in Runs for details.")
+        else:
+            self.results[key] = []
+            for tile, name in zip(self.grids[key].tiles, names):
+                def got(data: bytes, tile=tile, name=name, key=key) -> None:
+                    self.results[key].append((name, data))
+                    if alive(tile):
+                        tile.set_pixmap(pixmap_from_bytes(data))
+
+                self.link.call("file", f"{out}/{name}", done=got)
+            self.status.setText(f"Done: {len(names)} image(s) in {out}")
+        if not self.pending:
+            self.generate_btn.setEnabled(True)
+
+    def _save(self) -> None:
+        if not any(self.results.values()):
+            show_error(self, "No images to save yet.", "Generate first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Save images to")
+        if folder:
+            for key, items in self.results.items():
+                for name, data in items:
+                    (Path(folder) / f"{key}_{name}").write_bytes(data)
+            self.status.setText(f"Saved to {folder}")
+
+    def shown_images(self) -> int:
+        return sum(1 for g in self.grids.values() for t in g.tiles if t._pix is not None)
+

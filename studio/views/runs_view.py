@@ -1,0 +1,314 @@
+"""Runs: every job with its state; for the selected one live loss curves, loss per timestep
+bin, the preview grid as samples arrive, the log, and the controls. Reattaches on reopen:
+history comes from the API, new rows from the event stream."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..widgets import TileGrid, alive, heading, hint, pixmap_from_bytes, show_error, themed_plot
+
+LIVE = ("queued", "running")
+
+
+def ema_smooth(values: list[float], weight: float) -> list[float]:
+    out, acc = [], None
+    for v in values:
+        acc = v if acc is None else weight * acc + (1 - weight) * v
+        out.append(acc)
+    return out
+
+
+class RunsView(QWidget):
+    jobs_changed = Signal(list)
+
+    def __init__(self, link, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.link = link
+        self.jobs: dict[int, dict] = {}
+        self.selected: int | None = None
+        self.series: dict[str, list[list[float]]] = {}
+        self.samples: list[dict] = []
+        self.shown_step: int | None = None
+        self.requested: set[int] = set()
+        self.log_offset = 0
+        root = QVBoxLayout(self)
+        root.addWidget(heading("Runs"))
+        split = QSplitter(Qt.Horizontal)
+        self.table = QTableWidget(0, 5)
+        self.table.setHorizontalHeaderLabels(["#", "Name", "Kind", "State", "Progress"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        split.addWidget(self.table)
+
+        detail = QWidget()
+        dl = QVBoxLayout(detail)
+        self.title = QLabel("Select a run")
+        self.title.setWordWrap(True)
+        dl.addWidget(self.title)
+        buttons = QHBoxLayout()
+        self.btn = {}
+        for action, label, key in (("stop", "Stop", "Ctrl+."), ("pause", "Pause", "Ctrl+P"), ("resume", "Resume", "Ctrl+R"),
+                                   ("sample", "Sample now", "Ctrl+Shift+S"), ("save", "Save now", "Ctrl+S")):
+            b = QPushButton(label)
+            b.setToolTip(f"{label} ({key})")
+            b.clicked.connect(lambda _=False, a=action: self.control(a))
+            QShortcut(QKeySequence(key), self, activated=lambda a=action: self.control(a))
+            buttons.addWidget(b)
+            self.btn[action] = b
+        self.delete_btn = QPushButton("Delete")
+        self.delete_btn.clicked.connect(self._delete)
+        buttons.addStretch(1)
+        buttons.addWidget(self.delete_btn)
+        dl.addLayout(buttons)
+
+        self.tabs = QTabWidget()
+        loss_page = QWidget()
+        ll = QVBoxLayout(loss_page)
+        self.loss_plot = themed_plot("Training loss", "loss", "step")
+        self.raw_curve = self.loss_plot.plot([], [], pen=(150, 150, 150, 90))
+        self.smooth_curve = self.loss_plot.plot([], [], pen={"color": (40, 120, 230), "width": 2})
+        ll.addWidget(self.loss_plot, 1)
+        opts = QHBoxLayout()
+        opts.addWidget(QLabel("Smoothing"))
+        self.smoothing = QSlider(Qt.Horizontal)
+        self.smoothing.setRange(0, 99)
+        self.smoothing.setValue(80)
+        self.smoothing.valueChanged.connect(self._redraw)
+        opts.addWidget(self.smoothing, 1)
+        self.log_scale = QCheckBox("Log scale")
+        self.log_scale.toggled.connect(self._redraw)
+        opts.addWidget(self.log_scale)
+        self.eval_label = QLabel("")
+        opts.addWidget(self.eval_label)
+        ll.addLayout(opts)
+        self.tabs.addTab(loss_page, "Loss")
+        self.bins_plot = themed_plot("Loss per timestep bin (latest)", "loss", "t (0 = clean, 1 = noise)")
+        self.tabs.addTab(self.bins_plot, "Loss by t")
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        self.grid = TileGrid(cols=4, side=112)
+        scroll.setWidget(self.grid)
+        pv = QWidget()
+        pl = QVBoxLayout(pv)
+        self.preview_label = hint("Preview grids appear here as the run samples its fixed prompts.")
+        pl.addWidget(self.preview_label)
+        pl.addWidget(scroll, 1)
+        self.tabs.addTab(pv, "Previews")
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.tabs.addTab(self.log, "Log")
+        dl.addWidget(self.tabs, 1)
+        split.addWidget(detail)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 5)
+        split.setSizes([400, 900])
+        root.addWidget(split, 1)
+        self._log_timer = QTimer(self, interval=1000)
+        self._log_timer.timeout.connect(self._poll_log)
+        self._log_timer.start()
+        self._redraw_timer = QTimer(self, singleShot=True, interval=100)
+        self._redraw_timer.timeout.connect(self._redraw)
+        self._update_buttons()
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.link.call("jobs", done=self._got_jobs)
+
+    def _got_jobs(self, jobs: list[dict]) -> None:
+        self.jobs = {j["id"]: j for j in jobs}
+        self._fill_table()
+        if self.selected is None and jobs:
+            self.select(jobs[0]["id"])
+        self.jobs_changed.emit(list(self.jobs.values()))
+
+    def _fill_table(self) -> None:
+        self.table.blockSignals(True)
+        ids = sorted(self.jobs, reverse=True)
+        self.table.setRowCount(len(ids))
+        for r, jid in enumerate(ids):
+            j = self.jobs[jid]
+            progress = f"{100 * (j.get('progress') or 0):.0f}%" + (f" · {j['step']}/{j['total_steps']}" if j.get("total_steps") else "")
+            for c, text in enumerate((str(jid), j.get("name") or "", j.get("kind") or "", j.get("state") or "", progress)):
+                item = QTableWidgetItem(text)
+                item.setData(Qt.UserRole, jid)
+                self.table.setItem(r, c, item)
+            if jid == self.selected:
+                self.table.selectRow(r)
+        self.table.blockSignals(False)
+        self.table.resizeColumnToContents(0)
+
+    def select(self, job_id: int) -> None:
+        self.selected = job_id
+        self.series = {}
+        self.samples = []
+        self.shown_step = None
+        self.log.clear()
+        self.log_offset = 0
+        self.grid.reset([])
+        self._fill_table()
+        self._update_title()
+        self.link.call("metrics", job_id, done=lambda m, jid=job_id: self._got_metrics(jid, m))
+        self.link.call("samples", job_id, done=lambda s, jid=job_id: self._got_samples(jid, s))
+        self._poll_log(force=True)
+
+    def _selection_changed(self) -> None:
+        items = self.table.selectedItems()
+        if items:
+            jid = items[0].data(Qt.UserRole)
+            if jid != self.selected:
+                self.select(jid)
+
+    def _update_title(self) -> None:
+        j = self.jobs.get(self.selected or -1)
+        if not j:
+            self.title.setText("Select a run")
+        else:
+            err = f"<br><span style='color:#c0392b'>{j['error']}</span>" if j.get("error") else ""
+            self.title.setText(f"<b>#{j['id']} {j.get('name') or ''}</b> · {j.get('kind')} · <b>{j.get('state')}</b> · step {j.get('step') or 0}"
+                               f"{' / ' + str(j['total_steps']) if j.get('total_steps') else ''}{err}")
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        j = self.jobs.get(self.selected or -1)
+        state = j.get("state") if j else None
+        running = state == "running"
+        self.btn["stop"].setEnabled(state in ("running", "queued"))
+        for a in ("pause", "sample", "save"):
+            self.btn[a].setEnabled(running)
+        self.btn["resume"].setEnabled(state in ("paused", "stopped", "interrupted", "failed"))
+        self.delete_btn.setEnabled(bool(j) and not running)
+
+    # --- events --------------------------------------------------------------------------------
+
+    def on_event(self, ev: dict) -> None:
+        kind = ev.get("type")
+        if kind == "job":
+            j = ev["job"]
+            old = self.jobs.get(j["id"], {})
+            self.jobs[j["id"]] = {**old, **j}
+            self._fill_table()
+            if j["id"] == self.selected:
+                self._update_title()
+            self.jobs_changed.emit(list(self.jobs.values()))
+        elif kind == "job_deleted":
+            self.jobs.pop(ev["job"], None)
+            self._fill_table()
+        elif kind == "metrics" and ev.get("job") == self.selected:
+            for step, key, value, _t in ev["rows"]:
+                self.series.setdefault(key, []).append([step, value])
+            self._redraw_timer.start()
+        elif kind == "sample" and ev.get("job") == self.selected:
+            self._add_samples([{"id": ev["id"], "step": ev["step"], "prompt": ev["prompt"], "seed": ev["seed"], "image_hash": ev["image"]}])
+
+    def _got_metrics(self, job_id: int, metrics: dict) -> None:
+        if job_id != self.selected:
+            return
+        for key, rows in metrics.items():  # history, merged with rows that streamed in meanwhile
+            by_step = {int(s): v for s, v in rows}
+            for s, v in self.series.get(key, []):
+                by_step.setdefault(int(s), v)
+            self.series[key] = [[s, by_step[s]] for s in sorted(by_step)]
+        self._redraw()
+
+    def _redraw(self) -> None:
+        loss = self.series.get("loss", [])
+        xs = [s for s, _ in loss]
+        ys = [v for _, v in loss]
+        log = self.log_scale.isChecked()
+        self.loss_plot.setLogMode(y=log)
+        if log:
+            pairs = [(x, y) for x, y in zip(xs, ys) if y > 0]
+            xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        self.raw_curve.setData(xs, ys)
+        self.smooth_curve.setData(xs, ema_smooth(ys, self.smoothing.value() / 100.0))
+        bins = sorted((int(k.split("/")[1]), v[-1][1]) for k, v in self.series.items() if k.startswith("loss_t/") and v)
+        self.bins_plot.clear()
+        if bins:
+            import pyqtgraph as pg
+
+            n = max(b for b, _ in bins) + 1
+            self.bins_plot.addItem(pg.BarGraphItem(x=[(b + 0.5) / n for b, _ in bins], height=[v for _, v in bins], width=0.8 / n, brush=(230, 120, 40)))
+        evals = self.series.get("shapes_eval/overall")
+        self.eval_label.setText(f"ShapesEval {evals[-1][1]:.2f} @ {int(evals[-1][0])}" if evals else "")
+
+    def _got_samples(self, job_id: int, samples: list[dict]) -> None:
+        if job_id == self.selected:
+            self._add_samples(samples)
+
+    def _add_samples(self, samples: list[dict]) -> None:
+        """Show the newest step's previews; tiles are rebuilt only when a newer step arrives."""
+        if not samples:
+            return
+        self.samples += samples
+        latest = max(s["step"] or 0 for s in self.samples)
+        shown = sorted((s for s in self.samples if (s["step"] or 0) == latest), key=lambda s: s["id"])
+        if latest != self.shown_step or len(shown) != len(self.grid.tiles):
+            self.shown_step = latest
+            self.requested = set()
+            self.preview_label.setText(f"Preview at step {latest} (EMA weights, fixed prompts and seeds)")
+            self.grid.reset([f"{s['prompt']} · seed {s['seed']}" for s in shown])
+        for tile, s in zip(self.grid.tiles, shown):
+            if s["id"] not in self.requested:
+                self.requested.add(s["id"])
+                self.link.call("image", s["image_hash"], done=lambda data, tile=tile: alive(tile) and tile.set_pixmap(pixmap_from_bytes(data)))
+
+    def _poll_log(self, force: bool = False) -> None:
+        j = self.jobs.get(self.selected or -1)
+        if not j or (not force and j.get("state") not in LIVE and self.log_offset > 0):
+            return
+        jid = j["id"]
+
+        def done(res: dict) -> None:
+            if jid == self.selected and res["text"]:
+                self.log.appendPlainText(res["text"].rstrip("\n"))
+                self.log_offset = res["next"]
+
+        self.link.call("log", jid, self.log_offset, done=done, failed=lambda e, d: None)
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def control(self, action: str) -> None:
+        if self.selected is None or not self.btn[action].isEnabled():
+            return
+        self.link.call("control", self.selected, action, done=lambda j: self.on_event({"type": "job", "job": j}),
+                       failed=lambda e, d: show_error(self, f"Could not {action} the run.", str(e), details=d))
+
+    def _delete(self) -> None:
+        if self.selected is None:
+            return
+        jid = self.selected
+        self.selected = None
+        self.link.call("delete_job", jid, done=lambda r: self.reload(),
+                       failed=lambda e, d: show_error(self, "Could not delete the run.", str(e), details=d))
+
+    def loss_points(self) -> int:
+        return len(self.series.get("loss", []))
+
+    def preview_count(self) -> int:
+        return sum(1 for t in self.grid.tiles if t._pix is not None)
+

@@ -1,0 +1,100 @@
+"""The real Studio (offscreen) against a real backend process it starts itself: create a project,
+add ShapesWorld data, run a tiny pretraining through the wizard, watch the loss curve and a
+preview arrive, stop the run, generate in the playground."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QInputDialog, QWizard
+
+from studio.main_window import MainWindow
+
+
+@pytest.fixture
+def window(qtbot, tmp_path: Path):
+    settings = QSettings(str(tmp_path / "studio.ini"), QSettings.IniFormat)
+    w = MainWindow(settings)
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.link.disconnect_backend(stop_process=True)
+
+
+def test_studio_end_to_end(qtbot, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    w = window
+    project = tmp_path / "studio-project"
+    w.open_project(str(project), True)
+    qtbot.waitUntil(lambda: w.stack.currentIndex() == 1, timeout=90_000)
+    assert "studio-project" in w.windowTitle() and "CPU" in w.devices_label.text()
+    assert (project / "project.db").exists()
+
+    # Data: add a small ShapesWorld dataset through the button (Qt's input dialogs answered by a fake)
+    w.show_stage("Data")
+    monkeypatch.setattr(QInputDialog, "getInt", staticmethod(lambda *a, **k: (150, True)))
+    monkeypatch.setattr(QInputDialog, "getText", staticmethod(lambda *a, **k: ("shapes", True)))
+    qtbot.mouseClick(w.data_view.add_world, Qt.LeftButton)
+    qtbot.waitUntil(lambda: w.data_view.model.total > 100, timeout=120_000)
+    assert w.data_view.dataset_box.currentText() == "shapes"
+    assert "rejected at import" in w.data_view.summary.text()
+    w.data_view.search.setText("circle")
+    qtbot.waitUntil(lambda: 0 < w.data_view.model.total < 100, timeout=10_000)
+    w.data_view.search.setText("")
+
+    # Pretrain through the wizard
+    w.show_stage("Pretrain")
+    qtbot.mouseClick(w.pretrain_page.new_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: getattr(w, "wizard", None) is not None and w.wizard.isVisible(), timeout=20_000)
+    wiz = w.wizard
+    data_page, model_page, alloc_page, curr_page, repa_page, compute_page, review_page = wiz.pages
+    cats = {data_page.mix.item(r, 0).text() for r in range(data_page.mix.rowCount())}
+    assert {"single_object", "counting", "colour_binding", "spatial", "background"} <= cats
+    wiz.next()
+    model_page.radios["tiny"].setChecked(True)
+    wiz.next()
+    qtbot.waitUntil(lambda: bool(alloc_page.curves), timeout=20_000)
+    alloc_page.shift.setCurrentIndex(alloc_page.shift.findData("fixed"))
+    alloc_page.alpha.setValue(2.0)
+    qtbot.waitUntil(lambda: all(abs(c["alpha"] - 2.0) < 1e-9 for c in alloc_page.curves.values()), timeout=20_000)
+    wiz.next()
+    while curr_page.table.rowCount() > 1:
+        curr_page.table.setCurrentCell(1, 0)
+        curr_page._remove()
+    curr_page.table.cellWidget(0, 1).setValue(3000)
+    curr_page.table.item(0, 2).setText("32x32")
+    wiz.next()
+    wiz.next()
+    compute_page.batch.setValue(8)
+    compute_page.sample_every.setValue(10)
+    compute_page.ckpt_every.setValue(20)
+    qtbot.waitUntil(lambda: "parameters" in compute_page.estimate.text(), timeout=20_000)
+    wiz.next()
+    qtbot.waitUntil(lambda: review_page.valid and "kind = \"pretrain\"" in review_page.text.toPlainText(), timeout=20_000)
+    assert "alpha = 2.0" in review_page.text.toPlainText()
+    review_page.name.setText("studio-tiny")
+    assert wiz.button(QWizard.FinishButton).text() == "Start training"
+    wiz.button(QWizard.FinishButton).click()
+    qtbot.waitUntil(lambda: wiz.started_job is not None, timeout=20_000)
+    job_id = wiz.started_job["id"]
+
+    # Runs: the loss curve and a preview grid arrive while it runs
+    qtbot.waitUntil(lambda: w.pages.currentWidget() is w.runs and w.runs.selected == job_id, timeout=20_000)
+    qtbot.waitUntil(lambda: w.runs.loss_points() >= 3, timeout=240_000)
+    qtbot.waitUntil(lambda: w.runs.preview_count() >= 1, timeout=240_000)
+    assert w.runs.jobs[job_id]["state"] == "running"
+    assert "running: #" in w.job_label.text()
+    qtbot.mouseClick(w.runs.btn["stop"], Qt.LeftButton)
+    qtbot.waitUntil(lambda: w.runs.jobs[job_id]["state"] == "stopped", timeout=120_000)
+    assert w.runs.btn["resume"].isEnabled() and not w.runs.btn["stop"].isEnabled()
+
+    # Playground: generate from the stopped run's latest checkpoint
+    w.show_stage("Playground")
+    qtbot.waitUntil(lambda: w.playground.model_a.count() >= 1, timeout=20_000)
+    w.playground.prompts.setPlainText("a red circle")
+    w.playground.seeds.setText("3")
+    w.playground.steps.setValue(4)
+    qtbot.mouseClick(w.playground.generate_btn, Qt.LeftButton)
+    qtbot.waitUntil(lambda: w.playground.shown_images() == 1, timeout=180_000)
+    assert "Done" in w.playground.status.text()

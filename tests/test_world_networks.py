@@ -1,0 +1,133 @@
+"""The world's shipped networks meet their thresholds on fresh renders (world seeds never trained
+on), ShapesEval scores what it should, FD behaves like a distance, MiniLM loads offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from backend.eval.fd import frechet_distance
+from backend.eval.shapes_eval import build_eval_prompts, load_eval_prompts, score
+from backend.paths import resources_dir
+from backend.world.arrays import render_scenes, square_batch, to_image
+from backend.world.generate import place, scene_rng
+from backend.world.pretrained import load_detector, load_encoder, load_vae
+from backend.world.render import render
+from backend.world.spec import Scene
+from backend.world.train_detector import attribute_accuracy, degrade
+from backend.world.train_vae import evaluate_vae
+
+FRESH_SEED = 777
+
+
+def test_shipped_weights_are_small_and_carded():
+    world = resources_dir() / "world"
+    total = sum(p.stat().st_size for p in world.rglob("*") if p.is_file())
+    assert total <= 20 * 2**20, f"shipped world weights are {total / 2**20:.1f} MB"
+    for part in ("vae", "detector", "encoder"):
+        card = json.loads((world / part / "card.json").read_text())
+        assert card["steps"] > 0 and "data_seed" in card and card["script"].startswith("signal-backend world")
+
+
+def test_vae_reconstructs_fresh_renders_above_30_db():
+    vae = load_vae()
+    stats = evaluate_vae(vae, seed=FRESH_SEED, n=160)
+    assert stats["psnr_mean"] >= 30.0, stats
+    assert vae.config.latent_channels == 4 and 2 ** (len(vae.config.block_out_channels) - 1) in (4, 8)
+    # the scaling factor was measured on the data: normalised latents have unit spread
+    z = (stats["latent_std"] * vae.config.scaling_factor)
+    assert 0.8 < z < 1.25
+
+
+def test_detector_reads_fresh_renders_at_98_percent_per_attribute():
+    det = load_detector()
+    images, scenes = render_scenes(FRESH_SEED, 0, 400)
+    acc = attribute_accuracy(det(images), scenes)
+    assert min(acc.values()) >= 0.98, acc
+    gen = torch.Generator().manual_seed(FRESH_SEED)
+    degraded = [to_image(x) for x in degrade(square_batch(images, 64), gen)]
+    acc_deg = attribute_accuracy(det(degraded), scenes)
+    assert min(acc_deg.values()) >= 0.95, acc_deg
+
+
+def test_encoder_gives_grids_and_fd_behaves_like_a_distance():
+    enc = load_encoder()
+    images, _ = render_scenes(FRESH_SEED, 0, 8)
+    grid, pooled = enc.tensors(square_batch(images, 64))
+    assert grid.shape == (8, enc.dim, 16, 16) and pooled.shape == (8, enc.dim)
+    a, _ = render_scenes(FRESH_SEED, 0, 300)
+    b, _ = render_scenes(FRESH_SEED + 1, 0, 300)
+    fa, fb = enc.pooled(a).numpy(), enc.pooled(b).numpy()
+    same = frechet_distance(fa, fa)
+    sibling = frechet_distance(fa, fb)
+    # a shifted set: the same scenes blurred and darkened, as a weak generator would make them
+    gen = torch.Generator().manual_seed(0)
+    shifted = [to_image(x * 0.7) for x in degrade(square_batch(b, 64), gen)]
+    far = frechet_distance(fa, enc.pooled(shifted).numpy())
+    assert same < 1e-6 * max(1.0, sibling)
+    assert far > 3 * sibling, (same, sibling, far)
+
+
+def test_fd_formula_on_gaussians():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3))
+    y = rng.normal(loc=[2.0, 0, 0], size=(4000, 3))
+    assert frechet_distance(x, y) == pytest.approx(4.0, rel=0.1)
+
+
+def _placed(spec: dict, seed: int) -> Scene:
+    from backend.world.generate import PlacementError
+
+    for attempt in range(50):
+        try:
+            return place(Scene.from_json(spec), scene_rng(seed, attempt, "eval-test"))
+        except PlacementError:
+            continue
+    raise AssertionError(f"cannot place {spec}")
+
+
+def test_shapes_eval_passes_true_renders_and_fails_wrong_ones():
+    prompts = load_eval_prompts()
+    assert len(prompts) >= 5 * 10 and {p.category for p in prompts} == {"single_object", "counting", "colour_binding", "spatial", "background"}
+    assert [p.prompt for p in prompts] == [p.prompt for p in build_eval_prompts()], "the shipped prompt set must match its generator"
+    det = load_detector()
+    specs = [p.scene for p in prompts]
+    true_images = [render(_placed(p.spec, 1)) for p in prompts]
+    good = score(specs, det(true_images))
+    assert good.overall >= 0.95 and min(good.categories.values()) >= 0.9, good.categories
+    wrong_images = true_images[7:] + true_images[:7]  # every image now answers another prompt
+    bad = score(specs, det(wrong_images))
+    assert bad.overall < 0.3, bad.categories
+
+
+def test_eval_cli_scores_a_folder(tmp_path: Path):
+    run_cli("world", "export", str(tmp_path / "w"), "--n", "30", "--seed", "3", "--resolution", "64x64", "--no-subject", check=True)
+    out = run_cli("eval", "shapes", str(tmp_path / "w"), check=True)
+    assert "overall" in out.stdout and "single_object" in out.stdout
+    report = json.loads((tmp_path / "w" / "shapes_eval.json").read_text())
+    assert report["n"] == 30 and report["overall"] >= 0.9
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_cli("eval", "shapes", str(empty))
+    assert res.returncode == 2 and "carries a prompt spec" in res.stderr
+
+
+def test_text_encoder_loads_offline_and_separates_prompts():
+    from backend.models.text_encoder import load_text_encoder, minilm_path
+
+    te = load_text_encoder()
+    assert te.folder == minilm_path() and (te.folder / "model.safetensors").exists()
+    states, mask, pooled = te.encode(["a red circle", "a red circle", "a crimson circle", "four blue stars above a green heart"])
+    assert states.shape[:2] == (4, te.max_length) and pooled.shape == (4, te.dim)
+    assert torch.allclose(pooled[0], pooled[1])
+    sim = pooled @ pooled.T
+    assert sim[0, 2] > sim[0, 3]
+    with pytest.raises(FileNotFoundError):
+        from backend.models.text_encoder import TextEncoder
+
+        TextEncoder("/nonexistent/encoder")
