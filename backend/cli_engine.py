@@ -70,14 +70,10 @@ def worker_command(project: Path, job_id: int, processes: int = 1, resume: bool 
     tail = ["-m", "backend", "worker", "--project", str(project), "--job", str(job_id)] + ([] if resume else ["--fresh"])
     if processes <= 1:
         return [sys.executable, *tail]
-    import torch
-
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines", "1",
+    # accelerate's torchrun launcher ('--multi_gpu') also serves CPU-only machines: each process then
+    # runs with distributed type MULTI_CPU over gloo ('--cpu' would force a single process)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if not torch.cuda.is_available():
-        launch += ["--cpu"]
-    else:
-        launch += ["--multi_gpu"]
     return launch + tail
 
 

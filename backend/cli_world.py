@@ -46,7 +46,7 @@ def _train_args(default_out: str, steps: int):
     return configure
 
 
-@command("world train-vae", "train the ShapesWorld VAE (CPU, minutes)", _train_args("vae", 3000))
+@command("world train-vae", "train the ShapesWorld VAE (CPU, minutes)", _train_args("vae", 6000))
 def _train_vae(args: argparse.Namespace) -> int:
     from backend.world.train_vae import train_vae
 
