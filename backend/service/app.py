@@ -33,7 +33,7 @@ def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def require_token(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+async def require_token(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     """401 without credentials, 403 with a wrong token (constant-time comparison)."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -44,6 +44,22 @@ def require_token(request: Request, creds: HTTPAuthorizationCredentials | None =
 def allowed_hosts(state: ServiceState) -> set[str]:
     hosts = {state.host, "127.0.0.1", "localhost", "[::1]"} if state.host in ("127.0.0.1", "localhost", "::1") else {state.host}
     return hosts | {f"{h}:{state.port}" for h in hosts}
+
+
+class HostGuard:
+    """Pure ASGI middleware: refuse requests whose Host is not the bound host (DNS rebinding)."""
+
+    def __init__(self, app, allowed: set[str]):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            if host not in self.allowed:
+                await JSONResponse({"detail": f"host {host!r} not allowed"}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(state: ServiceState, *, start_runner: bool = True) -> FastAPI:
@@ -65,12 +81,7 @@ def create_app(state: ServiceState, *, start_runner: bool = True) -> FastAPI:
     app = FastAPI(title="Signal Studio backend", version=__version__, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = state
 
-    @app.middleware("http")
-    async def host_guard(request: Request, call_next):
-        host = request.headers.get("host", "")
-        if host not in allowed_hosts(state):
-            return JSONResponse({"detail": f"host {host!r} not allowed"}, status_code=403)
-        return await call_next(request)
+    app.add_middleware(HostGuard, allowed=allowed_hosts(state))
 
     auth = [Depends(require_token)]
     app.include_router(data_router, prefix="/api", dependencies=auth)

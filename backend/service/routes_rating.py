@@ -76,7 +76,9 @@ def next_pair(request: Request) -> dict[str, Any] | None:
 
 
 @router.post("/comparisons/{cid}/choice")
-def submit(request: Request, cid: Id, body: Choice) -> dict[str, Any]:
+async def submit(request: Request, cid: Id, body: Choice) -> dict[str, Any]:
+    """Record a judgement. Runs on the event loop: one indexed UPDATE in WAL mode takes well under
+    a millisecond, less than handing it to a worker thread would."""
     db = _state(request).db()
     with db.conn:
         cur = db.execute(
