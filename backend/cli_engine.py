@@ -146,11 +146,14 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 @command("serve", "run the HTTP service for a project (loopback, token, discovery file)", _serve_args)
 def _serve(args: argparse.Namespace) -> int:
-    from backend.service.server import serve
+    from backend.service.server import ServiceRunning, serve
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host} exposes the service beyond this machine; the token is the only guard", file=sys.stderr)
-    return serve(args.project, args.host, args.port, args.token or os.environ.get("SIGNAL_BACKEND_TOKEN"), args.slots, args.create)
+    try:
+        return serve(args.project, args.host, args.port, args.token or os.environ.get("SIGNAL_BACKEND_TOKEN"), args.slots, args.create)
+    except ServiceRunning as exc:
+        return fail(str(exc))
 
 
 def _curate_args(p: argparse.ArgumentParser) -> None:

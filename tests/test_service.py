@@ -10,18 +10,44 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import tiny_pretrain_recipe
+from conftest import run_cli, tiny_pretrain_recipe
 
 from backend.service.client import BackendError, Client, start_backend
+
+
+def _shutdown(proc, client: Client) -> None:
+    """Stop the service and kill any worker it left running (workers outlive services by design)."""
+    for job in client.jobs(state="running"):
+        full = client.job(job["id"])
+        if full["pid"]:
+            try:
+                os.killpg(os.getpgid(full["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    client.close()
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def backend(shapes_project: Path, tmp_path_factory):
     proc, client = start_backend(shapes_project, log_path=tmp_path_factory.mktemp("svc") / "service.log")
     yield proc, client
-    client.close()
-    proc.terminate()
-    proc.wait(timeout=30)
+    _shutdown(proc, client)
+
+
+@pytest.fixture
+def own_project(tmp_path: Path) -> Path:
+    """A small project of its own (one service per project: it cannot share the module's)."""
+    run_cli("world", "export", str(tmp_path / "w"), "--n", "60", "--resolution", "32x32", "--no-subject", check=True)
+    run_cli("project", "init", str(tmp_path / "p"), check=True)
+    run_cli("import", str(tmp_path / "w"), "--project", str(tmp_path / "p"), "--dataset", "shapes", check=True)
+    return tmp_path / "p"
+
+
+def test_a_second_service_for_the_same_project_is_refused(backend, shapes_project: Path):
+    out = run_cli("serve", "--project", str(shapes_project), timeout=60)
+    assert out.returncode == 2 and "already serves" in out.stderr
 
 
 def _openapi(client: Client) -> dict:
@@ -152,7 +178,8 @@ def test_sigkilled_worker_leaves_job_interrupted_and_resumable(backend, shapes_p
     assert client.wait_job(job["id"], timeout=120)["state"] == "stopped"
 
 
-def test_killed_service_restarts_with_jobs_and_ratings_intact(shapes_project: Path, tmp_path: Path):
+def test_killed_service_restarts_with_jobs_and_ratings_intact(own_project: Path, tmp_path: Path):
+    shapes_project = own_project
     proc, client = start_backend(shapes_project, log_path=tmp_path / "svc1.log")
     digest = "ab" * 32
     ids = [client.create_pair("a red circle", digest, "cd" * 32, {"seed_a": i})["id"] for i in range(20)]
@@ -175,9 +202,7 @@ def test_killed_service_restarts_with_jobs_and_ratings_intact(shapes_project: Pa
         assert jobs["svc-restart"]["state"] == "interrupted" and jobs["svc-restart"]["resumable"] == 1
         assert len(client2.metrics(job["id"]).get("loss", [])) >= n_metrics
     finally:
-        client2.close()
-        proc2.terminate()
-        proc2.wait(timeout=30)
+        _shutdown(proc2, client2)
         client.close()
 
 

@@ -136,9 +136,14 @@ class JobRunner:
         log = open(run_dir / "worker.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         cmd = worker_command(self.root, job_id, processes)
-        with self.db.conn:
-            self.db.execute("UPDATE jobs SET state = 'running', control = NULL, error = NULL, heartbeat = ?, started = COALESCE(started, ?) WHERE id = ?",
-                            [time.time(), now_iso(), job_id])
+        with self.db.conn:  # claim the job: only a job still queued may start
+            claimed = self.db.execute(
+                "UPDATE jobs SET state = 'running', control = NULL, error = NULL, heartbeat = ?, started = COALESCE(started, ?) WHERE id = ? AND state = 'queued'",
+                [time.time(), now_iso(), job_id],
+            ).rowcount
+        if not claimed:
+            log.close()
+            return
         proc = subprocess.Popen(cmd, cwd=str(Path(__file__).resolve().parents[2]), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         with self.db.conn:

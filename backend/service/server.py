@@ -13,6 +13,34 @@ from .discovery import remove_discovery, write_discovery
 from .state import ServiceState
 
 
+class ServiceRunning(RuntimeError):
+    """Another service already serves this project."""
+
+
+def hold_service_lock(root: Path):
+    """One service per project: an exclusive lock on ``.service.lock``, released when the process dies.
+
+    Two services would both start queued jobs; the lock makes the second one refuse to start.
+    """
+    import os
+
+    path = root / ".service.lock"
+    fh = open(path, "a+")
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows
+            import msvcrt
+
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ServiceRunning(f"another signal-backend already serves {root}; connect to it instead (its discovery file has the URL and token)") from None
+    return fh
+
+
 def serve(project: Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None, slots: int = 1, create: bool = False, log_level: str = "warning") -> int:
     import uvicorn
 
@@ -22,6 +50,7 @@ def serve(project: Path, host: str = "127.0.0.1", port: int = 0, token: str | No
     if create and not (root / "project.db").exists():
         Project.init(root).close()
     Project.open(root).close()  # migrate before anything reads it
+    lock = hold_service_lock(root)  # noqa: F841 - held for the life of the process
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
