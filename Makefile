@@ -25,3 +25,12 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+screenshots: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m studio.screenshots screenshots
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/service.py
+	$(BIN)/python bench/import.py
+	$(BIN)/python bench/ui_responsiveness.py

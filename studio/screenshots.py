@@ -1,0 +1,170 @@
+"""``make screenshots``: a PNG of every view in a representative state.
+
+Builds a scratch project (ShapesWorld data through the normal import, a short pretraining run
+with previews and a saved model), opens the real Studio offscreen against a real backend,
+walks through every view and wizard page, and grabs each one.
+
+    python -m studio.screenshots OUTDIR [--size 1280x800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+RUN = """kind = "pretrain"
+name = "screenshot-run"
+[data]
+dataset = "shapesworld"
+[model]
+size = "tiny"
+[[curriculum]]
+name = "simple"
+steps = 40
+buckets = [[32, 32]]
+complexity = [1, 2]
+[[curriculum]]
+name = "all"
+steps = 40
+buckets = [[32, 32]]
+[optim]
+batch_size = 16
+warmup = 5
+[schedule]
+log_every = 2
+sample_every = 40
+checkpoint_every = 40
+eval_images = 10
+[preview.sampler]
+steps = 6
+width = 32
+height = 32
+"""
+
+
+def backend(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "backend", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+
+
+def build_project(root: Path) -> Path:
+    project = root / "screenshot-project"
+    backend("project", "init", str(project))
+    backend("world", "export", str(root / "shapes"), "--n", "600", "--defects")
+    backend("import", str(root / "shapes"), "--project", str(project), "--dataset", "shapesworld")
+    backend("curate", "--project", str(project), "--dataset", "shapesworld")
+    (root / "run.toml").write_text(RUN)
+    backend("run", str(root / "run.toml"), "--project", str(project))
+    return project
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--size", default="1280x800")
+    ap.add_argument("--project", type=Path, default=None, help="use this project instead of building one")
+    args = ap.parse_args()
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("SIGNAL_STUDIO_HOME", tempfile.mkdtemp(prefix="signal-shots-home-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    project = args.project or build_project(Path(tempfile.mkdtemp(prefix="signal-shots-")))
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    from .main_window import MainWindow
+
+    w, h = (int(v) for v in args.size.split("x"))
+    win = MainWindow(QSettings(str(args.out / "studio.ini"), QSettings.IniFormat))
+    win.resize(w, h)
+    win.show()
+
+    def pump(seconds: float) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            app.processEvents()
+            time.sleep(0.01)
+
+    def until(cond, timeout: float = 120.0) -> None:
+        end = time.time() + timeout
+        while not cond() and time.time() < end:
+            pump(0.05)
+
+    def shot(name: str, widget=None) -> None:
+        pump(0.4)
+        (widget or win).grab().save(str(args.out / f"{name}.png"))
+        print(args.out / f"{name}.png")
+
+    win.start.set_recent([str(project)])
+    shot("01-start")
+    win.open_project(str(project))
+    until(lambda: win.stack.currentIndex() == 1)
+    until(lambda: win.data_view.model.total > 0)
+    pump(2.0)
+    dv = win.data_view
+    dv.grid.setCurrentIndex(dv.model.index(3))
+    until(lambda: dv.big.pixmap() is not None and not dv.big.pixmap().isNull(), 20)
+    shot("02-data")
+    dv.set_flagged_filter(True)
+    pump(2.0)
+    shot("03-data-flagged")
+    dv.set_flagged_filter(None)
+    dv.show_mixture_tab()
+    shot("04-data-mixture")
+    win.show_stage("Pretrain")
+    until(lambda: "minutes" in win.pretrain_page.next_step.text(), 20)
+    shot("05-pretrain")
+    win.new_pretrain()
+    until(lambda: getattr(win, "wizard", None) is not None and win.wizard.isVisible(), 30)
+    wiz = win.wizard
+    names = ["data", "model", "allocation", "curriculum", "repa", "compute", "review"]
+    for i, name in enumerate(names):
+        if name == "allocation":
+            until(lambda: bool(wiz.pages[2].curves), 20)
+        if name == "compute":
+            until(lambda: "minutes" in wiz.pages[5].estimate.text() or "minute" in wiz.pages[5].estimate.text(), 20)
+        if name == "review":
+            until(lambda: wiz.pages[6].valid, 20)
+        shot(f"06-wizard-{i + 1}-{name}", wiz)
+        if i < len(names) - 1:
+            wiz.next()
+            pump(0.5)
+    wiz.reject()
+    win.show_stage("Runs")
+    until(lambda: win.runs.loss_points() > 0, 30)
+    pump(1.5)
+    shot("07-runs-loss")
+    for i, tab in enumerate(("loss-by-t", "previews", "log"), start=1):
+        win.runs.tabs.setCurrentIndex(i)
+        if tab == "previews":
+            until(lambda: win.runs.preview_count() > 0, 30)
+        shot(f"07-runs-{tab}")
+    win.show_stage("Playground")
+    until(lambda: win.playground.model_a.count() > 0, 20)
+    pg = win.playground
+    pg.compare.setChecked(True)
+    pg.prompts.setPlainText("a red circle\na blue square")
+    pg.seeds.setText("0")
+    pg.steps.setValue(8)
+    pg.generate()
+    until(lambda: pg.shown_images() >= 4, 240)
+    shot("08-playground-compare")
+    win.show_stage("Rate")
+    shot("09-rate-not-built")
+    win.resize(2560, 1440)
+    win.show_stage("Runs")
+    win.runs.tabs.setCurrentIndex(0)
+    shot("10-runs-2560x1440")
+    win.close()
+    win.link.disconnect_backend(stop_process=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
