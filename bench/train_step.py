@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Collect, scratch_project
-
 import torch
+from common import Collect, scratch_project
 
 
 def reference_steps(project: Path, preset: str, batch: int, size: int, steps: int, seed: int = 0) -> list[float]:
@@ -67,11 +66,11 @@ def reference_steps(project: Path, preset: str, batch: int, size: int, steps: in
 def studio_steps(project: Path, preset: str, batch: int, size: int, steps: int) -> tuple[list[float], float]:
     from backend.data.view import load_view
     from backend.recipes import loads_recipe
+    from backend.store import Project
     from backend.train.curriculum import CurriculumData
     from backend.train.loop import Trainer
     from backend.train.objectives import FlowMatching
     from backend.train.pretrain import build_bundle, loop_config
-    from backend.store import Project
 
     recipe = loads_recipe(f"""
 kind = "pretrain"

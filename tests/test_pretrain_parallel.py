@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import torch
+from conftest import run_cli, tiny_pretrain_recipe
 
 from backend.data.cache import TensorCache, cache_key
 from backend.store import Project
-from conftest import run_cli, tiny_pretrain_recipe
 
 
 def _job(project: Path, name: str) -> dict:

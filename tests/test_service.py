@@ -216,3 +216,28 @@ def test_undo_returns_the_pair_to_the_queue(backend):
     undone = client.undo("undo-tester")
     assert undone["id"] == a["id"] and undone["choice"] is None
     assert client.next_pair()["id"] == a["id"]
+
+
+def test_curation_routes(backend):
+    _, client = backend
+    res = client.post("/api/datasets/shapes/curate", {"near_threshold": 20, "min_side": 16})
+    assert res["items"] == 160 and res["curated"] <= 160
+    items = client.items("shapes", limit=3)["items"]
+    first = items[0]
+    client.post(f"/api/items/{first['id']}/caption", {"caption": "an edited caption"})
+    assert client.item(first["id"])["caption"] == "an edited caption"
+    assert client.get(f"/api/items/{first['id']}/history")[0]["new"] == "an edited caption"
+    rep = client.post("/api/datasets/shapes/captions/replace", {"find": "circle", "replace": "disc"})
+    assert rep["changed"] > 0
+    assert client.items("shapes", caption="disc")["total"] == rep["changed"]
+    assert client.post("/api/captions/undo", {"batch": rep["batch"]})["restored"] == rep["changed"]
+    assert client.items("shapes", caption="disc")["total"] == 0
+    mix = client.get("/api/datasets/shapes/mixture")
+    assert set(mix) >= {"single_object", "counting"} and abs(sum(m["realised"] for m in mix.values()) - 1) < 1e-9
+    assert client.get("/api/datasets/shapes/rejects") == []
+    with pytest.raises(BackendError) as info:
+        client.post("/api/datasets/nope/curate", {})
+    assert info.value.status == 404
+    dens = client.post("/api/allocation/density", {"timesteps": {"kind": "logit_normal"}, "shift": {"kind": "per_bucket", "base_resolution": 32},
+                                                   "buckets": [[32, 32], [64, 64]]})
+    assert dens["curves"]["64x64"]["alpha"] == pytest.approx(2.0) and dens["curves"]["64x64"]["mean_t"] > dens["curves"]["32x32"]["mean_t"]

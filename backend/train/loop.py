@@ -130,6 +130,7 @@ class Trainer:
             num_training_steps=config.steps,
         )
         bundle.vae.to(acc.device)
+        self.model.to(acc.device)  # before the EMA copy, so both live on the same device
         for m in self.extras.values():
             m.to(acc.device)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_decay_fn(config.ema), use_buffers=False) if config.ema > 0 else None
