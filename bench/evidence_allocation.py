@@ -36,7 +36,7 @@ enabled = {repa}
 block = 1
 [optim]
 batch_size = {batch}
-lr = 0.001
+lr = 0.003
 warmup = 100
 ema = 0.995
 seed = {seed}

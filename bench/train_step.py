@@ -49,6 +49,7 @@ def reference_steps(project: Path, preset: str, batch: int, size: int, steps: in
             z = bundle.vae.encode(pixels).latent_dist.sample()
             z = (z - bundle.shift_factor) * bundle.scaling_factor
             prompt = bundle.encode_prompts([captions[i] for i in idx])
+            prompt.lengths = None  # as in diffusers' scripts: the text stays padded to the encoder's length
         u = torch.sigmoid(torch.randn(batch, generator=gen))
         noise = torch.randn(z.shape, generator=gen)
         tt = u.view(-1, 1, 1, 1)

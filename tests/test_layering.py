@@ -39,7 +39,7 @@ def test_studio_imports_backend_only_through_the_client():
     tree_imports = []
     for path in (REPO / "studio").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("backend"):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("backend"):
                 tree_imports.append((str(path.relative_to(REPO)), node.module))
             if isinstance(node, ast.Import):
                 tree_imports += [(str(path.relative_to(REPO)), a.name) for a in node.names if a.name.startswith("backend")]

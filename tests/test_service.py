@@ -226,7 +226,7 @@ def test_curation_routes(backend):
     first = items[0]
     client.post(f"/api/items/{first['id']}/caption", {"caption": "an edited caption"})
     assert client.item(first["id"])["caption"] == "an edited caption"
-    assert client.get(f"/api/items/{first['id']}/history")[0]["new"] == "an edited caption"
+    assert client.get(f"/api/items/{first['id']}/history")[-1]["new"] == "an edited caption"
     rep = client.post("/api/datasets/shapes/captions/replace", {"find": "circle", "replace": "disc"})
     assert rep["changed"] > 0
     assert client.items("shapes", caption="disc")["total"] == rep["changed"]

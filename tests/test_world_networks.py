@@ -131,3 +131,22 @@ def test_text_encoder_loads_offline_and_separates_prompts():
         from backend.models.text_encoder import TextEncoder
 
         TextEncoder("/nonexistent/encoder")
+
+
+@pytest.mark.parametrize("part", ["vae", "detector", "encoder"])
+def test_training_scripts_are_deterministic(part: str, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from backend.world.encoder import train_encoder
+    from backend.world.train_detector import train_detector
+    from backend.world.train_vae import train_vae
+
+    train = {"vae": train_vae, "detector": train_detector, "encoder": train_encoder}[part]
+    name = "diffusion_pytorch_model.safetensors" if part == "vae" else "model.safetensors"
+    weights = []
+    for run in ("a", "b"):
+        card = train(tmp_path / run, steps=3, pool=64, log=lambda _m: None)
+        assert card["steps"] == 3 and (tmp_path / run / "card.json").exists()
+        weights.append(load_file(str(tmp_path / run / name)))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

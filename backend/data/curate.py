@@ -112,6 +112,20 @@ def _keeper(members: list[int], rows: list[dict[str, Any]]) -> int:
     return max(members, key=lambda m: (rows[m]["width"] * rows[m]["height"], -rows[m]["id"]))
 
 
+def _flag_clusters(groups, rows: list[dict[str, Any]], flag: str, clusters: list[list[int]]) -> set[int]:
+    """Every group of two or more keeps one member; the others get ``flag:<keeper id>``. Returns the flagged rows."""
+    flagged: set[int] = set()
+    for members in groups:
+        if len(members) > 1:
+            keep = _keeper(members, rows)
+            clusters.append([rows[keep]["id"]] + [rows[m]["id"] for m in members if m != keep])
+            for m in members:
+                if m != keep:
+                    rows[m]["flags"].append(f"{flag}:{rows[keep]['id']}")
+                    flagged.add(m)
+    return flagged
+
+
 def curate(project: Project, dataset: str, settings: CurationSettings | None = None) -> CurationReport:
     """Recompute automatic flags of ``dataset`` (one transaction) and store the settings."""
     ds = project.dataset_id(dataset)
@@ -124,20 +138,11 @@ def curate(project: Project, dataset: str, settings: CurationSettings | None = N
     for r in rows:
         r["flags"] = [f for f in json.loads(r["flags"] or "[]") if not f.startswith(AUTO_PREFIXES)]
     report = CurationReport(dataset, len(rows), 0, settings=asdict(settings))
-    # exact duplicates
+    # exact duplicates, then near duplicates among the rest
     by_hash: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by_hash.setdefault(r["hash"], []).append(i)
-    exact_dupe: set[int] = set()
-    for members in by_hash.values():
-        if len(members) > 1:
-            keep = _keeper(members, rows)
-            report.exact_clusters.append([rows[keep]["id"]] + [rows[m]["id"] for m in members if m != keep])
-            for m in members:
-                if m != keep:
-                    rows[m]["flags"].append(f"duplicate_of:{rows[keep]['id']}")
-                    exact_dupe.add(m)
-    # near duplicates among the remaining items
+    exact_dupe = _flag_clusters(by_hash.values(), rows, "duplicate_of", report.exact_clusters)
     cand = [i for i, r in enumerate(rows) if i not in exact_dupe and r["phash"]]
     uf = _UnionFind(len(cand))
     for a, b in near_pairs([rows[i]["phash"] for i in cand], settings.near_threshold):
@@ -145,13 +150,7 @@ def curate(project: Project, dataset: str, settings: CurationSettings | None = N
     groups: dict[int, list[int]] = {}
     for k in range(len(cand)):
         groups.setdefault(uf.find(k), []).append(cand[k])
-    for members in groups.values():
-        if len(members) > 1:
-            keep = _keeper(members, rows)
-            report.near_clusters.append([rows[keep]["id"]] + [rows[m]["id"] for m in members if m != keep])
-            for m in members:
-                if m != keep:
-                    rows[m]["flags"].append(f"near_duplicate_of:{rows[keep]['id']}")
+    _flag_clusters(groups.values(), rows, "near_duplicate_of", report.near_clusters)
     # filters
     for r in rows:
         w, h = r["width"], r["height"]

@@ -118,7 +118,9 @@ def scan(sources: Iterable[str | Path], category_from: str = "metadata") -> tupl
             if ext not in IMAGE_EXTS:
                 others.append((key, "unsupported_type", f"extension {ext or '(none)'} is not an image type"))
                 continue
-            folder_meta = meta_cache.setdefault(path.parent, _folder_metadata(path.parent))
+            if path.parent not in meta_cache:  # read each folder's metadata once
+                meta_cache[path.parent] = _folder_metadata(path.parent)
+            folder_meta = meta_cache[path.parent]
             rec = folder_meta.get(path.name, {})
             side = path.with_suffix(".txt")
             if side.exists():

@@ -33,29 +33,41 @@ PRESETS: dict[str, dict[str, int]] = {
 
 @dataclass
 class PromptEmbeds:
-    states: torch.Tensor  # (B, L, D) token states
-    pooled: torch.Tensor  # (B, D)
+    """Text conditioning: token states (B, L, D) padded to the encoder's length, the pooled vector,
+    and each prompt's real token count. The network sees the states trimmed to the longest
+    prompt of the batch (``trimmed``): on a CPU most of a short caption's 32 tokens are padding,
+    and the text tokens would otherwise cost more than the image tokens."""
+
+    states: torch.Tensor
+    pooled: torch.Tensor
+    lengths: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PromptEmbeds:
-        return PromptEmbeds(self.states.to(device, dtype), self.pooled.to(device, dtype))
+        return PromptEmbeds(self.states.to(device, dtype), self.pooled.to(device, dtype), self.lengths)
 
     def __getitem__(self, idx: Any) -> PromptEmbeds:
-        return PromptEmbeds(self.states[idx], self.pooled[idx])
+        return PromptEmbeds(self.states[idx], self.pooled[idx], None if self.lengths is None else self.lengths[idx])
+
+    def trimmed(self) -> PromptEmbeds:
+        if self.lengths is None or len(self.lengths) == 0:
+            return self
+        return PromptEmbeds(self.states[:, : int(self.lengths.max())], self.pooled, self.lengths)
 
     @staticmethod
     def cat(parts: list[PromptEmbeds]) -> PromptEmbeds:
-        return PromptEmbeds(torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]))
+        lengths = None if any(p.lengths is None for p in parts) else torch.cat([p.lengths for p in parts])
+        return PromptEmbeds(torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]), lengths)
 
 
 def build_transformer(preset: str = "small", *, text_dim: int = 384, pooled_dim: int = 384, latent_channels: int = 4,
-                      layers: int | None = None, heads: int | None = None, head_dim: int | None = None) -> SD3Transformer2DModel:
+                      layers: int | None = None, heads: int | None = None, head_dim: int | None = None, patch: int = 2) -> SD3Transformer2DModel:
     """An MMDiT from diffusers' ``SD3Transformer2DModel`` config, sized for the embedded world."""
     p = dict(PRESETS[preset])
     p.update({k: v for k, v in {"layers": layers, "heads": heads, "head_dim": head_dim}.items() if v})
     hidden = p["heads"] * p["head_dim"]
     return SD3Transformer2DModel(
         sample_size=16,
-        patch_size=2,
+        patch_size=patch,
         in_channels=latent_channels,
         out_channels=latent_channels,
         num_layers=p["layers"],
@@ -64,7 +76,7 @@ def build_transformer(preset: str = "small", *, text_dim: int = 384, pooled_dim:
         joint_attention_dim=text_dim,
         caption_projection_dim=hidden,
         pooled_projection_dim=pooled_dim,
-        pos_embed_max_size=48,
+        pos_embed_max_size=64,
         qk_norm="rms_norm",
     )
 
@@ -83,8 +95,8 @@ class ModelBundle:
     # --- prompts ------------------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
-        states, _mask, pooled = self.text_encoder.encode(prompts)
-        return PromptEmbeds(states, pooled)
+        states, mask, pooled = self.text_encoder.encode(prompts)
+        return PromptEmbeds(states, pooled, mask.sum(1))
 
     def empty_prompt(self) -> PromptEmbeds:
         """Embedding of the empty prompt (caption dropout and the unconditional CFG branch)."""
@@ -130,6 +142,7 @@ class ModelBundle:
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, prompt: PromptEmbeds, transformer: torch.nn.Module | None = None) -> torch.Tensor:
         """v(x_t, t, c); ``t`` in [0, 1] per sample (SD3 takes t * 1000)."""
         net = transformer if transformer is not None else self.transformer
+        prompt = prompt.trimmed()
         return net(
             hidden_states=x_t,
             encoder_hidden_states=prompt.states,
@@ -182,7 +195,7 @@ class ModelBundle:
         return folder
 
 
-def build_embedded(preset: str = "small", *, layers: int | None = None, heads: int | None = None, head_dim: int | None = None,
+def build_embedded(preset: str = "small", *, layers: int | None = None, heads: int | None = None, head_dim: int | None = None, patch: int = 2,
                    text_encoder: str | None = None, vae: str | None = None, shift: dict[str, Any] | None = None, seed: int = 0) -> ModelBundle:
     """A fresh embedded model: random MMDiT, shipped ShapesWorld VAE, MiniLM (or the given folders)."""
     from backend.world.pretrained import world_part
@@ -191,7 +204,7 @@ def build_embedded(preset: str = "small", *, layers: int | None = None, heads: i
     vae_dir = world_part("vae", vae or None)
     vae_model = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval().requires_grad_(False)
     torch.manual_seed(seed)
-    net = build_transformer(preset, text_dim=te.dim, pooled_dim=te.dim, latent_channels=vae_model.config.latent_channels, layers=layers, heads=heads, head_dim=head_dim)
+    net = build_transformer(preset, text_dim=te.dim, pooled_dim=te.dim, latent_channels=vae_model.config.latent_channels, layers=layers, heads=heads, head_dim=head_dim, patch=patch)
     info = {"family": "embedded", "preset": preset, "shift": shift or {"kind": "none"}}
     return ModelBundle(net, vae_model, te, info, vae_dir / "diffusion_pytorch_model.safetensors")
 

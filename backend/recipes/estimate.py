@@ -16,8 +16,7 @@ PRESETS = {"tiny": (2, 2, 32), "small": (4, 4, 32), "base": (6, 6, 32)}  # layer
 TEXT_DIM = 384
 TEXT_TOKENS = 32
 LATENT_CHANNELS = 4
-TOKEN_STRIDE = 8  # VAE 4x, patch 2
-CPU_FLOPS_PER_CORE = 12e9  # effective training FLOP/s per core, measured on the reference CPU
+CPU_FLOPS_PER_CORE = 60e9  # effective training FLOP/s per core: 130 GFLOP/s on 2 cores in bench/train_step.py (small, batch 32, 32 px)
 GPU_FLOPS = 200e12  # a conservative effective rate for a modern GPU
 
 
@@ -32,11 +31,12 @@ def mmdit_params(layers: int, heads: int, head_dim: int, text_dim: int = TEXT_DI
 def estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False) -> dict[str, Any]:
     m = recipe.model
     layers, heads, head_dim = PRESETS[m.size]
-    params = mmdit_params(m.layers or layers, m.heads or heads, m.head_dim or head_dim)
+    params = mmdit_params(m.layers or layers, m.heads or heads, m.head_dim or head_dim, patch=m.patch)
+    stride = 4 * m.patch  # VAE 4x, then patches
     flops = 0.0
     stages = []
     for st in recipe.curriculum:
-        tokens = sum((w // TOKEN_STRIDE) * (h // TOKEN_STRIDE) for w, h in st.buckets) / len(st.buckets) + TEXT_TOKENS
+        tokens = sum((w // stride) * (h // stride) for w, h in st.buckets) / len(st.buckets) + TEXT_TOKENS
         f = 6 * params * tokens * recipe.optim.batch_size * recipe.optim.grad_accum * st.steps * recipe.compute.processes
         flops += f
         stages.append({"name": st.name, "steps": st.steps, "tokens": tokens})

@@ -23,6 +23,7 @@ class ModelSection(Section):
     layers: int | None = Field(None, ge=1, le=64, description="Override the preset's number of MMDiT blocks")
     heads: int | None = Field(None, ge=1, le=64, description="Override the preset's attention heads")
     head_dim: int | None = Field(None, ge=8, le=256, description="Override the preset's head width")
+    patch: int = Field(2, ge=1, le=4, description="Latent pixels per token side (1 = four times the tokens of 2)")
     text_encoder: str = Field("", description="Local text-encoder folder; empty = the embedded MiniLM")
     vae: str = Field("", description="Local VAE folder; empty = the embedded ShapesWorld VAE")
 

@@ -50,7 +50,7 @@ def sample_latents(
     guided = settings.cfg != 1.0
     if guided:
         empty = bundle.empty_prompt().to(device)
-        uncond = PromptEmbeds(empty.states.expand(n, -1, -1), empty.pooled.expand(n, -1))
+        uncond = PromptEmbeds(empty.states.expand(n, -1, -1), empty.pooled.expand(n, -1), empty.lengths.expand(n))
         both = PromptEmbeds.cat([uncond, cond])
     for i in range(settings.steps):
         t, t_next = ts[i], ts[i + 1]
@@ -73,13 +73,21 @@ def generate(
     transformer: torch.nn.Module | None = None,
     batch: int = 32,
 ) -> list[Image.Image]:
-    """One image per (prompt, seed) pair, in order."""
+    """One image per (prompt, seed) pair, in order.
+
+    Prompts are batched by token count, so each image depends only on its own prompt and seed,
+    never on which other prompts shared its batch."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
-    images: list[Image.Image] = []
-    for i in range(0, len(prompts), batch):
-        p, s = prompts[i : i + batch], seeds[i : i + batch]
-        z = sample_latents(bundle, bundle.encode_prompts(p), s, settings, transformer)
-        x = bundle.decode_latents(z)
-        images += [to_image(xi) for xi in x]
-    return images
+    embeds = bundle.encode_prompts(prompts)
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(embeds.lengths.tolist()):
+        groups.setdefault(int(length), []).append(i)
+    images: list[Image.Image | None] = [None] * len(prompts)
+    for members in groups.values():
+        for k in range(0, len(members), batch):
+            idx = members[k : k + batch]
+            z = sample_latents(bundle, embeds[torch.tensor(idx)], [seeds[i] for i in idx], settings, transformer)
+            for i, xi in zip(idx, bundle.decode_latents(z)):
+                images[i] = to_image(xi)
+    return images  # type: ignore[return-value]

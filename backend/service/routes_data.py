@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
-from .params import MAX_INT, Id
+from .params import MAX_INT, Id, like_pattern
 
 router = APIRouter()
 HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -36,7 +36,7 @@ def datasets(request: Request) -> list[dict[str, Any]]:
         cats = st.rows("SELECT COALESCE(category, 'uncategorised') AS category, count(*) AS n FROM items WHERE dataset_id = ? GROUP BY 1 ORDER BY 1", [ds["id"]])
         ds["categories"] = {c["category"]: c["n"] for c in cats}
         ds["items"] = sum(ds["categories"].values())
-        ds["flagged"] = st.db().execute("SELECT count(*) FROM items WHERE dataset_id = ? AND flags != '[]'", [ds["id"]]).fetchone()[0]
+        ds["flagged"] = st.db().execute("SELECT count(*) FROM items WHERE dataset_id = ? AND flags NOT IN ('[]', '[\"chosen_keeper\"]')", [ds["id"]]).fetchone()[0]
         ds["rejects"] = st.db().execute("SELECT count(*) FROM rejects WHERE dataset_id = ?", [ds["id"]]).fetchone()[0]
         out.append(ds)
     return out
@@ -63,8 +63,8 @@ def items(
     if category:
         where.append("category = ?")
         params.append(category)
-    if flagged is not None:
-        where.append("flags != '[]'" if flagged else "flags = '[]'")
+    if flagged is not None:  # the curated view: no flags except a keeper choice (see backend.data.view.excluded)
+        where.append("flags NOT IN ('[]', '[\"chosen_keeper\"]')" if flagged else "flags IN ('[]', '[\"chosen_keeper\"]')")
     if min_width is not None:
         where.append("width >= ?")
         params.append(min_width)
@@ -73,7 +73,7 @@ def items(
         params.append(min_height)
     if caption:
         where.append("caption LIKE ? ESCAPE '\\'")
-        params.append("%" + caption.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        params.append(like_pattern(caption))
     clause = " AND ".join(where)
     total = st.db().execute(f"SELECT count(*) FROM items WHERE {clause}", params).fetchone()[0]
     rows = st.rows(

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from .params import MAX_INT, Id
+from .params import MAX_INT, Id, like_pattern
 
 router = APIRouter()
 ACTIONS = ("stop", "pause", "resume", "sample", "save")
@@ -126,7 +126,7 @@ def metrics(
         for k in (k.strip() for k in keys.split(",") if k.strip()):
             if k.endswith("*"):
                 clauses.append("key LIKE ? ESCAPE '\\'")
-                params.append(k[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+                params.append(like_pattern(k[:-1], prefix_only=True))
             else:
                 clauses.append("key = ?")
                 params.append(k)

@@ -55,6 +55,7 @@ class StageTable:
     buckets: list[BucketTable]
     states: torch.Tensor  # (T, L, D) float16
     pooled: torch.Tensor  # (T, D)
+    lengths: torch.Tensor  # (T,) real tokens per caption
     eligible: int
     skipped: Counter
 
@@ -73,7 +74,7 @@ class CurriculumData:
         self.dropout = recipe.data.caption_dropout
         cache_root = project.root / "cache" / "tensors"
         self.latent_cache = TensorCache(cache_root, f"latents-{bundle.vae_identity}")
-        self.text_cache = TensorCache(cache_root, f"text-{bundle.text_encoder.identity}")
+        self.text_cache = TensorCache(cache_root, f"text-v2-{bundle.text_encoder.identity}")
         self.repa_cache = None
         if encoder is not None:
             enc_id = file_fingerprint(encoder.folder / "model.safetensors")
@@ -81,6 +82,7 @@ class CurriculumData:
         empty = bundle.empty_prompt()
         self.empty_states = empty.states[0].float()
         self.empty_pooled = empty.pooled[0].float()
+        self.empty_length = int(empty.lengths[0])
         self.stages = [self._build_stage(stage, items) for stage in recipe.curriculum]
         self.bounds = []
         acc = 0
@@ -122,11 +124,12 @@ class CurriculumData:
 
         def encode_text(keys: list[str]) -> list[dict[str, torch.Tensor]]:
             emb = self.bundle.encode_prompts([cap_by_key[k] for k in keys])
-            return [{"states": emb.states[i].half(), "pooled": emb.pooled[i].half()} for i in range(len(keys))]
+            return [{"states": emb.states[i].half(), "pooled": emb.pooled[i].half(), "len": emb.lengths[i : i + 1]} for i in range(len(keys))]
 
         n_text = self.text_cache.ensure(text_keys, encode_text)
         states = self.text_cache.stack(text_keys, "states")
         pooled = self.text_cache.stack(text_keys, "pooled")
+        lengths = self.text_cache.stack(text_keys, "len").flatten()
         text_row = {c: i for i, c in enumerate(captions)}
         f = self.bundle.vae_factor * int(self.bundle.transformer.config.patch_size)
         tables = []
@@ -167,7 +170,7 @@ class CurriculumData:
             f"encoded {n_lat} latents, {n_text} captions" + (f", {n_repa} REPA targets" if self.repa_cache else "")
             + (f"; skipped {dict(skipped)}" if skipped else "")
         )
-        return StageTable(stage, tables, states, pooled, eligible, skipped)
+        return StageTable(stage, tables, states, pooled, lengths, eligible, skipped)
 
     # --- drawing -------------------------------------------------------------------------------
 
@@ -197,11 +200,13 @@ class CurriculumData:
         rows = bucket.text_index[idx]
         states = st.states[rows].float()
         pooled = st.pooled[rows].float()
+        lengths = st.lengths[rows].clone()
         drop = torch.rand(n, generator=gen) < self.dropout
         if drop.any():
             states[drop] = self.empty_states
             pooled[drop] = self.empty_pooled
+            lengths[drop] = self.empty_length
         extras = {"categories": [bucket.categories[int(i)] for i in idx]}
         if bucket.repa is not None:
             extras["repa_features"] = bucket.repa[idx].float()
-        return Batch(bucket.latents[idx].clone(), PromptEmbeds(states, pooled), bucket.size[0], bucket.size[1], bucket.alpha, gen, extras)
+        return Batch(bucket.latents[idx].clone(), PromptEmbeds(states, pooled, lengths), bucket.size[0], bucket.size[1], bucket.alpha, gen, extras)

@@ -28,7 +28,7 @@ def build_bundle(recipe: PretrainRecipe) -> ModelBundle:
         bundle = load_model(m.init)
         bundle.info["shift"] = shift
         return bundle
-    return build_embedded(m.size, layers=m.layers, heads=m.heads, head_dim=m.head_dim, text_encoder=m.text_encoder or None,
+    return build_embedded(m.size, layers=m.layers, heads=m.heads, head_dim=m.head_dim, patch=m.patch, text_encoder=m.text_encoder or None,
                           vae=m.vae or None, shift=shift, seed=recipe.optim.seed)
 
 

@@ -9,7 +9,6 @@ grid and a pooled vector. Hand-written because no library ships an encoder for t
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .arrays import render_scenes, square_batch
+from .fit import fit
 
 INPUT = 64
 
@@ -136,20 +136,17 @@ def train_encoder(out: Path, steps: int = 1500, batch: int = 64, lr: float = 2e-
     del images
     log(f"[encoder] rendered {pool} scenes in {time.perf_counter() - t0:.1f} s")
     model = ShapesEncoder()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    for step in range(1, steps + 1):
-        idx = torch.randint(pool, (batch,), generator=gen)
-        x = x_all[idx]
+    losses: list[float] = []
+
+    def loss_at(step: int) -> tuple[torch.Tensor, str]:
+        x = x_all[torch.randint(pool, (batch,), generator=gen)]
         _, p1 = model(_views(x, gen))
         _, p2 = model(_views(x, gen))
         loss = info_nce(model.head(p1), model.head(p2))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == 1:
-            log(f"[encoder] step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
+        losses.append(loss.item())
+        return loss, f"loss {loss.item():.4f}"
+
+    fit(model.parameters(), steps, loss_at, lr=lr, weight_decay=1e-4, name="encoder", log=log)
     train_time = time.perf_counter() - t0
     save_encoder(model, out)
     card = {
@@ -159,7 +156,7 @@ def train_encoder(out: Path, steps: int = 1500, batch: int = 64, lr: float = 2e-
         "steps": steps,
         "batch": batch,
         "train_seconds": round(train_time, 1),
-        "final_loss": round(loss.item(), 4),
+        "final_loss": round(losses[-1], 4),
         "grid": [model.dim, INPUT // 4, INPUT // 4],
         "script": "signal-backend world train-encoder",
     }

@@ -27,6 +27,9 @@ from .spec import (
 )
 
 GAP = 0.05  # minimum gap between objects, fraction of the shorter side
+# A caption that does not mention the background mostly shows a plain one (as product photos and
+# clip art do); patterned backgrounds come with captions that say so, or as the remaining quarter.
+PLAIN_WHEN_UNSAID = 0.75
 MARGIN = 0.03
 
 
@@ -76,6 +79,8 @@ def sample_scene(rng: random.Random, category: str, resolution: tuple[int, int] 
     else:  # background
         groups = [Group(shapes[0], colors[0], rng.choice(tuple(SIZES)), 1)]
         mention_bg = True
+    if not mention_bg and rng.random() < PLAIN_WHEN_UNSAID:
+        bg.kind = "plain"
     return Scene(width, height, category, groups, bg, relation, [], mention_size, mention_bg)
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .arrays import render_scenes, square_batch, to_image
 from .detector import GRID, INPUT, SIZE_NAMES, Detection, Detector, ShapesDetector, save_detector
+from .fit import fit
 from .spec import BACKGROUNDS, COLOR_NAMES, SHAPES, Scene
 
 
@@ -165,20 +166,15 @@ def train_detector(out: Path, steps: int = 3000, batch: int = 32, lr: float = 2e
     t_all = targets(scenes)
     log(f"[detector] rendered {pool} training scenes in {time.perf_counter() - t0:.1f} s")
     model = ShapesDetector()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
-    for step in range(1, steps + 1):
+
+    def loss_at(step: int) -> tuple[torch.Tensor, str]:
         idx = torch.randint(pool, (batch,), generator=gen)
         x = degrade(x_all[idx], gen)
-        t = {k: v[idx] for k, v in t_all.items()}
-        loss = detector_loss(model(x), t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == 1:
-            log(f"[detector] step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
+        loss = detector_loss(model(x), {k: v[idx] for k, v in t_all.items()})
+        return loss, f"loss {loss.item():.4f}"
+
+    fit(model.parameters(), steps, loss_at, lr=lr, weight_decay=1e-4, name="detector", log=log)
     train_time = time.perf_counter() - t0
     save_detector(model, out)
     det = Detector.load(out)

@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from .arrays import psnr, random_crops, render_scenes, to_tensor
+from .fit import fit
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -65,22 +66,17 @@ def train_vae(out: Path, steps: int = 3000, batch: int = 16, crop: int = 32, lr:
     images, _ = render_scenes(seed, 0, pool)
     log(f"[vae] rendered {pool} training scenes in {time.perf_counter() - t0:.1f} s")
     vae = AutoencoderKL(**VAE_CONFIG)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * s / steps))))
     vae.train()
-    for step in range(1, steps + 1):
+
+    def loss_at(step: int) -> tuple[torch.Tensor, str]:
         x = random_crops(images, batch, crop, gen)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=gen)).sample
         mse = ((rec - x) ** 2).mean()
         loss = mse + 0.1 * (rec - x).abs().mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == 1:
-            log(f"[vae] step {step}/{steps} mse {mse.item():.5f} psnr {10 * math.log10(4 / max(mse.item(), 1e-12)):.2f} dB ({time.perf_counter() - t0:.0f} s)")
+        return loss, f"mse {mse.item():.5f} psnr {10 * math.log10(4 / max(mse.item(), 1e-12)):.2f} dB"
+
+    fit(vae.parameters(), steps, loss_at, lr=lr, floor=0.02, clip=1.0, name="vae", log=log)
     train_time = time.perf_counter() - t0
     stats = evaluate_vae(vae)
     vae.register_to_config(scaling_factor=1.0 / stats["latent_std"], shift_factor=stats["latent_mean"])
