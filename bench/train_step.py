@@ -6,7 +6,7 @@ draws logit-normal timesteps, and takes an eager AdamW step. Studio: the same mo
 density and optimizer through the real ``Trainer`` with its content-addressed caches.
 Both run here, in one process, one after the other; the report is the ratio.
 
-    .venv/bin/python bench/train_step.py [--steps 40] [--batch 32] [--size 32] [--preset small]
+    .venv/bin/python bench/train_step.py [--steps 40] [--batch 32] [--size 64] [--patch 4] [--preset small]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from common import Collect, scratch_project
 
 
-def reference_steps(project: Path, preset: str, batch: int, size: int, steps: int, seed: int = 0) -> list[float]:
+def reference_steps(project: Path, preset: str, batch: int, size: int, steps: int, patch: int = 2, seed: int = 0) -> list[float]:
     from PIL import Image
 
     from backend.data.buckets import fit_to_bucket
@@ -32,7 +32,7 @@ def reference_steps(project: Path, preset: str, batch: int, size: int, steps: in
     from backend.store import Project
 
     torch.manual_seed(seed)
-    bundle = build_embedded(preset, seed=seed)
+    bundle = build_embedded(preset, patch=patch, seed=seed)
     net = bundle.transformer.train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.99))
     with Project.open(project) as proj:
@@ -64,7 +64,7 @@ def reference_steps(project: Path, preset: str, batch: int, size: int, steps: in
     return times
 
 
-def studio_steps(project: Path, preset: str, batch: int, size: int, steps: int) -> tuple[list[float], float]:
+def studio_steps(project: Path, preset: str, batch: int, size: int, steps: int, patch: int = 2) -> tuple[list[float], float]:
     from backend.data.view import load_view
     from backend.recipes import loads_recipe
     from backend.store import Project
@@ -80,6 +80,7 @@ dataset = "shapesworld"
 view = "all"
 [model]
 size = "{preset}"
+patch = {patch}
 [allocation.shift]
 kind = "none"
 [[curriculum]]
@@ -109,7 +110,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=4)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--json", type=Path, default=None)
@@ -117,12 +119,12 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     project = scratch_project(args.images, (args.size, args.size))
     warm = 5
-    ref = reference_steps(project, args.preset, args.batch, args.size, args.steps + warm)[warm:]
-    ours, cache_s = studio_steps(project, args.preset, args.batch, args.size, args.steps + warm)
+    ref = reference_steps(project, args.preset, args.batch, args.size, args.steps + warm, args.patch)[warm:]
+    ours, cache_s = studio_steps(project, args.preset, args.batch, args.size, args.steps + warm, args.patch)
     ours = ours[warm:]
     r_med, o_med = statistics.median(ref), statistics.median(ours)
     result = {
-        "device": "cpu", "threads": torch.get_num_threads(), "preset": args.preset, "batch": args.batch, "size": args.size, "steps": args.steps,
+        "device": "cpu", "threads": torch.get_num_threads(), "preset": args.preset, "batch": args.batch, "size": args.size, "patch": args.patch, "steps": args.steps,
         "reference_step_s": round(r_med, 4), "studio_step_s": round(o_med, 4), "speedup": round(r_med / o_med, 2),
         "studio_cache_build_s": round(cache_s, 2), "images": args.images,
         "break_even_steps": round(cache_s / max(1e-9, r_med - o_med), 1),

@@ -156,8 +156,11 @@ class CurriculumData:
                         grid = F.adaptive_avg_pool2d(grid.float(), (gh, gw)).cpu()
                     return [{"g": grid[i].half()} for i in range(len(ks))]
 
-                n_repa += self.repa_cache.ensure(keys, encode_repa, batch=64)
-                repa = self.repa_cache.stack(keys, "g")
+                # the target grid follows the token grid (patch size), so it is part of the key
+                grid_keys = [cache_key("latent", it.hash, f"{size[0]}x{size[1]}/{gw}x{gh}") for it in its]
+                by_key.update(zip(grid_keys, its))
+                n_repa += self.repa_cache.ensure(grid_keys, encode_repa, batch=64)
+                repa = self.repa_cache.stack(grid_keys, "g")
             cats = [it.category for it in its]
             by_cat = {c: torch.tensor([i for i, x in enumerate(cats) if x == c]) for c in sorted(set(cats))}
             tokens = (size[0] // f) * (size[1] // f)
