@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup studio demo test screenshots bench clean-venv
+.PHONY: setup studio demo test screenshots bench bench-evidence clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,6 @@ bench: $(STAMP)
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/import.py
 	$(BIN)/python bench/ui_responsiveness.py
+
+bench-evidence: $(STAMP)
+	$(BIN)/python bench/evidence_allocation.py --steps 1000 --eval-every 250 --json bench/results/evidence_allocation.json

@@ -25,9 +25,9 @@ START_TIMEOUT_S = 90.0
 
 class BackendLink(QObject):
     status = Signal(str)  # progress text while connecting
-    connected = Signal(dict)  # /api/info
+    connected = Signal(object)  # /api/info dict
     failed = Signal(str, str)  # message, details
-    event = Signal(dict)
+    event = Signal(object)  # a dict, passed through as is (no QVariantMap round trip)
     stream_state = Signal(bool)
 
     def __init__(self, tasks: Tasks, parent: QObject | None = None):

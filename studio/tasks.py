@@ -81,7 +81,7 @@ class Tasks(QObject):
 class EventStream(QThread):
     """Follows ``/api/events`` and emits each event as a dict on the GUI thread."""
 
-    event = Signal(dict)
+    event = Signal(object)  # a dict, passed through as is (no QVariantMap round trip)
     connected = Signal(bool)
 
     def __init__(self, make_client: Callable[[], Any], parent: QObject | None = None):

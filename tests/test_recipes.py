@@ -68,3 +68,14 @@ def test_cli_validate_and_show(tmp_path: Path):
     assert "2 problem(s)" in out.stderr
     missing = run_cli("recipe", "validate", str(tmp_path / "nope.toml"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def test_buckets_must_split_into_whole_tokens_for_the_patch_size():
+    ok = 'kind = "pretrain"\n[model]\npatch = 4\n[[curriculum]]\nbuckets = [[64, 64], [64, 48]]\n[preview.sampler]\nwidth = 64\nheight = 64\n'
+    assert loads_recipe(ok).model.patch == 4
+    with pytest.raises(RecipeError) as info:
+        loads_recipe(ok.replace("[64, 48]", "[72, 72]"))
+    assert "72x72" in str(info.value) and "multiples of 16" in str(info.value)
+    with pytest.raises(RecipeError):
+        loads_recipe(ok.replace("patch = 4", "patch = 3"))
+    assert loads_recipe(ok.replace("patch = 4", "patch = 2").replace("[64, 48]", "[72, 72]")).model.patch == 2

@@ -98,3 +98,41 @@ def test_studio_end_to_end(qtbot, window: MainWindow, tmp_path: Path, monkeypatc
     qtbot.mouseClick(w.playground.generate_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: w.playground.shown_images() == 1, timeout=180_000)
     assert "Done" in w.playground.status.text()
+
+
+SIGNAL_FLOOD = r"""
+import sys
+from PySide6.QtCore import QCoreApplication, QTimer
+from studio.tasks import Tasks
+
+app = QCoreApplication([])
+tasks = Tasks(threads=2)
+got = []
+before = (sys.getrefcount(None), sys.getrefcount(True))
+for _ in range(20000):
+    tasks.run(lambda: {"state": None, "ok": True}, done=got.append)
+def check():
+    if len(got) < 20000:
+        return
+    got.clear()
+    after = (sys.getrefcount(None), sys.getrefcount(True))
+    print(before[0] - after[0], before[1] - after[1])
+    app.quit()
+timer = QTimer()
+timer.timeout.connect(check)
+timer.start(20)
+app.exec()
+"""
+
+
+def test_results_delivered_to_the_gui_thread_keep_python_refcounts_balanced():
+    """Every backend reply and event reaches the GUI through a queued signal; a Qt binding that
+    loses a reference per delivery (PySide6 6.12.0 does) aborts a streaming Studio in seconds."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_FLOOD], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent, env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lost_none, lost_true = map(int, proc.stdout.split())
+    assert lost_none < 100 and lost_true < 100, (lost_none, lost_true)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,23 @@ def _decode_job(args: tuple[str, int, int]) -> Decoded | Rejected:
         return exc
 
 
+def _decode_chunk(jobs: list[tuple[str, int, int]]) -> list[Decoded | Rejected]:
+    return [_decode_job(j) for j in jobs]
+
+
+def _bounded_map(pool: ProcessPoolExecutor, jobs: list[tuple[str, int, int]], chunk: int = 32, ahead: int = 8) -> Iterator[Decoded | Rejected]:
+    """Results in order with at most ``ahead`` chunks in flight. ``Executor.map`` submits every
+    job at once, so decoded images pile up whenever the writer is slower than the decoders and
+    memory grows with the size of the import; this keeps it flat."""
+    inflight: deque[Future] = deque()
+    for i in range(0, len(jobs), chunk):
+        inflight.append(pool.submit(_decode_chunk, jobs[i : i + chunk]))
+        if len(inflight) >= ahead:
+            yield from inflight.popleft().result()
+    while inflight:
+        yield from inflight.popleft().result()
+
+
 def import_sources(
     project: Project,
     dataset: str,
@@ -176,7 +193,7 @@ def import_sources(
     total = len(jobs)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_spawn()) if workers > 1 and total > 64 else None
     try:
-        results = pool.map(_decode_job, jobs, chunksize=32) if pool else map(_decode_job, jobs)
+        results = _bounded_map(pool, jobs) if pool else map(_decode_job, jobs)
         pending_items: list[dict[str, Any]] = []
         pending_rejects: list[dict[str, Any]] = []
         for i, (cand, res) in enumerate(zip(todo, results), 1):

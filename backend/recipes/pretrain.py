@@ -23,7 +23,7 @@ class ModelSection(Section):
     layers: int | None = Field(None, ge=1, le=64, description="Override the preset's number of MMDiT blocks")
     heads: int | None = Field(None, ge=1, le=64, description="Override the preset's attention heads")
     head_dim: int | None = Field(None, ge=8, le=256, description="Override the preset's head width")
-    patch: int = Field(2, ge=1, le=4, description="Latent pixels per token side (1 = four times the tokens of 2)")
+    patch: Literal[1, 2, 4] = Field(2, description="Latent pixels per token side (1 = four times the tokens of 2)")
     text_encoder: str = Field("", description="Local text-encoder folder; empty = the embedded MiniLM")
     vae: str = Field("", description="Local VAE folder; empty = the embedded ShapesWorld VAE")
 
@@ -141,6 +141,22 @@ class PretrainRecipe(RecipeBase):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     preview: PreviewSection = Field(default_factory=PreviewSection)
     compute: ComputeSection = Field(default_factory=ComputeSection)
+
+    @model_validator(mode="after")
+    def _sizes_fit_the_tokens(self) -> PretrainRecipe:
+        """With the embedded VAE (4x) a side must split into whole tokens: a multiple of 4 x patch.
+        Caught here, with the stage named, rather than as a shape error inside the network."""
+        if self.model.family != "embedded" or self.model.vae or self.model.init:
+            return self
+        unit = 4 * self.model.patch
+        for k, stage in enumerate(self.curriculum):
+            for w, h in stage.buckets:
+                if w % unit or h % unit:
+                    raise ValueError(f"curriculum[{k}] ({stage.name}): bucket {w}x{h} does not split into {self.model.patch}x{self.model.patch}-latent-pixel tokens; with patch {self.model.patch} sides must be multiples of {unit}")
+        sw, sh = self.preview.sampler.width, self.preview.sampler.height
+        if sw % unit or sh % unit:
+            raise ValueError(f"preview.sampler: {sw}x{sh} is not a multiple of {unit} (4x VAE x patch {self.model.patch})")
+        return self
 
     @property
     def total_steps(self) -> int:

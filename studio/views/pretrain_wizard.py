@@ -163,6 +163,12 @@ class ModelPage(QWizardPage):
         self.init = QLineEdit(wiz.recipe["model"].get("init", ""))
         self.init.setPlaceholderText("optional: continue from a model folder (diffusers layout)")
         form.addRow("Start from", self.init)
+        self.patch = QComboBox()
+        for k, text in ((1, "1 — finest, 4x the tokens of 2"), (2, "2 — SD3's choice"), (4, "4 — a quarter of the tokens of 2 (the demo: 64 px at the cost of 32 px)")):
+            self.patch.addItem(text, k)
+        self.patch.setCurrentIndex(max(0, self.patch.findData(int(wiz.recipe["model"].get("patch", 2)))))
+        self.patch.setToolTip("Latent pixels per token side; buckets must be multiples of VAE factor x patch")
+        form.addRow("Token patch", self.patch)
         lay.addLayout(form)
         lay.addStretch(1)
 
@@ -170,6 +176,7 @@ class ModelPage(QWizardPage):
         m = self.wiz.recipe["model"]
         m["size"] = next(s for s, rb in self.radios.items() if rb.isChecked())
         m["init"] = self.init.text().strip()
+        m["patch"] = int(self.patch.currentData())
         return True
 
 

@@ -38,7 +38,7 @@ def ema_smooth(values: list[float], weight: float) -> list[float]:
 
 
 class RunsView(QWidget):
-    jobs_changed = Signal(list)
+    jobs_changed = Signal(object)  # list; object: PySide converts no containers
 
     def __init__(self, link, parent: QWidget | None = None):
         super().__init__(parent)
