@@ -119,8 +119,9 @@ def execute_job(project: Project, job_id: int, *, resume: bool = True, echo: boo
         state = summary.get("state", "done")
         atomic_write_text(run_dir / "summary.json", dumps(summary) + "\n")
         progress = 1.0 if state == "done" else _progress(project, job_id)
+        final = {"step": int(summary["step"])} if isinstance(summary.get("step"), int) else {}  # the step its checkpoint holds
         set_state(project, job_id, state, ended=now_iso() if state in FINAL else None, resumable=int(state in ("paused", "stopped")),
-                  pid=None, progress=progress)
+                  pid=None, progress=progress, **final)
         if isinstance(reporter, DbReporter):
             reporter.close()
     return summary

@@ -54,6 +54,7 @@ def measure(n: int, root: Path) -> dict:
         t0 = time.perf_counter()
         report = import_sources(project, "w", [root / f"w{n}"])
         import_s = time.perf_counter() - t0
+        peak_import, peak[0] = peak[0], tree_rss()
         t0 = time.perf_counter()
         cur = curate(project, "w")
         curate_s = time.perf_counter() - t0
@@ -61,7 +62,8 @@ def measure(n: int, root: Path) -> dict:
     t.join()
     return {"images": n, "imported": report.imported, "import_s": round(import_s, 2), "images_per_s": round(n / import_s, 1),
             "curate_s": round(curate_s, 2), "near_clusters": len(cur.near_clusters), "exact_clusters": len(cur.exact_clusters),
-            "peak_rss_mb": round(peak[0] / 2**20), "rss_before_mb": round(base / 2**20)}
+            "peak_rss_mb": round(max(peak_import, peak[0]) / 2**20),
+            "peak_import_mb": round(peak_import / 2**20), "peak_curate_mb": round(peak[0] / 2**20), "rss_before_mb": round(base / 2**20)}
 
 
 def main() -> None:
@@ -71,8 +73,9 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="signal-bench-import-"))
     results = [measure(n, root) for n in args.sizes]
-    print(table([[r["images"], r["images_per_s"], r["import_s"], r["curate_s"], r["near_clusters"], r["peak_rss_mb"]] for r in results],
-                ["images", "images/s", "import s", "curate s", "near clusters", "peak RSS MB"]))
+    print(table([[r["images"], r["images_per_s"], r["import_s"], r["curate_s"], r["near_clusters"], r["peak_import_mb"], r["peak_curate_mb"], r["rss_before_mb"]]
+                       for r in results],
+                ["images", "images/s", "import s", "curate s", "near clusters", "peak MB import", "peak MB curate", "MB before"]))
     print(json.dumps({"cpu_cores": psutil.cpu_count(), "results": results}, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

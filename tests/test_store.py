@@ -142,3 +142,31 @@ def test_killed_writer_leaves_a_consistent_database(tmp_path: Path):
     second = db.execute("SELECT count(*) FROM items WHERE source_path LIKE 'second/%'").fetchone()[0]
     assert first == 50, "the committed batch must survive the kill"
     assert second == 0, f"a half-written batch must not be visible ({second} rows leaked)"
+
+
+def test_concurrent_transactions_wait_for_each_other_instead_of_failing(tmp_path: Path):
+    """The service writes from several threads, each with its own connection (two rating
+    submissions, two job creations at once); none of them may fail with "database is locked"."""
+    import threading
+
+    Project.init(tmp_path / "p").close()
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            with Project.open(tmp_path / "p") as p:
+                for i in range(40):
+                    with p.transaction():
+                        n = p.db.execute("SELECT count(*) FROM datasets").fetchone()[0]  # read first, then write
+                        p.db["datasets"].insert({"name": f"w{k}-{i}-{n}"})
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    with Project.open(tmp_path / "p") as p:
+        assert p.db.execute("SELECT count(*) FROM datasets").fetchone()[0] == 160

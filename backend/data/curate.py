@@ -73,17 +73,26 @@ def _hash_bits(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return bits, colour
 
 
-def near_pairs(hashes: list[str], threshold: int, max_colour_gap: int = 24, chunk: int = 1024) -> list[tuple[int, int]]:
-    """Index pairs (i < j) within ``threshold`` DCT bits and ``max_colour_gap`` mean colour (vectorised, chunked)."""
+def near_pairs(hashes: list[str], threshold: int, max_colour_gap: int = 24, cells: int = 1 << 21) -> list[tuple[int, int]]:
+    """Index pairs (i < j) within ``threshold`` DCT bits and ``max_colour_gap`` mean colour.
+
+    Vectorised over blocks of rows against the rows after them; a block holds about ``cells``
+    comparisons whatever the dataset size, so memory stays flat (a few tens of MB) as N grows."""
     bits, colour = _hash_bits(hashes)
     pairs: list[tuple[int, int]] = []
     n = len(hashes)
+    chunk = max(16, min(1024, cells // max(n, 1)))
     for start in range(0, n, chunk):
-        block = bits[start : start + chunk]
-        dist = np.bitwise_count(block[:, None, :] ^ bits[None, :, :]).sum(-1)
-        gap = np.abs(colour[start : start + chunk, None, :] - colour[None, :, :]).max(-1)
-        ii, jj = np.nonzero((dist <= threshold) & (gap <= max_colour_gap))
-        for i, j in zip(ii + start, jj):
+        stop = min(n, start + chunk)
+        rest_bits, rest_colour = bits[start:], colour[start:]
+        dist = np.zeros((stop - start, n - start), dtype=np.uint16)
+        for word in range(bits.shape[1]):
+            dist += np.bitwise_count(bits[start:stop, None, word] ^ rest_bits[None, :, word])
+        close = dist <= threshold
+        for c in range(3):
+            close &= np.abs(colour[start:stop, None, c] - rest_colour[None, :, c]) <= max_colour_gap
+        ii, jj = np.nonzero(close)
+        for i, j in zip(ii + start, jj + start):
             if i < j:
                 pairs.append((int(i), int(j)))
     return pairs

@@ -164,7 +164,7 @@ class ModelPage(QWizardPage):
         self.init.setPlaceholderText("optional: continue from a model folder (diffusers layout)")
         form.addRow("Start from", self.init)
         self.patch = QComboBox()
-        for k, text in ((1, "1 — finest, 4x the tokens of 2"), (2, "2 — SD3's choice"), (4, "4 — a quarter of the tokens of 2 (the demo: 64 px at the cost of 32 px)")):
+        for k, text in ((1, "1 — finest, 4x the tokens of 2"), (2, "2 — SD3's choice"), (4, "4 — a quarter of the tokens of 2 (the demo: a 64 px image costs what 32 px does with 2)")):
             self.patch.addItem(text, k)
         self.patch.setCurrentIndex(max(0, self.patch.findData(int(wiz.recipe["model"].get("patch", 2)))))
         self.patch.setToolTip("Latent pixels per token side; buckets must be multiples of VAE factor x patch")

@@ -59,7 +59,12 @@ class RunsView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        header = self.table.horizontalHeader()
+        for col in (0, 2, 3, 4):  # short columns fit their text; the name takes the rest
+            header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.Stretch)
+        self.table.setWordWrap(False)
+        self.table.setMinimumWidth(380)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         split.addWidget(self.table)
 
