@@ -3,6 +3,10 @@
 Deterministic given the caller's seeded generator: ``loss_at(step)`` draws its batch and
 returns the loss; this does the optimizer bookkeeping (AdamW, linear warm-up then cosine to
 ``floor`` of the peak LR, optional clipping) and the progress lines.
+
+Written by hand rather than with the pretraining ``Trainer`` (which carries EMA, checkpoints,
+caches and accelerate for diffusion models) or diffusers' ``get_cosine_schedule_with_warmup``
+(no floor; the shipped VAE was trained with a 2 % floor and these scripts must reproduce it).
 """
 
 from __future__ import annotations
