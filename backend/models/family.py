@@ -31,6 +31,15 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+def to_device(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host tensor -> device without stalling: a plain copy from pageable memory makes the host
+    wait until the GPU's queue is empty; a pinned, non-blocking copy is queued behind it."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, dtype, non_blocking=True)
+    return t.to(device, dtype)
+
+
 @dataclass
 class PromptEmbeds:
     """Text conditioning: token states (B, L, D) padded to the encoder's length, the pooled vector,
@@ -43,7 +52,7 @@ class PromptEmbeds:
     lengths: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PromptEmbeds:
-        return PromptEmbeds(self.states.to(device, dtype), self.pooled.to(device, dtype), self.lengths)
+        return PromptEmbeds(to_device(self.states, device, dtype), to_device(self.pooled, device, dtype), self.lengths)
 
     def __getitem__(self, idx: Any) -> PromptEmbeds:
         return PromptEmbeds(self.states[idx], self.pooled[idx], None if self.lengths is None else self.lengths[idx])

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from backend.models.family import ModelBundle
+from backend.models.family import ModelBundle, to_device
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .objectives.base import Batch, Objective, TrainContext
@@ -59,15 +59,66 @@ class LoopResult:
     logs: dict[str, float] = field(default_factory=dict)
 
 
-def ema_decay_fn(decay: float) -> Callable:
-    """EMA with the usual warm-up: decay_n = min(decay, (1 + n) / (10 + n))."""
+class Ema(AveragedModel):
+    """EMA weights with the usual warm-up, decay_n = min(decay, (1 + n) / (10 + n)).
 
-    def avg(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(averaged, current, 1 - d)
+    Kept in ``AveragedModel``'s state layout (``module.*`` and ``n_averaged``) so checkpoints
+    are unchanged, but updated without reading anything back from the device: the stock
+    ``update_parameters`` compares the on-device counter twice per step, and each comparison
+    makes the host wait for the GPU to finish the step.
+    """
 
-    return avg
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__(model, use_buffers=False)
+        self.decay = decay
+        self._n: int | None = None  # host copy of n_averaged, read once after start or load
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        if self._n is None:
+            self._n = int(self.n_averaged)
+        averaged = [p.detach() for p in self.module.parameters()]
+        current = [p.detach().to(a.device) for p, a in zip(model.parameters(), averaged, strict=True)]
+        if self._n == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            d = min(self.decay, (1 + self._n) / (10 + self._n))
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        for mine, theirs in zip(self.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs.detach().to(mine.device))
+        self._n += 1
+        self.n_averaged.fill_(self._n)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        self._n = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def compile_blocks(model: torch.nn.Module, **options: object) -> int:
+    """Regional compilation: compile each transformer block in place, not the whole network.
+
+    The blocks of an MMDiT share one shape, so Inductor compiles each distinct block once and
+    reuses the code for the rest (tens of seconds instead of minutes on a 24-block model), while
+    the fusion that pays (norms, adaLN modulation, activations) happens inside the blocks. The
+    module keeps its class and parameter names, so checkpoints and EMA see no wrapper.
+    ``options`` go to ``torch.compile``. On an H200 (bench/train_step_gpu.py) this compiled in
+    33 s against 143 s for the whole network, and stepped within 0.5 % of it.
+    """
+    blocks = [m for name in ("transformer_blocks", "single_transformer_blocks") for m in getattr(model, name, [])]
+    if not blocks:
+        model.compile(**options)
+        return 1
+    for block in blocks:
+        block.compile(**options)
+    return len(blocks)
+
+
+def _mean(values: list[float | torch.Tensor]) -> float:
+    """Average a window of logged values; tensors are read here, once per log step."""
+    tensors = [v.detach().float().reshape(()) for v in values if isinstance(v, torch.Tensor)]
+    floats = [float(v) for v in values if not isinstance(v, torch.Tensor)]
+    total = float(torch.stack(tensors).sum()) if tensors else 0.0
+    return (total + sum(floats)) / len(values)
 
 
 def pick_precision(precision: str, device: str) -> str:
@@ -133,7 +184,7 @@ class Trainer:
         self.model.to(acc.device)  # before the EMA copy, so both live on the same device
         for m in self.extras.values():
             m.to(acc.device)
-        self.ema = AveragedModel(self.model, multi_avg_fn=ema_decay_fn(config.ema), use_buffers=False) if config.ema > 0 else None
+        self.ema = Ema(self.model, config.ema) if config.ema > 0 else None
         # the LR scheduler stays unprepared: accelerate would step it once per process
         prepared = acc.prepare(self.model, self.optimizer, *self.extras.values())
         self.wrapped, self.optimizer = prepared[0], prepared[1]
@@ -141,7 +192,7 @@ class Trainer:
         for obj in objectives:
             obj.use_modules(self.wrapped_extras)
         if config.compile:
-            self.wrapped = torch.compile(self.wrapped)
+            compile_blocks(acc.unwrap_model(self.wrapped))
         self.step = 0
 
     # --- state --------------------------------------------------------------------------------
@@ -199,9 +250,11 @@ class Trainer:
         if resume:
             self.resume()
         t0 = time.perf_counter()
-        window: dict[str, list[float]] = defaultdict(list)
-        bins_sum = torch.zeros(cfg.loss_bins)
-        bins_n = torch.zeros(cfg.loss_bins)
+        # metrics stay on the device between log steps: reading one (float(), .item(), .cpu())
+        # would make the host wait for the GPU's queue to drain on every step
+        window: dict[str, list[float | torch.Tensor]] = defaultdict(list)
+        bins_sum = torch.zeros(cfg.loss_bins, device=acc.device)
+        bins_n = torch.zeros(cfg.loss_bins, device=acc.device)
         mix: dict[str, int] = defaultdict(int)
         last_log = time.perf_counter()
         images_since = 0
@@ -212,7 +265,7 @@ class Trainer:
             ctx = TrainContext(self.bundle, self.wrapped, step, acc.device)
             for micro in range(cfg.grad_accum):
                 batch = self.batches(step, micro, acc.process_index)
-                batch.latents = batch.latents.to(acc.device)
+                batch.latents = to_device(batch.latents, acc.device)
                 batch.prompt = batch.prompt.to(acc.device)
                 with acc.accumulate(self.wrapped):
                     with acc.autocast():
@@ -223,18 +276,18 @@ class Trainer:
                             for k, v in out.logs.items():
                                 window[k].append(v)
                             if out.t is not None and out.per_sample is not None:
-                                idx = (out.t.cpu() * cfg.loss_bins).long().clamp(0, cfg.loss_bins - 1)
-                                bins_sum.index_add_(0, idx, out.per_sample.cpu().float())
+                                idx = (out.t.to(acc.device) * cfg.loss_bins).long().clamp(0, cfg.loss_bins - 1)
+                                bins_sum.index_add_(0, idx, out.per_sample.to(acc.device).float())
                                 bins_n.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
                     acc.backward(total)
                     if acc.sync_gradients:
                         gn = acc.clip_grad_norm_(self.params, cfg.clip)
-                        window["grad_norm"].append(float(gn))
+                        window["grad_norm"].append(gn.detach() if isinstance(gn, torch.Tensor) else float(gn))
                     self.optimizer.step()  # a no-op until the last micro-batch
                     if acc.sync_gradients:
                         self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                window["loss"].append(float(total.detach()))
+                window["loss"].append(total.detach())
                 for cat in batch.extras.get("categories", []):
                     mix[cat] += 1
                 images_since += batch.latents.shape[0] * acc.num_processes
@@ -242,17 +295,18 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(acc.unwrap_model(self.model))
             if step % cfg.log_every == 0 or step == cfg.steps:
+                values = {k: _mean(v) for k, v in window.items() if v}  # waits for the device
                 now = time.perf_counter()
-                values = {k: sum(v) / len(v) for k, v in window.items() if v}
                 if not all(math.isfinite(v) for v in values.values()):
                     self.reporter.log(f"step {step}: non-finite loss {values}; stopping with the last checkpoint intact")
                     raise FloatingPointError(f"training diverged at step {step} (loss {values.get('loss')})")
                 values["lr"] = self.scheduler.get_last_lr()[0]
                 values["images_per_s"] = images_since / max(1e-9, now - last_log)
                 values["step_s"] = (now - last_log) / max(1, len(window["loss"]) / cfg.grad_accum)
+                sums, counts = bins_sum.tolist(), bins_n.tolist()
                 for b in range(cfg.loss_bins):
-                    if bins_n[b] > 0:
-                        values[f"loss_t/{b}"] = float(bins_sum[b] / bins_n[b])
+                    if counts[b] > 0:
+                        values[f"loss_t/{b}"] = sums[b] / counts[b]
                 total_mix = sum(mix.values())
                 for cat, n in mix.items():
                     values[f"mix/{cat}"] = n / total_mix

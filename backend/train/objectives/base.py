@@ -30,8 +30,11 @@ class Batch:
 
 @dataclass
 class ObjectiveOutput:
+    """A loss and what to log. Log values may be detached tensors: the loop reads them only on a
+    log step, so an objective never forces the GPU to drain its queue every step."""
+
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
     t: torch.Tensor | None = None  # per-sample timesteps, for loss-by-t logging
     per_sample: torch.Tensor | None = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from backend.models.family import to_device
 from backend.recipes.pretrain import TimestepDensity
 from backend.train.timesteps import sample_t, shift
 
@@ -24,11 +25,11 @@ class FlowMatching(Objective):
 
     def loss(self, ctx: TrainContext, batch: Batch) -> ObjectiveOutput:
         x0 = batch.latents
-        t = self.timesteps(batch).to(x0.device)
-        eps = torch.randn(x0.shape, generator=batch.generator).to(x0.device, x0.dtype)
+        t = to_device(self.timesteps(batch), x0.device)
+        eps = to_device(torch.randn(x0.shape, generator=batch.generator), x0.device, x0.dtype)
         tt = t.view(-1, 1, 1, 1).to(x0.dtype)
         x_t = (1 - tt) * x0 + tt * eps
         v = ctx.bundle.velocity(x_t, t, batch.prompt, ctx.transformer)
         per = ((v.float() - (eps - x0).float()) ** 2).mean(dim=(1, 2, 3))
         loss = per.mean()
-        return ObjectiveOutput(self.weight * loss, {"loss/flow": loss.item()}, t.detach(), per.detach())
+        return ObjectiveOutput(self.weight * loss, {"loss/flow": loss.detach()}, t.detach(), per.detach())

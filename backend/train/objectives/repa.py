@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from backend.models.family import to_device
+
 from .base import Batch, Objective, ObjectiveOutput, TrainContext
 
 
@@ -56,11 +58,11 @@ class Repa(Objective):
         tokens, self._captured = self._captured, None
         if tokens is None:
             raise RuntimeError("REPA saw no forward pass: list it after the objective that runs the network")
-        target = batch.extras["repa_features"].to(tokens.device)  # (B, D, gh, gw) at the token grid
+        target = to_device(batch.extras["repa_features"], tokens.device)  # (B, D, gh, gw) at the token grid
         b, d = target.shape[:2]
         target = target.flatten(2).transpose(1, 2)  # (B, N, D)
         pred = self._run_proj(tokens.float())
         cos = F.cosine_similarity(pred, target.float(), dim=-1).mean()
         if not self.active(ctx.step):
-            return ObjectiveOutput(pred.sum() * 0.0, {"repa/alignment": cos.item()})
-        return ObjectiveOutput(-self.weight * cos, {"repa/alignment": cos.item(), "loss/repa": -cos.item()})
+            return ObjectiveOutput(pred.sum() * 0.0, {"repa/alignment": cos.detach()})
+        return ObjectiveOutput(-self.weight * cos, {"repa/alignment": cos.detach(), "loss/repa": -cos.detach()})
