@@ -96,6 +96,9 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 
 @command("worker", "run one job of a project (the service and 'run' start this)", _worker_args)
 def _worker(args: argparse.Namespace) -> int:
+    nice = int(os.environ.get("SIGNAL_JOB_NICE", "0") or 0)
+    if nice > 0 and hasattr(os, "nice"):
+        os.nice(nice)  # before torch starts its threads, which inherit it
     return _execute(args.project, args.job, not args.fresh)
 
 

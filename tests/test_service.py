@@ -166,6 +166,7 @@ def test_sigkilled_worker_leaves_job_interrupted_and_resumable(backend, shapes_p
     job = client.create_job(tiny_pretrain_recipe(steps=400, checkpoint_every=4, sample_every=1000, name="svc-kill"), "svc-kill")
     _wait(lambda: client.job(job["id"])["step"] >= 9)
     row = client.job(job["id"])
+    assert os.getpriority(os.PRIO_PROCESS, row["pid"]) >= 5  # jobs yield the CPU to the Studio and the service
     metrics_before = len(client.metrics(job["id"], keys="loss").get("loss", []))
     os.killpg(os.getpgid(row["pid"]), signal.SIGKILL)
     dead = _wait(lambda: (j := client.job(job["id"]))["state"] == "interrupted" and j)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pytestqt.exceptions import TimeoutError as QtTimeout
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QInputDialog, QWizard
 
@@ -26,8 +27,14 @@ def window(qtbot, tmp_path: Path):
 def test_studio_end_to_end(qtbot, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     w = window
     project = tmp_path / "studio-project"
+    failures: list[tuple[str, str]] = []
+    w.link.failed.connect(lambda message, details: failures.append((message, details)))
     w.open_project(str(project), True)
-    qtbot.waitUntil(lambda: w.stack.currentIndex() == 1, timeout=90_000)
+    try:
+        qtbot.waitUntil(lambda: bool(failures) or w.stack.currentIndex() == 1, timeout=120_000)
+    except QtTimeout as exc:  # say where it stuck: the status line and the backend's output so far
+        raise AssertionError(f"no project page: status {w.statusBar().currentMessage()!r}, backend output {w.link._output[-3000:]!r}") from exc
+    assert not failures, failures
     assert "studio-project" in w.windowTitle() and "CPU" in w.devices_label.text()
     assert (project / "project.db").exists()
 

@@ -43,7 +43,10 @@ class Client:
     def __init__(self, url: str, token: str, timeout: float = 30.0):
         self.url = url.rstrip("/")
         self.token = token
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+        # a TLS context loads the CA bundle (~100 ms, on the Studio's GUI thread when it attaches);
+        # a plain-HTTP backend (loopback, or an SSH tunnel's local end) never uses it
+        verify = self.url.startswith("https://")
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, verify=verify)
 
     @classmethod
     def discover(cls, project: str | Path | None = None) -> Client | None:
