@@ -1,4 +1,6 @@
-"""Aspect-ratio buckets: each item trains at the bucket whose aspect is closest to its own.
+"""Aspect-ratio buckets: each item trains at the bucket whose aspect is closest to its own and,
+among buckets of that aspect, whose size is closest to its own (a 48 px image trains at 64 px,
+not blown up to 128 px, when both buckets exist).
 
 An item is eligible for a bucket list only if reaching the bucket's aspect crops at most
 ``max_crop`` of a side; cropping more would cut out objects its caption promises.
@@ -18,7 +20,12 @@ def crop_fraction(w: int, h: int, bw: int, bh: int) -> float:
 
 
 def assign_bucket(w: int, h: int, buckets: list[tuple[int, int]], max_crop: float = 0.13) -> tuple[int, int] | None:
-    best = min(buckets, key=lambda b: (abs(math.log((w / h) / (b[0] / b[1]))), -b[0] * b[1]))
+    def distance(b: tuple[int, int]) -> tuple[float, float, int]:
+        aspect = round(abs(math.log((w / h) / (b[0] / b[1]))), 9)
+        size = abs(math.log((w * h) / (b[0] * b[1])))
+        return aspect, size, -b[0] * b[1]  # equal size distance: the larger bucket (downscale, not upscale)
+
+    best = min(buckets, key=distance)
     return best if crop_fraction(w, h, *best) <= max_crop + 1e-9 else None
 
 
