@@ -133,6 +133,7 @@ class RunsView(QWidget):
             self.loss_plot.getAxis(name).setCacheMode(QGraphicsItem.DeviceCoordinateCache)
         self.loss_plot.getViewBox().sigRangeChangedManually.connect(self._stop_following)
         self._follow = True
+        self._log_mode = False
         self._ranges: tuple[float, tuple[float, float]] | None = None
         ll.addWidget(self.loss_plot, 1)
         opts = QHBoxLayout()
@@ -293,8 +294,8 @@ class RunsView(QWidget):
         xs = [s for s, _ in loss]
         ys = [v for _, v in loss]
         log = self.log_scale.isChecked()
-        if log != self.loss_plot.getPlotItem().ctrl.logYCheck.isChecked():
-            self._ranges = None  # the y range is in other units now
+        if log != self._log_mode:
+            self._log_mode, self._ranges = log, None  # the y range is in other units now
         self.loss_plot.setLogMode(y=log)
         if log:
             pairs = [(x, y) for x, y in zip(xs, ys) if y > 0]
