@@ -138,7 +138,8 @@ def reference(batch: int, size: int, steps: int, warm: int) -> list[float]:
 
 
 def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None = "blocks", ema: float = 0.999, log_every: int = 4) -> tuple[list[float], float]:
-    """The real Trainer: returns step times of the log windows after warm-up, and the first window's time per step.
+    """The real Trainer: returns step times of the log windows after warm-up, and the seconds of the
+    first log window (its steps plus compilation).
 
     ``compile``: "blocks" is the Trainer's own (``compute.compile = true``); "model" (the whole
     network) and "blocks-autotune" (Inductor's max-autotune on each block) are probes of

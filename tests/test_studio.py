@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pytestqt.exceptions import TimeoutError as QtTimeout
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QInputDialog, QWizard
+from pytestqt.exceptions import TimeoutError as QtTimeout
 
 from studio.main_window import MainWindow
 

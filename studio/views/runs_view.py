@@ -40,6 +40,13 @@ def ema_smooth(values: list[float], weight: float) -> list[float]:
     return out
 
 
+def _throttle(timer: QTimer) -> None:
+    """Run a single-shot timer's slot once per interval however many events ask; restarting it on
+    every event (a debounce) would put the work off for as long as events keep coming."""
+    if not timer.isActive():
+        timer.start()
+
+
 def nice_ceiling(x: float) -> float:
     """The smallest of 1, 2, 5, 10, 20, 50, ... that is at least ``x``."""
     if x <= 1:
@@ -262,20 +269,17 @@ class RunsView(QWidget):
             j = ev["job"]
             old = self.jobs.get(j["id"], {})
             self.jobs[j["id"]] = {**old, **j}
-            if not self._table_timer.isActive():
-                self._table_timer.start()
+            _throttle(self._table_timer)
             if j["id"] == self.selected:
                 self._update_title()
             self.jobs_changed.emit(list(self.jobs.values()))
         elif kind == "job_deleted":
             self.jobs.pop(ev["job"], None)
-            if not self._table_timer.isActive():
-                self._table_timer.start()
+            _throttle(self._table_timer)
         elif kind == "metrics" and ev.get("job") == self.selected:
             for step, key, value, _t in ev["rows"]:
                 self.series.setdefault(key, []).append([step, value])
-            if not self._redraw_timer.isActive():  # throttle, not debounce: a steady stream still redraws
-                self._redraw_timer.start()
+            _throttle(self._redraw_timer)
         elif kind == "sample" and ev.get("job") == self.selected:
             self._add_samples([{"id": ev["id"], "step": ev["step"], "prompt": ev["prompt"], "seed": ev["seed"], "image_hash": ev["image"]}])
 
