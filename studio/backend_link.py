@@ -93,7 +93,7 @@ class BackendLink(QObject):
         for found in find_backends(str(self.project)):
             if found["pid"] == pid:
                 self._poll.stop()
-                self._attach(found["url"], found["token"])
+                self._attach(found["url"], found["token"], starting=True)
                 return
         waited = time.time() - self._started_at
         self.status.emit(f"Starting the backend for {self.project.name}… {waited:.0f} s")
@@ -103,7 +103,7 @@ class BackendLink(QObject):
             proc.kill()
             self.failed.emit(f"The backend did not start within {START_TIMEOUT_S:.0f} s.", self._output.decode(errors="replace"))
 
-    def _attach(self, url: str, token: str) -> None:
+    def _attach(self, url: str, token: str, starting: bool = False) -> None:
         client = Client(url, token, timeout=30.0)
 
         def ok(info: dict) -> None:
@@ -117,6 +117,11 @@ class BackendLink(QObject):
 
         def bad(exc: BaseException, details: str) -> None:
             client.close()
+            proc = self.process
+            if starting and proc is not None and proc.state() != QProcess.NotRunning and time.time() - self._started_at < START_TIMEOUT_S:
+                # the discovery file can appear a moment before the server listens: poll again
+                self._poll.start()
+                return
             self.failed.emit(f"Cannot use the backend at {url}: {exc}", details)
 
         self.tasks.run(client.info, done=ok, failed=bad)
