@@ -24,6 +24,8 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel
 
 from backend.models.text_encoder import TextEncoder, load_text_encoder
 
+POS_GRID = 64  # tokens per side the positional table covers (1024 px at patch 4, 512 px at patch 2)
+
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"layers": 2, "heads": 2, "head_dim": 32},
     "small": {"layers": 4, "heads": 4, "head_dim": 32},
@@ -74,8 +76,12 @@ def build_transformer(preset: str = "small", *, text_dim: int = 384, pooled_dim:
     p = dict(PRESETS[preset])
     p.update({k: v for k, v in {"layers": layers, "heads": heads, "head_dim": head_dim}.items() if v})
     hidden = p["heads"] * p["head_dim"]
+    # SD3's sin-cos positions advance (sample_size / patch) / pos_embed_max_size per token. With
+    # sample_size = pos_embed_max_size * patch they advance 1 per token, as in DiT; a small
+    # sample_size (16 used to be set here) packs a whole 8x8 grid into half a radian, so every
+    # token got nearly the same position (cosine > 0.99) and samples came out as scattered blobs.
     return SD3Transformer2DModel(
-        sample_size=16,
+        sample_size=POS_GRID * patch,
         patch_size=patch,
         in_channels=latent_channels,
         out_channels=latent_channels,
@@ -85,7 +91,7 @@ def build_transformer(preset: str = "small", *, text_dim: int = 384, pooled_dim:
         joint_attention_dim=text_dim,
         caption_projection_dim=hidden,
         pooled_projection_dim=pooled_dim,
-        pos_embed_max_size=64,
+        pos_embed_max_size=POS_GRID,
         qk_norm="rms_norm",
     )
 
