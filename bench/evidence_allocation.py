@@ -64,7 +64,20 @@ def stages(kind: str, steps: int, buckets: str) -> str:
     return f'[[curriculum]]\nname = "all"\nsteps = {steps}\nbuckets = {buckets}\ncomplexity = [1, 4]\n'
 
 
+_RUNS: dict[tuple, dict] = {}
+
+
 def run(project: Path, name: str, args, *, density="logit_normal", shift="none", curriculum="none", repa=False, buckets="[[64, 64]]", eval_size=64) -> dict:
+    """One training run; the same settings under another claim's name reuse the first run (the
+    baseline, logit-normal with no curriculum and no REPA, is shared by three claims)."""
+    key = (density, shift, curriculum, repa, buckets, eval_size)
+    if key in _RUNS:
+        return {**_RUNS[key], "name": name, "shared_with": _RUNS[key]["name"]}
+    _RUNS[key] = _run(project, name, args, density=density, shift=shift, curriculum=curriculum, repa=repa, buckets=buckets, eval_size=eval_size)
+    return _RUNS[key]
+
+
+def _run(project: Path, name: str, args, *, density: str, shift: str, curriculum: str, repa: bool, buckets: str, eval_size: int) -> dict:
     from backend.recipes import loads_recipe
     from backend.store import Project
     from backend.train.pretrain import run_pretrain
