@@ -84,7 +84,8 @@ class Playground(QWidget):
         self.size = QComboBox()
         for s in ("32x32", "48x48", "64x64", "64x48", "48x64", "96x96", "128x128"):
             self.size.addItem(s)
-        self.size.setCurrentText("32x32")
+        self.size.setCurrentText("64x64")  # the demo model's training size; at 32 px the VAE loses colours
+        self.size.setToolTip("Image size; a model draws best at the size it trained at (the demo model: 64x64)")
         for label, w in (("Steps", self.steps), ("Guidance (CFG)", self.cfg), ("Shift", self.shift), ("Size", self.size)):
             form.addRow(label, w)
         left.addLayout(form)
