@@ -56,6 +56,7 @@ def test_run_writes_metrics_samples_checkpoints_and_a_loadable_model(shapes_proj
     assert net.config.num_layers == 2
     AutoencoderKL.from_pretrained(str(folder / "vae"))
     card = json.loads(model[1])
+    assert card["size"] == [32, 32]  # the Playground opens at the size a model trained at
     assert card["steps"] == 8 and set(card["shapes_eval"]["categories"]) <= {"single_object", "counting", "colour_binding", "spatial", "background"}
     run_dir = shapes_project / job["run_dir"]
     assert (run_dir / "recipe.toml").exists() and (run_dir / "log.txt").read_text()

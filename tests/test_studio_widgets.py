@@ -1,9 +1,10 @@
-"""Studio parts that keep the window responsive: reused preview tiles, a settled plot range."""
+"""Studio parts tested on their own: reused preview tiles, a settled plot range, the Playground's size."""
 
 from __future__ import annotations
 
 from PySide6.QtGui import QPixmap
 
+from studio.views.playground import Playground
 from studio.views.runs_view import nice_ceiling, settled_range
 from studio.widgets import TileGrid
 
@@ -32,3 +33,19 @@ def test_plot_range_settles_instead_of_following_every_point():
     assert settled_range(1.0, 2.5, r) is not None  # data left the range
     smaller = settled_range(1.4, 1.5, r)  # the loss fell into a small band: zoom in
     assert smaller is not None and smaller[1] - smaller[0] < 0.5
+
+
+def test_playground_samples_at_the_size_the_picked_model_trained_at(qtbot):
+    pg = Playground(link=None)
+    qtbot.addWidget(pg)
+    assert pg.size.currentText() == "64x64"
+    models = [{"id": 1, "name": "old", "path": "models/old", "card": {}},
+              {"id": 2, "name": "new", "path": "models/new", "card": {"size": [96, 128]}}]
+    jobs = [{"id": 5, "kind": "pretrain", "name": "r", "run_dir": "runs/job-00005", "step": 3}]
+    pg._fill(models, jobs)
+    assert pg.model_a.currentData() == "models/new" and pg.size.currentText() == "96x128"
+    pg.model_a.setCurrentIndex(pg.model_a.findData("models/old"))  # no size on its card: left as it is
+    assert pg.size.currentText() == "96x128"
+    pg.size.setCurrentText("32x32")
+    pg.model_a.setCurrentIndex(pg.model_a.findData("models/new"))
+    assert pg.size.currentText() == "96x128"

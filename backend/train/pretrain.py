@@ -119,6 +119,7 @@ def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, report
             "steps": result.step,
             "params": n_params,
             "train_seconds": summary["seconds"],
+            "size": list(eval_size(recipe)),  # what it was trained and evaluated at; the Playground opens at it
             "shapes_eval": report.to_json() if report else None,
             "shift": recipe.allocation.shift.model_dump(),
             "timesteps": recipe.allocation.timesteps.model_dump(),

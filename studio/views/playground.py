@@ -32,9 +32,15 @@ from ..widgets import TileGrid, alive, heading, hint, pixmap_from_bytes, show_er
 
 
 class ModelPicker(QComboBox):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.sizes: dict[str, str] = {}  # model path -> "WxH" it was trained at (from its card)
+
     def fill(self, models: list[dict], jobs: list[dict]) -> None:
         current = self.currentData()
         self.clear()
+        # before the items: adding the first one already selects it and signals the change
+        self.sizes = {m["path"]: "{}x{}".format(*m["card"]["size"]) for m in models if (m.get("card") or {}).get("size")}
         for m in reversed(models):
             se = (m.get("card") or {}).get("shapes_eval") or {}
             score = f" · ShapesEval {se['overall']:.2f}" if se else ""
@@ -84,8 +90,9 @@ class Playground(QWidget):
         self.size = QComboBox()
         for s in ("32x32", "48x48", "64x64", "64x48", "48x64", "96x96", "128x128"):
             self.size.addItem(s)
-        self.size.setCurrentText("64x64")  # the demo model's training size; at 32 px the VAE loses colours
-        self.size.setToolTip("Image size; a model draws best at the size it trained at (the demo model: 64x64)")
+        self.size.setCurrentText("64x64")  # until a model says otherwise; at 32 px the VAE loses colours
+        self.size.setToolTip("Image size; picking a saved model selects the size it trained at")
+        self.model_a.currentIndexChanged.connect(self._size_of_model)
         for label, w in (("Steps", self.steps), ("Guidance (CFG)", self.cfg), ("Shift", self.shift), ("Size", self.size)):
             form.addRow(label, w)
         left.addLayout(form)
@@ -132,6 +139,14 @@ class Playground(QWidget):
         self.model_b.fill(models, jobs)
         if self.model_b.count() > 1 and self.model_b.currentIndex() == 0:
             self.model_b.setCurrentIndex(1)
+
+    def _size_of_model(self) -> None:
+        """Sample at the size model A trained at, when its card says (runs' checkpoints do not)."""
+        size = self.model_a.sizes.get(self.model_a.currentData())
+        if size:
+            if self.size.findText(size) < 0:
+                self.size.addItem(size)
+            self.size.setCurrentText(size)
 
     def _seeds(self) -> list[int]:
         return [int(s) for s in self.seeds.text().replace(",", " ").split() if s.strip().lstrip("-").isdigit()] or [0]
