@@ -38,6 +38,9 @@ def test_ema_follows_the_warmup_rule_and_rereads_its_count_after_a_load():
 def test_compiled_blocks_keep_names_and_outputs():
     torch.manual_seed(0)
     net = build_transformer("tiny", latent_channels=4, patch=2)
+    with torch.no_grad():  # a fresh network outputs zeros (adaLN-Zero); give it weights to compare
+        for p in net.parameters():
+            p.normal_(0, 0.05)
     keys = list(net.state_dict())
     x = torch.randn(2, 4, 8, 8)
     text = torch.randn(2, 5, 384)
