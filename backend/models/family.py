@@ -101,7 +101,7 @@ def adaln_zero_init(net: SD3Transformer2DModel) -> SD3Transformer2DModel:
     """DiT's initialisation, which diffusers leaves out (it builds SD3 to load trained weights):
     Xavier-uniform linear layers, N(0, 0.02) timestep MLP, and zeros for every adaLN modulation
     and the output projection, so each block starts as the identity and the network as v = 0.
-    The DiT paper (Peebles & Xie, 2023, table 3 / fig. 5) found adaLN-Zero trains markedly faster
+    The DiT paper (Peebles & Xie, 2023) found adaLN-Zero trains markedly faster
     than adaLN with ordinary init; only freshly built networks get it, loaded weights are kept."""
     for m in net.modules():
         if isinstance(m, torch.nn.Linear):
