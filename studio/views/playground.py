@@ -142,7 +142,11 @@ class Playground(QWidget):
 
     def _size_of_model(self) -> None:
         """Sample at the size model A trained at, when its card says (runs' checkpoints do not)."""
-        size = self.model_a.sizes.get(self.model_a.currentData())
+        path = self.model_a.currentData()
+        if path is None or path == getattr(self, "_sized_for", None):
+            return  # cleared, or refilled with the same model: keep a size the user picked
+        self._sized_for = path
+        size = self.model_a.sizes.get(path)
         if size:
             if self.size.findText(size) < 0:
                 self.size.addItem(size)
