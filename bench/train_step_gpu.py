@@ -18,7 +18,7 @@ diffusers example style, 41.2 % with torch.compile and fused AdamW. Here, in one
 FLOPs per step are counted by ``torch.utils.flop_counter`` on one eager forward and backward
 (matrix products and attention); MFU = FLOPs / step time / 989 TFLOP/s (dense bf16, H100/H200).
 
-    python bench/train_step_gpu.py [--batch 4] [--size 1024] [--steps 8] [--variants ...] [--json OUT]
+    python bench/train_step_gpu.py [--batch 4] [--size 1024] [--steps 8] [--variants ...] [--profile VARIANTS] [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import gc
 import json
 import statistics
+from collections import defaultdict
 import sys
 import tempfile
 import time
@@ -45,7 +46,18 @@ VARIANTS: dict[str, dict] = {  # name -> studio() arguments (and batch override)
     "studio-model": {"compile": "model", "ema": 0.0},
     "studio-b8": {"compile": "blocks", "ema": 0.0, "batch": 8},
     "studio-autotune": {"compile": "blocks-autotune", "ema": 0.0},
+    "studio-b12": {"compile": "blocks", "ema": 0.0, "batch": 12},
+    "studio-flash": {"compile": "blocks", "ema": 0.0, "attention": "flash"},
+    "studio-cdt": {"compile": "blocks-cdt", "ema": 0.0},
 }
+KERNEL_KINDS = (  # (category, substrings of CUDA kernel names), first match wins
+    ("attention-bwd", ("bprop", "bwd", "backward")),
+    ("attention-fwd", ("fprop", "fmha", "flash", "attention")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "sm90_", "cublas")),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "norm_kernel")),
+    ("triton (compiled fusions)", ("triton",)),
+    ("copy", ("memcpy", "memset", "copy")),
+)
 DEV = "cuda"
 SHAPE = {"layers": 24, "heads": 24, "dual": 13}  # --dry-run shrinks it to try the script on a CPU
 TEXT_TOKENS = 333  # CLIP-L/G's 77 + T5's 256, as SD3 pipelines feed the network
@@ -137,13 +149,35 @@ def reference(batch: int, size: int, steps: int, warm: int) -> list[float]:
     return times[warm:]
 
 
-def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None = "blocks", ema: float = 0.999, log_every: int = 4) -> tuple[list[float], float]:
-    """The real Trainer: returns step times of the log windows after warm-up, and the seconds of the
-    first log window (its steps plus compilation).
+def kernel_profile(events, wall_s: float, steps: int) -> dict:
+    """GPU kernel time per step by category, and the share of the wall time the GPU was busy."""
+    by_kind: dict[str, float] = defaultdict(float)
+    top: dict[str, float] = defaultdict(float)
+    for e in events:  # a dry run on the CPU counts operators' CPU time instead, to try the plumbing
+        on_gpu = str(getattr(e, "device_type", "")).endswith("CUDA")
+        us = e.self_device_time_total if on_gpu else (e.self_cpu_time_total if DEV == "cpu" else 0)
+        if us > 0 and (on_gpu or DEV == "cpu"):
+            name = e.key.lower()
+            kind = next((k for k, keys in KERNEL_KINDS if any(x in name for x in keys)), "other")
+            by_kind[kind] += us / 1e3 / steps
+            top[e.key[:90]] += us / 1e3 / steps
+    busy = sum(by_kind.values())
+    return {"wall_ms_per_step": round(wall_s * 1e3 / steps, 1), "kernel_ms_per_step": round(busy, 1), "gpu_busy": round(busy / (wall_s * 1e3 / steps), 3),
+            "by_kind_ms": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "top_kernels_ms": {k: round(v, 2) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:25]}}
+
+
+def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None = "blocks", ema: float = 0.999, log_every: int = 4,
+           attention: str | None = None, profile: bool = False) -> tuple[list[float], float, dict | None]:
+    """The real Trainer: returns step times of the log windows after warm-up, the seconds of the
+    first log window (its steps plus compilation) and, with ``profile``, a kernel breakdown of
+    two steps after warm-up.
 
     ``compile``: "blocks" is the Trainer's own (``compute.compile = true``); "model" (the whole
-    network) and "blocks-autotune" (Inductor's max-autotune on each block) are probes of
-    alternatives. The final checkpoint (36 GB at this size) is not written: this measures steps.
+    network), "blocks-autotune" (Inductor's max-autotune on each block) and "blocks-cdt" (Inductor's
+    coordinate-descent tuning of its fused kernels) are probes of alternatives. ``attention``:
+    "flash" turns cuDNN's attention off so SDPA takes FlashAttention-2 (cuDNN is torch's first
+    choice on Hopper). The final checkpoint (36 GB at this size) is not written: this measures steps.
     """
     from backend.models.family import ModelBundle, PromptEmbeds
     from backend.recipes.pretrain import TimestepDensity
@@ -157,7 +191,20 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
     if DEV == "cuda":
         data = [(x.pin_memory(), s.pin_memory(), p.pin_memory()) for x, s, p in data]
 
+    prof = None
+    marks: dict[int, float] = {}
+    if profile:
+        from torch.profiler import ProfilerActivity, schedule
+        from torch.profiler import profile as torch_profile
+
+        prof = torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule(skip_first=warm, wait=0, warmup=1, active=2, repeat=1))
+
     def batches(step: int, micro: int, rank: int) -> Batch:
+        if prof is not None and micro == 0:
+            if step in (warm + 1, warm + 3):  # the profiler records steps warm + 1 and warm + 2
+                _sync()
+                marks[step] = time.perf_counter()
+            prof.step()
         x, s, p = data[step % len(data)]
         return Batch(x, PromptEmbeds(s, p), size, size, 3.0, torch.Generator().manual_seed(step))
 
@@ -172,15 +219,30 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
     elif compile == "blocks-autotune":
         for block in bundle.transformer.transformer_blocks:
             block.compile(mode="max-autotune-no-cudagraphs")
+    elif compile == "blocks-cdt":
+        for block in bundle.transformer.transformer_blocks:
+            block.compile(options={"coordinate_descent_tuning": True})
+    if attention == "flash":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    if prof is not None:
+        prof.start()
     t0 = time.perf_counter()
-    trainer.run(resume=False)
+    try:
+        trainer.run(resume=False)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
     wall = time.perf_counter() - t0
+    breakdown = None
+    if prof is not None:
+        prof.stop()
+        if len(marks) == 2:
+            breakdown = kernel_profile(prof.key_averages(), marks[warm + 3] - marks[warm + 1], 2)
     series = rep.series("step_s")
     first = series[0][1] * log_every if series else wall
     timed = [v for s_, v in series if s_ > warm]
-    del trainer, bundle
+    del trainer, bundle, prof
     _free()
-    return timed, first
+    return timed, first, breakdown
 
 
 def resume_check() -> dict[str, float]:
@@ -230,6 +292,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warm", type=int, default=4)
     ap.add_argument("--variants", default="resume,reference,studio-noema,studio,studio-eager,studio-model,studio-b8")
+    ap.add_argument("--profile", default="", help="comma-separated variants to profile (kernel time by category over two steps)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip variants once this much time has passed")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--dry-run", action="store_true", help="a 2-layer model on the CPU: checks the script, measures nothing")
@@ -266,16 +329,19 @@ def main() -> None:
             else:
                 spec = dict(VARIANTS.get(name, {}))
                 batch = spec.pop("batch", args.batch)
+                breakdown = None
                 if name == "reference":
                     times, first = reference(batch, args.size, args.steps, args.warm), None
                 elif name in VARIANTS:
-                    times, first = studio(batch, args.size, args.steps, args.warm, **spec)
+                    times, first, breakdown = studio(batch, args.size, args.steps, args.warm, profile=name in args.profile.split(","), **spec)
                 else:
                     raise KeyError(f"unknown variant {name!r}; known: reference, resume, {', '.join(VARIANTS)}")
                 step = statistics.median(times)
                 row = {"batch": batch, "step_s": round(step, 4), "images_per_s": round(batch / step, 2), "mfu": round(flops * batch / args.batch / step / PEAK, 4),
                        "times": [round(t, 4) for t in times], "first_window_s": None if first is None else round(first, 2),
                        "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if DEV == "cuda" else None}
+                if breakdown:
+                    row["profile"] = breakdown
                 if DEV == "cuda":
                     torch.cuda.reset_peak_memory_stats()
         except Exception as exc:  # keep the other variants' figures
