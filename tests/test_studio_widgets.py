@@ -49,3 +49,6 @@ def test_playground_samples_at_the_size_the_picked_model_trained_at(qtbot):
     pg.size.setCurrentText("32x32")
     pg.model_a.setCurrentIndex(pg.model_a.findData("models/new"))
     assert pg.size.currentText() == "96x128"
+    pg.size.setCurrentText("32x32")  # the user's pick survives a refresh of the same lists
+    pg._fill(models, jobs)
+    assert pg.model_a.currentData() == "models/new" and pg.size.currentText() == "32x32"
