@@ -15,7 +15,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
-from backend.service.client import Client, find_backends
+from backend.service.client import BackendError, Client, find_backends
 
 from .tasks import EventStream, Tasks
 
@@ -118,8 +118,10 @@ class BackendLink(QObject):
         def bad(exc: BaseException, details: str) -> None:
             client.close()
             proc = self.process
-            if starting and proc is not None and proc.state() != QProcess.NotRunning and time.time() - self._started_at < START_TIMEOUT_S:
-                # the discovery file can appear a moment before the server listens: poll again
+            unreachable = isinstance(exc, BackendError) and exc.status == 0
+            if starting and unreachable and proc is not None and proc.state() != QProcess.NotRunning and time.time() - self._started_at < START_TIMEOUT_S:
+                # the discovery file can appear a moment before the server listens: poll again;
+                # any other error (a refused token, a server fault) is reported at once
                 self._poll.start()
                 return
             self.failed.emit(f"Cannot use the backend at {url}: {exc}", details)

@@ -52,3 +52,32 @@ def test_playground_samples_at_the_size_the_picked_model_trained_at(qtbot):
     pg.size.setCurrentText("32x32")  # the user's pick survives a refresh of the same lists
     pg._fill(models, jobs)
     assert pg.model_a.currentData() == "models/new" and pg.size.currentText() == "32x32"
+
+
+def test_backend_link_reports_a_refused_token_at_once_while_starting(qtbot, tmp_path):
+    """While a backend starts, only 'cannot reach it yet' is worth polling again; a refused token is final."""
+    import sys
+
+    from PySide6.QtCore import QProcess
+
+    from backend.service.client import start_backend
+    from studio.backend_link import BackendLink
+    from studio.tasks import Tasks
+
+    proc, client = start_backend(tmp_path / "proj", create=True)
+    link = BackendLink(Tasks())
+    waiting = QProcess()  # stands for the backend process the link started: alive all along
+    try:
+        waiting.start(sys.executable, ["-c", "import time; time.sleep(60)"])
+        assert waiting.waitForStarted(10_000)
+        link.project, link.process, link._started_at = tmp_path / "proj", waiting, __import__("time").time()
+        with qtbot.waitSignal(link.failed, timeout=15_000) as got:
+            link._attach(client.url, "not-the-token", starting=True)
+        assert "wrong token" in got.args[0]
+    finally:
+        link._poll.stop()
+        waiting.kill()
+        waiting.waitForFinished(5_000)
+        client.close()
+        proc.terminate()
+        proc.wait(10)
