@@ -27,10 +27,10 @@ import argparse
 import gc
 import json
 import statistics
-from collections import defaultdict
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -240,7 +240,8 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
     series = rep.series("step_s")
     first = series[0][1] * log_every if series else wall
     timed = [v for s_, v in series if s_ > warm]
-    del trainer, bundle, prof
+    del trainer, bundle
+    prof = None  # the profiler holds its trace until dropped
     _free()
     return timed, first, breakdown
 
