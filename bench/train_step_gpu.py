@@ -222,8 +222,10 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
     elif compile == "blocks-cdt":
         for block in bundle.transformer.transformer_blocks:
             block.compile(options={"coordinate_descent_tuning": True})
+    cached = torch._inductor.config.fx_graph_cache
     if attention == "flash":
         torch.backends.cuda.enable_cudnn_sdp(False)
+        torch._inductor.config.fx_graph_cache = False  # else a cached graph with cuDNN's kernel may be served
     if prof is not None:
         prof.start()
     t0 = time.perf_counter()
@@ -231,6 +233,7 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
         trainer.run(resume=False)
     finally:
         torch.backends.cuda.enable_cudnn_sdp(True)
+        torch._inductor.config.fx_graph_cache = cached
     wall = time.perf_counter() - t0
     breakdown = None
     if prof is not None:
