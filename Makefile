@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/import.py
+	$(BIN)/python bench/cache_fill.py --json bench/results/cache_fill.json
 	$(BIN)/python bench/ui_responsiveness.py
 
 bench-evidence: $(STAMP)

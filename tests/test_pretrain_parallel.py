@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import run_cli, tiny_pretrain_recipe
 
@@ -56,6 +57,25 @@ def test_caches_rebuild_only_what_changed(tmp_path: Path):
     assert other.ensure(keys, compute) == 3
     assert torch.equal(again.stack(keys, "v"), cache.stack(keys, "v"))
 
+
+
+def test_cache_keeps_entries_computed_before_a_failing_input(tmp_path: Path):
+    """Shards are written in batches, not per chunk; an input that fails still leaves the earlier
+    entries on disk, so the next run computes only what is left."""
+    keys = [cache_key("latent", str(i)) for i in range(40)]
+
+    def compute(chunk: list[str]) -> list[dict[str, torch.Tensor]]:
+        if keys[30] in chunk:
+            raise OSError("image file is truncated")
+        return [{"z": torch.full((3,), float(keys.index(k)))} for k in chunk]
+
+    cache = TensorCache(tmp_path, "latents-x", flush_s=3600.0)  # no timed flush inside this call
+    with pytest.raises(OSError, match="truncated"):
+        cache.ensure(keys, compute, batch=10)
+    reopened = TensorCache(tmp_path, "latents-x")  # what a new process finds on disk
+    assert reopened.missing(keys) == keys[30:]
+    assert reopened.ensure(keys[:30], compute) == 0
+    assert torch.equal(reopened.stack(keys[:30], "z")[:, 0], torch.arange(30.0))
 
 def test_pretrain_reuses_caches_and_reencodes_an_edited_caption(shapes_project: Path, tmp_path: Path):
     recipe = tmp_path / "c1.toml"
