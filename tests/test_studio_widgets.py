@@ -1,4 +1,5 @@
-"""Studio parts tested on their own: reused preview tiles, a settled plot range, the Playground's size."""
+"""Studio parts tested on their own: reused preview tiles, a settled plot range, the Playground's size,
+the backend link's handling of a refused token while a backend starts."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def test_playground_samples_at_the_size_the_picked_model_trained_at(qtbot):
 def test_backend_link_reports_a_refused_token_at_once_while_starting(qtbot, tmp_path):
     """While a backend starts, only 'cannot reach it yet' is worth polling again; a refused token is final."""
     import sys
+    import time
 
     from PySide6.QtCore import QProcess
 
@@ -70,7 +72,7 @@ def test_backend_link_reports_a_refused_token_at_once_while_starting(qtbot, tmp_
     try:
         waiting.start(sys.executable, ["-c", "import time; time.sleep(60)"])
         assert waiting.waitForStarted(10_000)
-        link.project, link.process, link._started_at = tmp_path / "proj", waiting, __import__("time").time()
+        link.project, link.process, link._started_at = tmp_path / "proj", waiting, time.time()
         with qtbot.waitSignal(link.failed, timeout=15_000) as got:
             link._attach(client.url, "not-the-token", starting=True)
         assert "wrong token" in got.args[0]
