@@ -172,7 +172,7 @@ class Trainer:
             params += list(m.parameters())
         self.params = params
         # fused kernels on a GPU; on a CPU torch defaults to one tensor at a time: take the multi-
-        # tensor (foreach) path (a 5600-step demo-recipe run went 112 img/s against ~95 before)
+        # tensor (foreach) path: cProfile put the one-at-a-time AdamW at 17 ms of a ~200 ms demo step
         fused = acc.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=fused,
                                            foreach=None if fused else True)

@@ -92,6 +92,7 @@ class Playground(QWidget):
             self.size.addItem(s)
         self.size.setCurrentText("64x64")  # until a model says otherwise; at 32 px the VAE loses colours
         self.size.setToolTip("Image size; picking a saved model selects the size it trained at")
+        self._sized_for: str | None = None  # the model A whose trained size was last applied
         self.model_a.currentIndexChanged.connect(self._size_of_model)
         for label, w in (("Steps", self.steps), ("Guidance (CFG)", self.cfg), ("Shift", self.shift), ("Size", self.size)):
             form.addRow(label, w)
@@ -143,7 +144,7 @@ class Playground(QWidget):
     def _size_of_model(self) -> None:
         """Sample at the size model A trained at, when its card says (runs' checkpoints do not)."""
         path = self.model_a.currentData()
-        if path is None or path == getattr(self, "_sized_for", None):
+        if path is None or path == self._sized_for:
             return  # cleared, or refilled with the same model: keep a size the user picked
         self._sized_for = path
         size = self.model_a.sizes.get(path)
