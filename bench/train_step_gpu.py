@@ -13,6 +13,9 @@ diffusers example style, 41.2 % with torch.compile and fused AdamW. Here, in one
 - ``studio-eager``: the Trainer without compilation (and without EMA, like the reference);
 - probes of alternatives: ``studio-model`` (whole-network compile), ``studio-b8`` (batch 8),
   ``studio-autotune`` (Inductor max-autotune on each block), all without EMA;
+- ``studio-b12a2`` / ``studio-b12a4``: batch 12 with 2 or 4 micro-batches of gradient accumulation
+  per optimizer step (the loop's ``grad_accum``), which spreads the per-step optimizer, clipping
+  and EMA work over more images; ``studio-b12a4-ema`` the same with EMA, as a user would train;
 - ``resume``: a tiny model trained 6 steps straight and 3 + 3 with a resume, on the GPU, in bf16.
 
 FLOPs per step are counted by ``torch.utils.flop_counter`` on one eager forward and backward
@@ -49,6 +52,9 @@ VARIANTS: dict[str, dict] = {  # name -> studio() arguments (and batch override)
     "studio-b12": {"compile": "blocks", "ema": 0.0, "batch": 12},
     "studio-flash": {"compile": "blocks", "ema": 0.0, "attention": "flash"},
     "studio-cdt": {"compile": "blocks-cdt", "ema": 0.0},
+    "studio-b12a2": {"compile": "blocks", "ema": 0.0, "batch": 12, "grad_accum": 2},
+    "studio-b12a4": {"compile": "blocks", "ema": 0.0, "batch": 12, "grad_accum": 4},
+    "studio-b12a4-ema": {"compile": "blocks", "ema": 0.999, "batch": 12, "grad_accum": 4},
 }
 KERNEL_KINDS = (  # (category, substrings of CUDA kernel names), first match wins
     ("attention-bwd", ("bprop", "bwd", "backward")),
@@ -170,7 +176,7 @@ def kernel_profile(events, wall_s: float, steps: int) -> dict:
 
 
 def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None = "blocks", ema: float = 0.999, log_every: int = 4,
-           attention: str | None = None, profile: bool = False) -> tuple[list[float], float, dict | None]:
+           attention: str | None = None, grad_accum: int = 1, profile: bool = False) -> tuple[list[float], float, dict | None]:
     """The real Trainer: returns step times of the log windows after warm-up, the seconds of the
     first log window (its steps plus compilation) and, with ``profile``, a kernel breakdown of
     two steps after warm-up.
@@ -211,7 +217,7 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
         return Batch(x, PromptEmbeds(s, p), size, size, 3.0, torch.Generator().manual_seed(step))
 
     total = warm + steps
-    cfg = LoopConfig(steps=total, lr=1e-4, warmup=0, schedule="constant", ema=ema, precision="bf16", device=DEV, compile=compile == "blocks",
+    cfg = LoopConfig(steps=total, lr=1e-4, warmup=0, schedule="constant", ema=ema, grad_accum=grad_accum, precision="bf16", device=DEV, compile=compile == "blocks",
                      log_every=log_every, checkpoint_every=10**9, sample_every=0)
     rep = Collect()
     trainer = Trainer(bundle, [FlowMatching(TimestepDensity())], batches, cfg, Path(tempfile.mkdtemp()), rep)
@@ -335,6 +341,7 @@ def main() -> None:
             else:
                 spec = dict(VARIANTS.get(name, {}))
                 batch = spec.pop("batch", args.batch)
+                accum = spec.get("grad_accum", 1)
                 breakdown = None
                 if name == "reference":
                     times, first = reference(batch, args.size, args.steps, args.warm), None
@@ -343,7 +350,8 @@ def main() -> None:
                 else:
                     raise KeyError(f"unknown variant {name!r}; known: reference, resume, {', '.join(VARIANTS)}")
                 step = statistics.median(times)
-                row = {"batch": batch, "step_s": round(step, 4), "images_per_s": round(batch / step, 2), "mfu": round(flops * batch / args.batch / step / PEAK, 4),
+                row = {"batch": batch, "grad_accum": accum, "step_s": round(step, 4), "images_per_s": round(batch * accum / step, 2),
+                       "mfu": round(flops * batch * accum / args.batch / step / PEAK, 4),
                        "times": [round(t, 4) for t in times], "first_window_s": None if first is None else round(first, 2),
                        "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if DEV == "cuda" else None}
                 if breakdown:
