@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/import.py
 	$(BIN)/python bench/cache_fill.py --json bench/results/cache_fill.json
 	$(BIN)/python bench/ui_responsiveness.py
+	$(BIN)/python bench/vae_diffusability.py
 
 bench-evidence: $(STAMP)
 	$(BIN)/python bench/evidence_allocation.py --steps 1000 --eval-every 250 --json bench/results/evidence_allocation.json

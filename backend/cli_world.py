@@ -46,11 +46,18 @@ def _train_args(default_out: str, steps: int):
     return configure
 
 
-@command("world train-vae", "train the ShapesWorld VAE (CPU, minutes)", _train_args("vae", 6000))
+def _vae_args(p: argparse.ArgumentParser) -> None:
+    _train_args("vae", 6000)(p)
+    p.add_argument("--blur-weight", type=float, default=0.0, help="weight of the blurred-latent reconstruction term (0 = off)")
+    p.add_argument("--init", type=Path, default=None, help="fine-tune this VAE folder instead of starting from random weights")
+    p.add_argument("--lr", type=float, default=1e-3)
+
+
+@command("world train-vae", "train the ShapesWorld VAE (CPU, minutes)", _vae_args)
 def _train_vae(args: argparse.Namespace) -> int:
     from backend.world.train_vae import train_vae
 
-    train_vae(args.out, steps=args.steps, seed=args.seed)
+    train_vae(args.out, steps=args.steps, seed=args.seed, blur_weight=args.blur_weight, init=args.init, lr=args.lr)
     return 0
 
 

@@ -150,3 +150,24 @@ def test_training_scripts_are_deterministic(part: str, tmp_path: Path):
         weights.append(load_file(str(tmp_path / run / name)))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_vae_fine_tune_with_the_blur_term_makes_blurred_latents_decode_closer(tmp_path: Path):
+    """``--blur-weight`` fine-tunes the shipped VAE so that a 3x3-blurred latent still decodes to the image."""
+    from diffusers import AutoencoderKL
+
+    from backend.world.pretrained import world_part
+    from backend.world.train_vae import blurred, train_vae
+
+    images, _ = render_scenes(FRESH_SEED, 0, 16)
+    x = square_batch(images, 64)
+
+    def blurred_error(vae) -> float:
+        with torch.no_grad():
+            return float(((vae.decode(blurred(vae.encode(x).latent_dist.mode())).sample - x) ** 2).mean())
+
+    before = blurred_error(load_vae())
+    card = train_vae(tmp_path / "vae", steps=40, pool=64, lr=1e-3, blur_weight=1.0, init=world_part("vae"), log=lambda _m: None)
+    after = blurred_error(AutoencoderKL.from_pretrained(str(tmp_path / "vae")).eval())
+    assert card["blur_weight"] == 1.0 and card["init"]
+    assert after < 0.8 * before, (before, after)
