@@ -171,3 +171,5 @@ def test_vae_fine_tune_with_the_blur_term_makes_blurred_latents_decode_closer(tm
     after = blurred_error(AutoencoderKL.from_pretrained(str(tmp_path / "vae")).eval())
     assert card["blur_weight"] == 1.0 and card["init"]
     assert after < 0.8 * before, (before, after)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train_vae(tmp_path / "bad", steps=1, pool=8, init=tmp_path / "nowhere", log=lambda _m: None)

@@ -28,6 +28,7 @@ from diffusers import AutoencoderKL
 
 from .arrays import psnr, random_crops, render_scenes, to_tensor
 from .fit import fit
+from .pretrained import world_part
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -82,7 +83,8 @@ def train_vae(out: Path, steps: int = 3000, batch: int = 16, crop: int = 32, lr:
     t0 = time.perf_counter()
     images, _ = render_scenes(seed, 0, pool)
     log(f"[vae] rendered {pool} training scenes in {time.perf_counter() - t0:.1f} s")
-    vae = AutoencoderKL.from_pretrained(str(init), local_files_only=True) if init else AutoencoderKL(**VAE_CONFIG)
+    # world_part names a missing or incomplete --init folder in its error
+    vae = AutoencoderKL.from_pretrained(str(world_part("vae", init)), local_files_only=True) if init else AutoencoderKL(**VAE_CONFIG)
     vae.train()
 
     def loss_at(step: int) -> tuple[torch.Tensor, str]:
