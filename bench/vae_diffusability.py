@@ -8,11 +8,11 @@ latent standard deviations (detail wrong but present).
 
 Measured 2026-11-26 (64 px, 32 scenes per category). The shipped VAE: the round trip scores 1.0
 on single objects and the noised latent 1.0, but the blurred latent 0.375 on single objects,
-0.062 counting, 0.0 colour binding, 0.0 spatial, 0.25 background, close to the demo model's
-own ShapesEval (0.438, 0.062, 0.0, 0.0, 0.031). A fine-tune with the blurred-latent term
+0.062 counting, 0.0 colour binding, 0.0 spatial, 0.25 background, close to the ShapesEval of
+the demo model of the time (patch 2, 64 px, no shift: 0.438, 0.062, 0.0, 0.0, 0.031). A fine-tune with the blurred-latent term
 (``signal-backend world train-vae --init resources/world/vae --blur-weight 1 --steps 1500 --lr
-3e-4``) scores 0.938 single objects after the blur (round trip 1.0, PSNR 33.75 dB), yet the demo
-recipe trained on it scored no better (0.28-0.34 single objects): the pretrained model's
+3e-4``) scores 0.938 single objects after the blur (round trip 1.0, PSNR 33.75 dB), yet that
+demo recipe trained on it scored no better (0.28-0.34 single objects): the pretrained model's
 blobs are not a blur the decoder could forgive, they are wrong shapes and counts in the latent.
 
     .venv/bin/python bench/vae_diffusability.py [VAE_FOLDER ...] [--size 64] [--per-category 32] [--json OUT]
@@ -61,7 +61,7 @@ def main() -> None:
     x = torch.stack([to_tensor(render(s)) for s in scenes])
     result: dict = {"size": args.size, "per_category": args.per_category, "vaes": {}}
     for folder in args.vaes or [world_part("vae")]:
-        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True).eval()
+        vae = AutoencoderKL.from_pretrained(str(world_part("vae", folder)), local_files_only=True).eval()
         rows = {}
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()

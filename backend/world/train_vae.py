@@ -10,8 +10,8 @@ colour and shape in high-frequency latent patterns: a blurred latent decodes to 
 0.375 on single objects (bench/vae_diffusability.py), much like the demo's samples. A 1500-step
 fine-tune with the term (weight 1, lr 3e-4) scores 0.94 after the blur at the same PSNR, in the
 spirit of Skorokhodov et al. (2025, "Improving the diffusability of autoencoders"), whose
-scale-equivariance term did less here (0.44). The demo recipe trained on that latent scored no
-better (0.28-0.34 against 0.42-0.44 on single objects), so the shipped VAE stays as it was and
+scale-equivariance term did less here (0.44). The demo recipe of the time (patch 2, 64 px)
+trained on that latent scored no better (0.28-0.34 against 0.42-0.44 on single objects), so the shipped VAE stays as it was and
 the option stays for experiments.
 ``init`` fine-tunes an existing VAE folder instead of starting from random weights.
 """
