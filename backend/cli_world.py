@@ -49,6 +49,7 @@ def _train_args(default_out: str, steps: int):
 def _vae_args(p: argparse.ArgumentParser) -> None:
     _train_args("vae", 6000)(p)
     p.add_argument("--blur-weight", type=float, default=0.0, help="weight of the blurred-latent reconstruction term (0 = off)")
+    p.add_argument("--anchor-weight", type=float, default=0.0, help="weight of the term tying latent channels 0-2 to the downsampled image (0 = off)")
     p.add_argument("--init", type=Path, default=None, help="fine-tune this VAE folder instead of starting from random weights")
     p.add_argument("--lr", type=float, default=1e-3)
 
@@ -57,7 +58,7 @@ def _vae_args(p: argparse.ArgumentParser) -> None:
 def _train_vae(args: argparse.Namespace) -> int:
     from backend.world.train_vae import train_vae
 
-    train_vae(args.out, steps=args.steps, seed=args.seed, blur_weight=args.blur_weight, init=args.init, lr=args.lr)
+    train_vae(args.out, steps=args.steps, seed=args.seed, blur_weight=args.blur_weight, anchor_weight=args.anchor_weight, init=args.init, lr=args.lr)
     return 0
 
 

@@ -15,6 +15,11 @@ the demo model of the time (patch 2, 64 px, no shift: 0.438, 0.062, 0.0, 0.0, 0.
 demo recipe trained on it scored no better (0.28-0.34 single objects): the pretrained model's
 blobs are not a blur the decoder could forgive, they are wrong shapes and counts in the latent.
 
+Also printed: ``latent_roughness`` (backend/world/train_vae.py). Re-run 2026-11-27: shipped 0.644,
+blur fine-tune 1.055 (rougher: why it did not help), scale-equivariance fine-tune 0.511, and a
+VAE trained from scratch with ``--anchor-weight 1`` 0.116 (round trip: single 0.938, counting
+0.812, spatial 0.719 at 64 px).
+
     .venv/bin/python bench/vae_diffusability.py [VAE_FOLDER ...] [--size 64] [--per-category 32] [--json OUT]
 """
 
@@ -48,6 +53,7 @@ def main() -> None:
     from backend.world.generate import make_scene
     from backend.world.pretrained import load_detector, world_part
     from backend.world.render import render
+    from backend.world.train_vae import latent_roughness
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("vaes", nargs="*", type=Path, help="VAE folders (default: the shipped ShapesWorld VAE)")
@@ -62,9 +68,11 @@ def main() -> None:
     result: dict = {"size": args.size, "per_category": args.per_category, "vaes": {}}
     for folder in args.vaes or [world_part("vae")]:
         vae = AutoencoderKL.from_pretrained(str(world_part("vae", folder)), local_files_only=True).eval()
-        rows = {}
+        rows: dict = {}
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
+            rows["latent_roughness"] = round(latent_roughness(z), 3)
+            print(f"{folder}  latent roughness {rows['latent_roughness']:.3f}", flush=True)
             for name, zz in perturbations(z, torch.Generator().manual_seed(0)).items():
                 images = [to_image(im) for im in vae.decode(zz).sample]
                 report = shapes_eval(images, scenes, detector)

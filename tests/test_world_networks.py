@@ -173,3 +173,28 @@ def test_vae_fine_tune_with_the_blur_term_makes_blurred_latents_decode_closer(tm
     assert after < 0.8 * before, (before, after)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         train_vae(tmp_path / "bad", steps=1, pool=8, init=tmp_path / "nowhere", log=lambda _m: None)
+
+
+def test_vae_anchor_term_puts_colour_in_a_smooth_latent(tmp_path: Path):
+    """``--anchor-weight`` ties latent channels 0-2 to the downsampled image: the anchor error and
+    the latent's roughness both fall, and the card records the weight and the roughness."""
+    from diffusers import AutoencoderKL
+
+    from backend.world.pretrained import world_part
+    from backend.world.train_vae import anchor_error, latent_roughness, train_vae
+
+    images, _ = render_scenes(FRESH_SEED, 0, 16)
+    x = square_batch(images, 64)
+
+    def measure(vae) -> tuple[float, float]:
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+            return float(anchor_error(vae, x, z)), latent_roughness(z)
+
+    anchor_before, rough_before = measure(load_vae())
+    card = train_vae(tmp_path / "vae", steps=40, pool=64, lr=1e-3, anchor_weight=1.0, init=world_part("vae"), log=lambda _m: None)
+    anchor_after, rough_after = measure(AutoencoderKL.from_pretrained(str(tmp_path / "vae")).eval())
+    assert card["anchor_weight"] == 1.0 and card["blur_weight"] == 0.0
+    assert anchor_after < 0.5 * anchor_before, (anchor_before, anchor_after)
+    assert rough_after < rough_before, (rough_before, rough_after)
+    assert 0 < card["latent_roughness"] < 2.5
