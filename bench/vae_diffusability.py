@@ -15,10 +15,13 @@ the demo model of the time (patch 2, 64 px, no shift: 0.438, 0.062, 0.0, 0.0, 0.
 demo recipe trained on it scored no better (0.28-0.34 single objects): the pretrained model's
 blobs are not a blur the decoder could forgive, they are wrong shapes and counts in the latent.
 
-Also printed: ``latent_roughness`` (backend/world/train_vae.py). Re-run 2026-11-27: shipped 0.644,
-blur fine-tune 1.055 (rougher: why it did not help), scale-equivariance fine-tune 0.511, and a
-VAE trained from scratch with ``--anchor-weight 1`` 0.116 (round trip: single 0.938, counting
-0.812, spatial 0.719 at 64 px).
+Also printed: ``latent_roughness`` (backend/world/train_vae.py: mean squared difference of
+neighbouring latent cells over the latent variance; about 0.1 for a smooth, image-like latent, 2
+for white noise). Re-run 2026-11-27: shipped 0.644, blur fine-tune 1.055 (rougher: why it did not
+help), scale-equivariance fine-tune 0.511, and a VAE trained from scratch with ``--anchor-weight
+1 --steps 1500`` 0.116 (held-out PSNR 30.2 dB against 33.4; round trip: single 0.938, counting
+0.812, spatial 0.719 at 64 px). A demo-style model trained on the anchored VAE (64 px, patch 4,
+1400 steps) drew no mixed colours but scored 0.25 single objects against 0.34 on the shipped VAE.
 
     .venv/bin/python bench/vae_diffusability.py [VAE_FOLDER ...] [--size 64] [--per-category 32] [--json OUT]
 """

@@ -152,15 +152,21 @@ def test_training_scripts_are_deterministic(part: str, tmp_path: Path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_vae_fine_tune_with_the_blur_term_makes_blurred_latents_decode_closer(tmp_path: Path):
+@pytest.fixture(scope="module")
+def fresh_64px() -> torch.Tensor:
+    """16 scenes from a world seed no network trained on, squashed to 64 px."""
+    images, _ = render_scenes(FRESH_SEED, 0, 16)
+    return square_batch(images, 64)
+
+
+def test_vae_fine_tune_with_the_blur_term_makes_blurred_latents_decode_closer(tmp_path: Path, fresh_64px: torch.Tensor):
     """``--blur-weight`` fine-tunes the shipped VAE so that a 3x3-blurred latent still decodes to the image."""
     from diffusers import AutoencoderKL
 
     from backend.world.pretrained import world_part
     from backend.world.train_vae import blurred, train_vae
 
-    images, _ = render_scenes(FRESH_SEED, 0, 16)
-    x = square_batch(images, 64)
+    x = fresh_64px
 
     def blurred_error(vae) -> float:
         with torch.no_grad():
@@ -175,7 +181,7 @@ def test_vae_fine_tune_with_the_blur_term_makes_blurred_latents_decode_closer(tm
         train_vae(tmp_path / "bad", steps=1, pool=8, init=tmp_path / "nowhere", log=lambda _m: None)
 
 
-def test_vae_anchor_term_puts_colour_in_a_smooth_latent(tmp_path: Path):
+def test_vae_anchor_term_puts_colour_in_a_smooth_latent(tmp_path: Path, fresh_64px: torch.Tensor):
     """``--anchor-weight`` ties latent channels 0-2 to the downsampled image: the anchor error and
     the latent's roughness both fall, and the card records the weight and the roughness."""
     from diffusers import AutoencoderKL
@@ -183,8 +189,7 @@ def test_vae_anchor_term_puts_colour_in_a_smooth_latent(tmp_path: Path):
     from backend.world.pretrained import world_part
     from backend.world.train_vae import anchor_error, latent_roughness, train_vae
 
-    images, _ = render_scenes(FRESH_SEED, 0, 16)
-    x = square_batch(images, 64)
+    x = fresh_64px
 
     def measure(vae) -> tuple[float, float]:
         with torch.no_grad():

@@ -4,29 +4,21 @@ Deterministic (fixed seeds, fixed thread count), CPU, a few minutes. Writes the 
 diffusers layout (so ``AutoencoderKL.from_pretrained`` reads it) plus ``card.json`` with the
 data seed, steps, held-out PSNR and the scaling/shift factors measured on the data.
 
-``blur_weight`` adds a term that makes the latent forgiving: the decoder must also rebuild the
-image from a 3x3-blurred latent. Trained on reconstruction alone, this small autoencoder keeps
-colour and shape in high-frequency latent patterns: a blurred latent decodes to blobs that score
-0.375 on single objects (bench/vae_diffusability.py), much like the demo's samples. A 1500-step
-fine-tune with the term (weight 1, lr 3e-4) scores 0.94 after the blur at the same PSNR, in the
-spirit of Skorokhodov et al. (2025, "Improving the diffusability of autoencoders"), whose
-scale-equivariance term did less here (0.44). The demo recipe of the time (patch 2, 64 px)
-trained on that latent scored no better (0.28-0.34 against 0.42-0.44 on single objects), so the shipped VAE stays as it was and
-the option stays for experiments.
-``init`` fine-tunes an existing VAE folder instead of starting from random weights.
+Two optional terms, for experiments on how easy the latent is to diffuse (figures, commands and
+what a demo model trained on each scored: bench/vae_diffusability.py and its results file):
 
-Why the blur term did not help: it made the latent rougher, not smoother. ``latent_roughness``
-(the mean squared difference of neighbouring latent cells over the latent variance; about 0.1
-for a smooth, image-like latent) is 1.06 for the blur fine-tune against 0.64 for the shipped VAE
-(bench/vae_diffusability.py, 64 px). The encoder is free to put information anywhere, and keeps
-it in checkerboard-like patterns inside objects, so a small error in a generated latent decodes
-to mixed colours (purple objects with green patches). ``anchor_weight`` ties latent channels 0-2
-to the image average-pooled to the latent grid, so colour lives in the smooth part of the
-latent and channel 3 carries the sub-cell detail. Trained from scratch with it (weight 1, 1500
-steps) the roughness is 0.12 and samples lose the mixed colours, at 30.2 dB instead of 33.4 dB
-held-out PSNR; but the 64 px round trip drops (counting 0.81, spatial 0.72), and a demo-style
-model trained on it scored no higher on single objects (0.25 against 0.34 at 64 px), so it too
-is an experiment option and the shipped VAE is unchanged.
+- ``blur_weight``: the decoder must also rebuild the image from a 3x3-blurred latent, so a latent
+  missing detail still decodes (in the spirit of Skorokhodov et al. 2025). It made the latent
+  rougher, not smoother, and the demo model did not improve.
+- ``anchor_weight``: latent channels 0-2 are tied to the image average-pooled to the latent grid,
+  so colour lives in the smooth part of the latent and channel 3 carries sub-cell detail. Left
+  free, this small autoencoder keeps colour in checkerboard-like patterns inside objects, and a
+  small error in a generated latent decodes to mixed colours. The anchored latent is smooth and
+  its samples lose the mixed colours, but the 64 px round trip and the PSNR drop and the demo
+  score did not rise, so the shipped VAE was trained without either term.
+
+``latent_roughness`` (in each card this writes) measures the property both terms are about. ``init``
+fine-tunes an existing VAE folder instead of starting from random weights.
 """
 
 from __future__ import annotations
