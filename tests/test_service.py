@@ -150,6 +150,8 @@ def test_job_lifecycle_events_stop_and_resume(backend, shapes_project: Path):
     step_at_stop = stopped["step"]
     run_dir = shapes_project / stopped["run_dir"]
     assert (run_dir / "checkpoints" / f"step-{step_at_stop:07d}").exists(), "stop must checkpoint first"
+    listed = next(j for j in client.jobs() if j["id"] == job["id"])
+    assert listed["size"] == [32, 32] and "recipe" not in listed  # the Playground opens the run at its recipe's size
     client.control(job["id"], "resume")
     _wait(lambda: client.job(job["id"])["step"] > step_at_stop + 2)
     client.control(job["id"], "stop")

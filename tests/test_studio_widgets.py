@@ -42,7 +42,7 @@ def test_playground_samples_at_the_size_the_picked_model_trained_at(qtbot):
     assert pg.size.currentText() == "64x64"
     models = [{"id": 1, "name": "old", "path": "models/old", "card": {}},
               {"id": 2, "name": "new", "path": "models/new", "card": {"size": [96, 128]}}]
-    jobs = [{"id": 5, "kind": "pretrain", "name": "r", "run_dir": "runs/job-00005", "step": 3}]
+    jobs = [{"id": 5, "kind": "pretrain", "name": "r", "run_dir": "runs/job-00005", "step": 3, "size": [48, 48]}]
     pg._fill(models, jobs)
     assert pg.model_a.currentData() == "models/new" and pg.size.currentText() == "96x128"
     pg.model_a.setCurrentIndex(pg.model_a.findData("models/old"))  # no size on its card: left as it is
@@ -53,6 +53,8 @@ def test_playground_samples_at_the_size_the_picked_model_trained_at(qtbot):
     pg.size.setCurrentText("32x32")  # the user's pick survives a refresh of the same lists
     pg._fill(models, jobs)
     assert pg.model_a.currentData() == "models/new" and pg.size.currentText() == "32x32"
+    pg.model_a.setCurrentIndex(pg.model_a.findData("runs/job-00005"))  # a run's latest checkpoint: its recipe's size
+    assert pg.size.currentText() == "48x48"
 
 
 def test_backend_link_reports_a_refused_token_at_once_while_starting(qtbot, tmp_path):

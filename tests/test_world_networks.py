@@ -143,9 +143,10 @@ def test_training_scripts_are_deterministic(part: str, tmp_path: Path):
 
     train = {"vae": train_vae, "detector": train_detector, "encoder": train_encoder}[part]
     name = "diffusion_pytorch_model.safetensors" if part == "vae" else "model.safetensors"
+    small_eval = {} if part == "encoder" else {"eval_images": 16}  # the held-out evaluation is not what this tests
     weights = []
     for run in ("a", "b"):
-        card = train(tmp_path / run, steps=3, pool=64, log=lambda _m: None)
+        card = train(tmp_path / run, steps=3, pool=64, log=lambda _m: None, **small_eval)
         assert card["steps"] == 3 and (tmp_path / run / "card.json").exists()
         weights.append(load_file(str(tmp_path / run / name)))
     assert weights[0].keys() == weights[1].keys()
@@ -173,7 +174,7 @@ def test_vae_fine_tune_with_the_blur_term_makes_blurred_latents_decode_closer(tm
             return float(((vae.decode(blurred(vae.encode(x).latent_dist.mode())).sample - x) ** 2).mean())
 
     before = blurred_error(load_vae())
-    card = train_vae(tmp_path / "vae", steps=40, pool=64, lr=1e-3, blur_weight=1.0, init=world_part("vae"), log=lambda _m: None)
+    card = train_vae(tmp_path / "vae", steps=40, pool=64, lr=1e-3, blur_weight=1.0, init=world_part("vae"), eval_images=24, log=lambda _m: None)
     after = blurred_error(AutoencoderKL.from_pretrained(str(tmp_path / "vae")).eval())
     assert card["blur_weight"] == 1.0 and card["init"]
     assert after < 0.8 * before, (before, after)
@@ -197,7 +198,7 @@ def test_vae_anchor_term_puts_colour_in_a_smooth_latent(tmp_path: Path, fresh_64
             return float(anchor_error(vae, x, z)), latent_roughness(z)
 
     anchor_before, rough_before = measure(load_vae())
-    card = train_vae(tmp_path / "vae", steps=40, pool=64, lr=1e-3, anchor_weight=1.0, init=world_part("vae"), log=lambda _m: None)
+    card = train_vae(tmp_path / "vae", steps=40, pool=64, lr=1e-3, anchor_weight=1.0, init=world_part("vae"), eval_images=24, log=lambda _m: None)
     anchor_after, rough_after = measure(AutoencoderKL.from_pretrained(str(tmp_path / "vae")).eval())
     assert card["anchor_weight"] == 1.0 and card["blur_weight"] == 0.0
     assert anchor_after < 0.5 * anchor_before, (anchor_before, anchor_after)

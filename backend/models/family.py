@@ -156,7 +156,9 @@ class ModelBundle:
 
     @property
     def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        from backend.world.pretrained import vae_downsampling
+
+        return vae_downsampling(self.vae)
 
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:

@@ -161,3 +161,11 @@ class PretrainRecipe(RecipeBase):
     @property
     def total_steps(self) -> int:
         return sum(stage.steps for stage in self.curriculum)
+
+    @property
+    def eval_size(self) -> tuple[int, int]:
+        """Where ShapesEval renders and the Playground opens this run's checkpoints: the last
+        stage's largest square bucket (or its first bucket)."""
+        buckets = [(int(w), int(h)) for w, h in self.curriculum[-1].buckets]
+        squares = [b for b in buckets if b[0] == b[1]]
+        return max(squares) if squares else buckets[0]

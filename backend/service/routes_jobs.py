@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -30,14 +31,33 @@ class JobCreate(BaseModel):
     name: str | None = Field(None, max_length=200)
 
 
+@lru_cache(maxsize=1024)
+def _sample_size(recipe_text: str) -> list[int] | None:
+    """The size a pretrain run's checkpoints are meant to be sampled at (its recipe's eval size),
+    so the Playground opens a run's latest checkpoint as it does a saved model. A job's recipe
+    never changes, so each is parsed once."""
+    from backend.recipes import RecipeError, loads_recipe
+
+    try:
+        recipe = loads_recipe(recipe_text)
+    except RecipeError:
+        return None
+    size = getattr(recipe, "eval_size", None)
+    return list(size) if size else None
+
+
 @router.get("/jobs")
 def jobs(request: Request, state: str | None = None) -> list[dict[str, Any]]:
-    sql = "SELECT id, kind, name, state, progress, step, total_steps, control, error, resumable, created, started, ended, run_dir FROM jobs"
+    sql = "SELECT id, kind, name, state, progress, step, total_steps, control, error, resumable, created, started, ended, run_dir, recipe FROM jobs"
     params: list[Any] = []
     if state:
         sql += " WHERE state = ?"
         params.append(state)
-    return _state(request).rows(sql + " ORDER BY id DESC", params)
+    rows = _state(request).rows(sql + " ORDER BY id DESC", params)
+    for row in rows:
+        text = row.pop("recipe") or ""
+        row["size"] = _sample_size(text) if row["kind"] == "pretrain" else None
+    return rows
 
 
 @router.post("/jobs", status_code=201)

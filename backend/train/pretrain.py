@@ -42,20 +42,13 @@ def loop_config(recipe: PretrainRecipe) -> LoopConfig:
     )
 
 
-def eval_size(recipe: PretrainRecipe) -> tuple[int, int]:
-    """ShapesEval renders at the last stage's largest square bucket (or its first bucket)."""
-    buckets = [tuple(b) for b in recipe.curriculum[-1].buckets]
-    squares = [b for b in buckets if b[0] == b[1]]
-    return max(squares) if squares else buckets[0]
-
-
 def make_evaluator(bundle: ModelBundle, recipe: PretrainRecipe, n_images: int) -> Any:
     from backend.eval.shapes_eval import load_eval_prompts, shapes_eval
     from backend.world.pretrained import load_detector
 
     prompts = load_eval_prompts()
     detector = load_detector()
-    width, height = eval_size(recipe)
+    width, height = recipe.eval_size
     pairs = [(p, s) for s in range(max(p.seeds[-1] for p in prompts) + 1) for p in prompts if s in p.seeds][:n_images]
     settings = SampleSettings(width=width, height=height, steps=recipe.preview.sampler.steps, cfg=recipe.preview.sampler.cfg)
 
@@ -119,7 +112,7 @@ def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, report
             "steps": result.step,
             "params": n_params,
             "train_seconds": summary["seconds"],
-            "size": list(eval_size(recipe)),  # what it was trained and evaluated at; the Playground opens at it
+            "size": list(recipe.eval_size),  # what it was trained and evaluated at; the Playground opens at it
             "shapes_eval": report.to_json() if report else None,
             "shift": recipe.allocation.shift.model_dump(),
             "timesteps": recipe.allocation.timesteps.model_dump(),

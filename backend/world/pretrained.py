@@ -24,6 +24,12 @@ def world_part(name: str, folder: str | Path | None = None) -> Path:
     return path
 
 
+def vae_downsampling(vae) -> int:
+    """Image pixels per latent pixel along a side: an AutoencoderKL halves the grid between each
+    pair of its blocks."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 @lru_cache(maxsize=4)
 def load_vae(folder: str | None = None, device: str = "cpu"):
     from diffusers import AutoencoderKL

@@ -155,7 +155,7 @@ def evaluate_detector(detector: Detector, seed: int = 20_002, n: int = 1000, deg
     return attribute_accuracy(detector(images), scenes)
 
 
-def train_detector(out: Path, steps: int = 3000, batch: int = 32, lr: float = 2e-3, seed: int = 0, pool: int = 24000, log=print) -> dict:
+def train_detector(out: Path, steps: int = 3000, batch: int = 32, lr: float = 2e-3, seed: int = 0, pool: int = 24000, eval_images: int = 1000, log=print) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     gen = torch.Generator().manual_seed(seed)
@@ -178,8 +178,8 @@ def train_detector(out: Path, steps: int = 3000, batch: int = 32, lr: float = 2e
     train_time = time.perf_counter() - t0
     save_detector(model, out)
     det = Detector.load(out)
-    clean = evaluate_detector(det)
-    degraded = evaluate_detector(det, degraded=True)
+    clean = evaluate_detector(det, n=eval_images)
+    degraded = evaluate_detector(det, n=eval_images, degraded=True)
     card = {
         "model": "ShapesWorld detector (CenterNet-style, 16x16 grid)",
         "params": sum(p.numel() for p in model.parameters()),
@@ -190,7 +190,7 @@ def train_detector(out: Path, steps: int = 3000, batch: int = 32, lr: float = 2e
         "accuracy_fresh_renders": {k: round(v, 4) for k, v in clean.items()},
         "accuracy_degraded_renders": {k: round(v, 4) for k, v in degraded.items()},
         "eval_seed": 20_002,
-        "eval_images": 1000,
+        "eval_images": eval_images,
         "script": "signal-backend world train-detector",
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")

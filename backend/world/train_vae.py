@@ -33,7 +33,7 @@ from diffusers import AutoencoderKL
 
 from .arrays import psnr, random_crops, render_scenes, to_tensor
 from .fit import fit
-from .pretrained import world_part
+from .pretrained import vae_downsampling, world_part
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -93,12 +93,11 @@ def latent_roughness(z: torch.Tensor) -> float:
 
 def anchor_error(vae: AutoencoderKL, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """How far latent channels 0-2 are from the image average-pooled to the latent grid."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return ((mean[:, :3] - torch.nn.functional.avg_pool2d(x, factor)) ** 2).mean()
+    return ((mean[:, :3] - torch.nn.functional.avg_pool2d(x, vae_downsampling(vae))) ** 2).mean()
 
 
 def train_vae(out: Path, steps: int = 3000, batch: int = 16, crop: int = 32, lr: float = 1e-3, seed: int = 0, pool: int = 6000,
-              blur_weight: float = 0.0, anchor_weight: float = 0.0, init: Path | None = None, log=print) -> dict:
+              blur_weight: float = 0.0, anchor_weight: float = 0.0, init: Path | None = None, eval_images: int = 240, log=print) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     gen = torch.Generator().manual_seed(seed)
@@ -129,7 +128,7 @@ def train_vae(out: Path, steps: int = 3000, batch: int = 16, crop: int = 32, lr:
 
     fit(vae.parameters(), steps, loss_at, lr=lr, floor=0.02, clip=1.0, name="vae", log=log)
     train_time = time.perf_counter() - t0
-    stats = evaluate_vae(vae)
+    stats = evaluate_vae(vae, n=eval_images)  # also the latent statistics the scaling factors come from
     vae.register_to_config(scaling_factor=1.0 / stats["latent_std"], shift_factor=stats["latent_mean"])
     out.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(out)

@@ -34,13 +34,14 @@ from ..widgets import TileGrid, alive, heading, hint, pixmap_from_bytes, show_er
 class ModelPicker(QComboBox):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.sizes: dict[str, str] = {}  # model path -> "WxH" it was trained at (from its card)
+        self.sizes: dict[str, str] = {}  # model or run path -> "WxH" it was trained at (card or recipe)
 
     def fill(self, models: list[dict], jobs: list[dict]) -> None:
         current = self.currentData()
         self.clear()
         # before the items: adding the first one already selects it and signals the change
         self.sizes = {m["path"]: "{}x{}".format(*m["card"]["size"]) for m in models if (m.get("card") or {}).get("size")}
+        self.sizes.update({j["run_dir"]: "{}x{}".format(*j["size"]) for j in jobs if j.get("run_dir") and j.get("size")})
         for m in reversed(models):
             se = (m.get("card") or {}).get("shapes_eval") or {}
             score = f" · ShapesEval {se['overall']:.2f}" if se else ""
@@ -142,7 +143,7 @@ class Playground(QWidget):
             self.model_b.setCurrentIndex(1)
 
     def _size_of_model(self) -> None:
-        """Sample at the size model A trained at, when its card says (runs' checkpoints do not)."""
+        """Sample at the size model A trained at: a model's card says, a run's recipe says."""
         path = self.model_a.currentData()
         if path is None or path == self._sized_for:
             return  # cleared, or refilled with the same model: keep a size the user picked
