@@ -116,3 +116,27 @@ def test_killed_and_resumed_run_ends_at_the_same_weights(shapes_project: Path, t
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), f"{k} differs after resume"
     assert _job(shapes_project, "killed")["state"] == "done"
+
+
+def test_max_upscale_keeps_small_images_out_of_large_buckets(shapes_project: Path):
+    """The project's 32 px scenes would be enlarged into a 64 px bucket (the nearer in size on a
+    tie); with ``data.max_upscale = 1`` they shrink into the 16 px bucket instead, and with only
+    the 64 px bucket the stage names why nothing fits."""
+    from backend.data.view import load_view
+    from backend.recipes import loads_recipe
+    from backend.train.curriculum import CurriculumData
+    from backend.train.pretrain import build_bundle
+
+    def stage_sizes(max_upscale: str, buckets: str) -> dict:
+        text = tiny_pretrain_recipe().replace("buckets = [[32, 32]]", f"buckets = {buckets}")
+        text = text.replace("caption_dropout = 0.1", f"caption_dropout = 0.1\n{max_upscale}")
+        recipe = loads_recipe(text)
+        with Project.open(shapes_project) as proj:
+            data = CurriculumData(proj, recipe, build_bundle(recipe), load_view(proj, "shapes", "curated"), log=lambda _m: None)
+        return {b.size: b.latents.shape[0] for b in data.stages[0].buckets}
+
+    n = stage_sizes("", "[[16, 16], [64, 64]]")
+    assert set(n) == {(64, 64)}
+    assert stage_sizes("max_upscale = 1.0", "[[16, 16], [64, 64]]") == {(16, 16): n[(64, 64)]}
+    with pytest.raises(ValueError, match="too small for its buckets"):
+        stage_sizes("max_upscale = 1.5", "[[64, 64]]")

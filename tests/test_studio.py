@@ -58,6 +58,8 @@ def test_studio_end_to_end(qtbot, window: MainWindow, tmp_path: Path, monkeypatc
     data_page, model_page, alloc_page, curr_page, repa_page, compute_page, review_page = wiz.pages
     cats = {data_page.mix.item(r, 0).text() for r in range(data_page.mix.rowCount())}
     assert {"single_object", "counting", "colour_binding", "spatial", "background"} <= cats
+    assert data_page.max_upscale.text() == "no limit"
+    data_page.max_upscale.setValue(1.0)  # the 32 px scenes fill the 32 px bucket without enlarging
     wiz.next()
     model_page.radios["tiny"].setChecked(True)
     wiz.next()
@@ -79,7 +81,7 @@ def test_studio_end_to_end(qtbot, window: MainWindow, tmp_path: Path, monkeypatc
     qtbot.waitUntil(lambda: "parameters" in compute_page.estimate.text(), timeout=20_000)
     wiz.next()
     qtbot.waitUntil(lambda: review_page.valid and "kind = \"pretrain\"" in review_page.text.toPlainText(), timeout=20_000)
-    assert "alpha = 2.0" in review_page.text.toPlainText()
+    assert "alpha = 2.0" in review_page.text.toPlainText() and "max_upscale = 1.0" in review_page.text.toPlainText()
     review_page.name.setText("studio-tiny")
     assert wiz.button(QWizard.FinishButton).text() == "Start training"
     wiz.button(QWizard.FinishButton).click()

@@ -29,6 +29,11 @@ def assign_bucket(w: int, h: int, buckets: list[tuple[int, int]], max_crop: floa
     return best if crop_fraction(w, h, *best) <= max_crop + 1e-9 else None
 
 
+def upscale_factor(w: int, h: int, bucket: tuple[int, int]) -> float:
+    """How much an image w x h is enlarged to cover the bucket (below 1: it is shrunk)."""
+    return max(bucket[0] / w, bucket[1] / h)
+
+
 def fit_to_bucket(img: Image.Image, bucket: tuple[int, int]) -> Image.Image:
     """Resize to cover the bucket, then centre-crop to it."""
     bw, bh = bucket

@@ -14,6 +14,10 @@ class DataSection(Section):
     dataset: str = Field("shapesworld", min_length=1, description="Dataset name inside the project")
     view: str = Field("curated", description="'curated' (flagged items left out) or 'all'")
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0, description="Fraction of captions replaced by the empty prompt (for CFG)")
+    max_upscale: float | None = Field(
+        None, ge=1.0, description="Largest factor an image may be enlarged by to fill a bucket (1 = never enlarge; empty = no limit). "
+        "An image too small for every bucket is left out, so the model does not learn blur from upscaled images"
+    )
 
 
 class ModelSection(Section):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from backend.data.buckets import assign_bucket, fit_to_bucket
+from backend.data.buckets import assign_bucket, fit_to_bucket, upscale_factor
 from backend.data.cache import TensorCache, cache_key, file_fingerprint
 from backend.data.view import ViewItem
 from backend.imaging import to_tensor
@@ -101,6 +101,7 @@ class CurriculumData:
         skipped: Counter = Counter()
         per_bucket: dict[tuple[int, int], list[ViewItem]] = {}
         wanted = set(stage.mixture) if stage.mixture else None
+        max_up = self.recipe.data.max_upscale
         for it in items:
             if not it.caption:
                 skipped["no caption"] += 1
@@ -111,9 +112,15 @@ class CurriculumData:
             if wanted is not None and it.category not in wanted:
                 skipped["category not in mixture"] += 1
                 continue
-            b = assign_bucket(it.width, it.height, [tuple(x) for x in stage.buckets])
-            if b is None:
+            buckets = [tuple(x) for x in stage.buckets]
+            if assign_bucket(it.width, it.height, buckets) is None:
                 skipped["aspect fits no bucket"] += 1
+                continue
+            if max_up is not None:
+                buckets = [c for c in buckets if upscale_factor(it.width, it.height, c) <= max_up + 1e-9]
+            b = assign_bucket(it.width, it.height, buckets) if buckets else None
+            if b is None:
+                skipped["too small for its buckets (data.max_upscale)"] += 1
                 continue
             per_bucket.setdefault(b, []).append(it)
         if not per_bucket:

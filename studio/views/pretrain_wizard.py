@@ -108,6 +108,13 @@ class DataPage(QWizardPage):
         self.dropout = spin(0, 1, wiz.recipe["data"]["caption_dropout"], 0.05)
         self.dropout.setToolTip("Captions replaced by the empty prompt, so classifier-free guidance works")
         form.addRow("Caption dropout", self.dropout)
+        # the lowest value stands for "no limit" (a recipe without data.max_upscale)
+        self.max_upscale = spin(0.9, 8, wiz.recipe["data"].get("max_upscale") or 0.9, 0.1)
+        self.max_upscale.setSpecialValueText("no limit")
+        self.max_upscale.setSuffix("x")
+        self.max_upscale.setToolTip("Largest factor an image may be enlarged by to fill its bucket; smaller images are left out. "
+                                    "1.00x trains only on images at least as large as their bucket, so upscaling blur is never learned.")
+        form.addRow("Enlarge images at most", self.max_upscale)
         self.mix = QTableWidget(0, 3)
         self.mix.setHorizontalHeaderLabels(["Category", "Items", "Weight"])
         self.mix.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
@@ -140,6 +147,10 @@ class DataPage(QWizardPage):
     def validatePage(self) -> bool:  # noqa: N802
         r = self.wiz.recipe
         r["data"].update(dataset=self.dataset.currentData() or r["data"]["dataset"], view=self.view.currentData(), caption_dropout=self.dropout.value())
+        if self.max_upscale.value() < 1.0:
+            r["data"].pop("max_upscale", None)
+        else:
+            r["data"]["max_upscale"] = round(self.max_upscale.value(), 2)
         w = self.weights()
         for st in r["curriculum"]:
             st["mixture"] = dict(w)
