@@ -36,14 +36,13 @@ def _sample_size(recipe_text: str) -> list[int] | None:
     """The size a pretrain run's checkpoints are meant to be sampled at (its recipe's eval size),
     so the Playground opens a run's latest checkpoint as it does a saved model. A job's recipe
     never changes, so each is parsed once."""
-    from backend.recipes import RecipeError, loads_recipe
+    from backend.recipes import PretrainRecipe, RecipeError, loads_recipe
 
     try:
         recipe = loads_recipe(recipe_text)
     except RecipeError:
         return None
-    size = getattr(recipe, "eval_size", None)
-    return list(size) if size else None
+    return list(recipe.eval_size) if isinstance(recipe, PretrainRecipe) else None
 
 
 @router.get("/jobs")
