@@ -80,9 +80,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k != "shapes_eval"}, indent=2))
         se = summary.get("shapes_eval") or {}
         if se:
-            print("[demo] ShapesEval of the pretrained model (detector-judged prompt fidelity):")
+            print("[demo] ShapesEval of the pretrained model (detector-judged prompt fidelity; 'extra' is the share"
+                  " of images with more objects than the prompt asks for):")
+            extra = se.get("extra_objects") or {}
             for cat, acc in se["categories"].items():
-                print(f"    {cat:<16}{acc:6.3f}")
+                print(f"    {cat:<16}{acc:6.3f}" + (f"   extra {extra[cat]:5.3f}" if cat in extra else ""))
             print(f"    {'overall':<16}{se['overall']:6.3f}")
         print("[demo] not in the headless demo yet: rating, preference tuning, DreamBooth, distillation")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s")

@@ -85,3 +85,21 @@ def test_backend_link_reports_a_refused_token_at_once_while_starting(qtbot, tmp_
         client.close()
         proc.terminate()
         proc.wait(10)
+
+
+def test_runs_view_shows_single_objects_and_clutter_beside_the_overall_score(qtbot):
+    from studio.views.runs_view import RunsView
+
+    rv = RunsView(link=None)
+    qtbot.addWidget(rv)
+    rv.selected = 7
+    rv._got_metrics(7, {"loss": [[10, 0.9], [20, 0.8]],
+                        "shapes_eval/overall": [[10, 0.05], [20, 0.125]],
+                        "shapes_eval/single_object": [[10, 0.2], [20, 0.53]],
+                        "shapes_eval/counting": [[20, 0.03]],
+                        "shapes_eval/extra_objects/single_object": [[20, 0.91]]})
+    text, tip = rv.eval_label.text(), rv.eval_label.toolTip()
+    assert text == "ShapesEval 0.12 @ 20 · single objects 0.53 (91% with extra objects)", text
+    assert "counting: 0.03" in tip and "single_object: 0.53, extra objects in 91%" in tip
+    rv._got_metrics(7, {"shapes_eval/overall": [[30, 0.2]]})  # a newer evaluation without categories: no stale ones
+    assert rv.eval_label.text() == "ShapesEval 0.20 @ 30" and "single_object" not in rv.eval_label.toolTip()

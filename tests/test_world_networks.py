@@ -103,6 +103,25 @@ def test_shapes_eval_passes_true_renders_and_fails_wrong_ones():
     wrong_images = true_images[7:] + true_images[:7]  # every image now answers another prompt
     bad = score(specs, det(wrong_images))
     assert bad.overall < 0.3, bad.categories
+    assert max(good.extra_objects.values()) <= 0.1, good.extra_objects
+
+
+def test_shapes_eval_reports_extra_objects_without_failing_the_prompt():
+    """'a pink square' answered with three pink squares passes (like GenEval) but counts as cluttered."""
+    singles = [p for p in load_eval_prompts() if p.category == "single_object"][:8]
+    det = load_detector()
+    clean = [render(_placed(p.spec, 1)) for p in singles]
+    crowded_specs = []
+    for p in singles:
+        spec = json.loads(json.dumps(p.spec))
+        spec["groups"][0].update(count=3, size="small")
+        crowded_specs.append(spec)
+    crowded = [render(_placed(s, 1)) for s in crowded_specs]
+    specs = [p.scene for p in singles]
+    tidy, cluttered = score(specs, det(clean)), score(specs, det(crowded))
+    assert tidy.categories["single_object"] >= 0.85 and cluttered.categories["single_object"] >= 0.85
+    assert tidy.extra_objects["single_object"] <= 0.15 and cluttered.extra_objects["single_object"] >= 0.85
+    assert "extra objects" in cluttered.table() and cluttered.to_json()["extra_objects"] == cluttered.extra_objects
 
 
 def test_eval_cli_scores_a_folder(tmp_path: Path):

@@ -5,6 +5,11 @@ there. Checks: every object present (shape), colour binding (shape in its colour
 counts, sizes when the prompt names them, the spatial relation, and the background when
 the prompt names it. An image passes when every check that applies passes; accuracy is
 reported per category and overall, and per check.
+
+Like GenEval, a promised object only has to be found, so an image cluttered with extra objects
+can still pass (strong guidance on an undertrained model scatters fragments, and one of them
+may read as the right shape). Passing is kept as it is, so scores stay comparable, and the
+share of images with more objects than promised is reported beside it, per category.
 """
 
 from __future__ import annotations
@@ -123,14 +128,17 @@ class ShapesEvalReport:
     checks: dict[str, float]
     n: int
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    extra_objects: dict[str, float] = field(default_factory=dict)  # category -> share of images with more objects than promised
 
     def to_json(self) -> dict[str, Any]:
-        return {"overall": self.overall, "categories": self.categories, "checks": self.checks, "n": self.n, "per_image": self.per_image}
+        return {"overall": self.overall, "categories": self.categories, "checks": self.checks, "n": self.n,
+                "extra_objects": self.extra_objects, "per_image": self.per_image}
 
     def table(self) -> str:
-        lines = [f"{'category':<16}{'accuracy':>10}"]
+        lines = [f"{'category':<16}{'accuracy':>10}{'extra objects':>15}"]
         for cat, acc in self.categories.items():
-            lines.append(f"{cat:<16}{acc:>10.3f}")
+            extra = self.extra_objects.get(cat)
+            lines.append(f"{cat:<16}{acc:>10.3f}" + (f"{extra:>15.3f}" if extra is not None else ""))
         lines.append(f"{'overall':<16}{self.overall:>10.3f}")
         lines.append("")
         lines.append(f"{'check':<16}{'pass rate':>10}")
@@ -144,19 +152,23 @@ def score(specs: list[Scene], detections: list[Detection], names: list[str] | No
     """Aggregate per-image checks into per-category and per-check accuracies."""
     by_cat: dict[str, list[bool]] = {}
     by_check: dict[str, list[bool]] = {}
+    extra: dict[str, list[bool]] = {}
     per_image = []
     for i, (spec, det) in enumerate(zip(specs, detections)):
         res = check_image(spec, det)
         ok = all(res.values())
         by_cat.setdefault(spec.category, []).append(ok)
+        cluttered = len(det.objects) > sum(g.count for g in spec.groups)
+        extra.setdefault(spec.category, []).append(cluttered)
         for k, v in res.items():
             by_check.setdefault(k, []).append(v)
-        per_image.append({"name": names[i] if names else i, "category": spec.category, "pass": ok, "checks": res,
+        per_image.append({"name": names[i] if names else i, "category": spec.category, "pass": ok, "checks": res, "extra_objects": cluttered,
                           "detected": [f"{o.size} {o.color} {o.shape}" for o in det.objects], "background": det.background})
     cats = {c: sum(v) / len(v) for c in CATEGORIES for v in [by_cat.get(c)] if v}
     checks = {c: sum(v) / len(v) for c in CHECKS for v in [by_check.get(c)] if v}
     overall = sum(cats.values()) / len(cats) if cats else 0.0
-    return ShapesEvalReport(overall, cats, checks, len(specs), per_image)
+    extra_share = {c: sum(v) / len(v) for c in CATEGORIES for v in [extra.get(c)] if v}
+    return ShapesEvalReport(overall, cats, checks, len(specs), per_image, extra_share)
 
 
 def shapes_eval(images: list[Image.Image], specs: list[Scene], detector: Any, names: list[str] | None = None) -> ShapesEvalReport:

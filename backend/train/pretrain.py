@@ -57,6 +57,7 @@ def make_evaluator(bundle: ModelBundle, recipe: PretrainRecipe, n_images: int) -
         report = shapes_eval(images, [p.scene for p, _ in pairs], detector)
         out = {"shapes_eval/overall": report.overall}
         out.update({f"shapes_eval/{k}": v for k, v in report.categories.items()})
+        out.update({f"shapes_eval/extra_objects/{k}": v for k, v in report.extra_objects.items()})
         evaluate.last = report  # type: ignore[attr-defined]
         return out
 

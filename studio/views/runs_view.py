@@ -321,8 +321,34 @@ class RunsView(QWidget):
         elif self._bars is not None:
             self.bins_plot.removeItem(self._bars)
             self._bars = None
+        self._show_eval()
+
+    def _show_eval(self) -> None:
+        """The latest ShapesEval: overall and single objects on the label, every category in its tooltip."""
         evals = self.series.get("shapes_eval/overall")
-        self.eval_label.setText(f"ShapesEval {evals[-1][1]:.2f} @ {int(evals[-1][0])}" if evals else "")
+        if not evals:
+            self.eval_label.setText("")
+            self.eval_label.setToolTip("")
+            return
+        step = evals[-1][0]
+
+        def at(key: str) -> float | None:
+            pts = self.series.get(key) or []
+            return pts[-1][1] if pts and pts[-1][0] == step else None
+
+        text = f"ShapesEval {evals[-1][1]:.2f} @ {int(step)}"
+        single, extra = at("shapes_eval/single_object"), at("shapes_eval/extra_objects/single_object")
+        if single is not None:
+            text += f" · single objects {single:.2f}" + (f" ({extra:.0%} with extra objects)" if extra is not None else "")
+        self.eval_label.setText(text)
+        cats = sorted(k.split("/", 1)[1] for k in self.series if k.startswith("shapes_eval/") and k.count("/") == 1 and k != "shapes_eval/overall")
+        lines = []
+        for c in cats:
+            acc, extra = at(f"shapes_eval/{c}"), at(f"shapes_eval/extra_objects/{c}")
+            if acc is not None:
+                lines.append(f"{c}: {acc:.2f}" + (f", extra objects in {extra:.0%}" if extra is not None else ""))
+        self.eval_label.setToolTip("ShapesEval per category (an image passes when the promised objects are found;\n"
+                                   "'extra objects' counts images with more objects than promised)\n" + "\n".join(lines))
 
     def _stop_following(self, *_: object) -> None:
         self._follow = False
