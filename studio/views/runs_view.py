@@ -153,9 +153,9 @@ class RunsView(QWidget):
         self.log_scale = QCheckBox("Log scale")
         self.log_scale.toggled.connect(self._redraw)
         opts.addWidget(self.log_scale)
-        self.eval_label = QLabel("")
-        opts.addWidget(self.eval_label)
         ll.addLayout(opts)
+        self.eval_label = QLabel("")  # its own row: with single objects and clutter it is long
+        ll.addWidget(self.eval_label)
         self.tabs.addTab(loss_page, "Loss")
         self.bins_plot = themed_plot("Loss per timestep bin (latest)", "loss", "t (0 = clean, 1 = noise)")
         self.tabs.addTab(self.bins_plot, "Loss by t")
