@@ -113,15 +113,17 @@ class CurriculumData:
                 skipped["category not in mixture"] += 1
                 continue
             buckets = [tuple(x) for x in stage.buckets]
-            if assign_bucket(it.width, it.height, buckets) is None:
+            b = assign_bucket(it.width, it.height, buckets)
+            if b is None:
                 skipped["aspect fits no bucket"] += 1
                 continue
-            if max_up is not None:
-                buckets = [c for c in buckets if upscale_factor(it.width, it.height, c) <= max_up + 1e-9]
-            b = assign_bucket(it.width, it.height, buckets) if buckets else None
-            if b is None:
-                skipped["too small for its buckets (data.max_upscale)"] += 1
-                continue
+            if max_up is not None and upscale_factor(it.width, it.height, b) > max_up + 1e-9:
+                # the nearest bucket would enlarge it too much: the nearest one that does not, if any
+                allowed = [c for c in buckets if upscale_factor(it.width, it.height, c) <= max_up + 1e-9]
+                b = assign_bucket(it.width, it.height, allowed) if allowed else None
+                if b is None:
+                    skipped["too small for its buckets (data.max_upscale)"] += 1
+                    continue
             per_bucket.setdefault(b, []).append(it)
         if not per_bucket:
             raise ValueError(f"stage '{stage.name}': no item fits (skipped: {dict(skipped)}); widen its buckets, complexity or mixture")
