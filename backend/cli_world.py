@@ -82,14 +82,15 @@ def _prompts_args(p: argparse.ArgumentParser) -> None:
     from backend.paths import resources_dir
 
     p.add_argument("--out", type=Path, default=resources_dir() / "eval" / "shapes_eval.jsonl")
-    p.add_argument("--per-category", type=int, default=16)
+    p.add_argument("--per-category", type=int, default=48, help="prompts per category other than single objects (those are every shape x colour)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
 
 
 @command("world eval-prompts", "write the fixed ShapesEval prompt set", _prompts_args)
 def _eval_prompts(args: argparse.Namespace) -> int:
     from backend.eval.shapes_eval import build_eval_prompts, save_eval_prompts
 
-    prompts = build_eval_prompts(per_category=args.per_category)
+    prompts = build_eval_prompts(per_category=args.per_category, seeds_per_prompt=args.seeds)
     save_eval_prompts(prompts, args.out)
     print(f"wrote {len(prompts)} prompts to {args.out}")
     return 0

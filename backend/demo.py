@@ -80,12 +80,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k != "shapes_eval"}, indent=2))
         se = summary.get("shapes_eval") or {}
         if se:
-            print("[demo] ShapesEval of the pretrained model (detector-judged prompt fidelity; 'extra' is the share"
-                  " of images with more objects than the prompt asks for):")
-            extra = se.get("extra_objects") or {}
-            for cat, acc in se["categories"].items():
-                print(f"    {cat:<16}{acc:6.3f}" + (f"   extra {extra[cat]:5.3f}" if cat in extra else ""))
-            print(f"    {'overall':<16}{se['overall']:6.3f}")
+            from backend.eval.shapes_eval import format_table
+
+            print("[demo] ShapesEval of the model pretrained from scratch (detector-judged prompt fidelity; strict = exactly"
+                  " the promised objects, lenient = GenEval's rule, 'extra' = share with more objects than asked for):")
+            print("    " + format_table(se).replace("\n", "\n    "))
         print("[demo] not in the headless demo yet: rating, preference tuning, DreamBooth, distillation")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
     return 0

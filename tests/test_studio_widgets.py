@@ -87,7 +87,7 @@ def test_backend_link_reports_a_refused_token_at_once_while_starting(qtbot, tmp_
         proc.wait(10)
 
 
-def test_runs_view_shows_single_objects_and_clutter_beside_the_overall_score(qtbot):
+def test_runs_view_shows_strict_score_its_error_and_the_shape_control(qtbot):
     from studio.views.runs_view import RunsView
 
     rv = RunsView(link=None)
@@ -95,11 +95,16 @@ def test_runs_view_shows_single_objects_and_clutter_beside_the_overall_score(qtb
     rv.selected = 7
     rv._got_metrics(7, {"loss": [[10, 0.9], [20, 0.8]],
                         "shapes_eval/overall": [[10, 0.05], [20, 0.125]],
+                        "shapes_eval/se/overall": [[20, 0.021]],
                         "shapes_eval/single_object": [[10, 0.2], [20, 0.53]],
+                        "shapes_eval/se/single_object": [[20, 0.072]],
+                        "shapes_eval/lenient/single_object": [[20, 0.81]],
+                        "shapes_eval/swap_control": [[20, 0.31]],
                         "shapes_eval/counting": [[20, 0.03]],
                         "shapes_eval/extra_objects/single_object": [[20, 0.91]]})
     text, tip = rv.eval_label.text(), rv.eval_label.toolTip()
-    assert text == "ShapesEval 0.12 @ 20 · single objects 0.53 (91% with extra objects)", text
-    assert "counting: 0.03" in tip and "single_object: 0.53, extra objects in 91%" in tip
+    assert text == "ShapesEval (strict) 0.12 ± 0.02 @ 20 · single objects 0.53 ± 0.07 (91% with extra objects) · shape control +0.31", text
+    assert "counting: 0.03" in tip and "single_object: 0.53 ± 0.07, lenient 0.81, extra objects in 91%" in tip
+    assert "swap_control" not in tip  # the control is not mistaken for a category
     rv._got_metrics(7, {"shapes_eval/overall": [[30, 0.2]]})  # a newer evaluation without categories: no stale ones
-    assert rv.eval_label.text() == "ShapesEval 0.20 @ 30" and "single_object" not in rv.eval_label.toolTip()
+    assert rv.eval_label.text() == "ShapesEval (strict) 0.20 @ 30" and "single_object" not in rv.eval_label.toolTip()

@@ -1,20 +1,29 @@
-"""ShapesEval: GenEval for the embedded world.
+"""ShapesEval: GenEval for the embedded world, scored strictly.
 
 The detector reads each generated image; a prompt's ground-truth spec says what must be
 there. Checks: every object present (shape), colour binding (shape in its colour), exact
 counts, sizes when the prompt names them, the spatial relation, and the background when
-the prompt names it. An image passes when every check that applies passes; accuracy is
-reported per category and overall, and per check.
+the prompt names it.
 
-Like GenEval, a promised object only has to be found, so an image cluttered with extra objects
-can still pass (strong guidance on an undertrained model scatters fragments, and one of them
-may read as the right shape). Passing is kept as it is, so scores stay comparable, and the
-share of images with more objects than promised is reported beside it, per category.
+Two pass rules, per category and overall:
+- **strict** (the headline): every check that applies passes *and* the image holds exactly the
+  promised objects (each group's count exact, no other object). The detector always names one
+  of six shapes, so under the lenient rule four fragments pass "a red circle" about half the
+  time; strict is not fooled by clutter.
+- **lenient** (GenEval's rule, kept as a second column for comparison): a promised object only
+  has to be found.
+
+Every accuracy carries its binomial standard error. The **shape-swap control** scores each
+image against its own spec with the shape vocabulary rotated (circle -> square -> ..., each of
+the five non-identity rotations) and reports true minus swapped strict accuracy: a model that
+knows nothing of shape scores the same against either, so the control is about 0 for it and
+about the strict score itself for a model that draws the promised shapes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +34,10 @@ from PIL import Image
 from backend.world.captions import caption
 from backend.world.detector import Detection
 from backend.world.generate import PlacementError, place, sample_scene
-from backend.world.spec import CATEGORIES, Scene
+from backend.world.spec import CATEGORIES, COLOR_NAMES, SHAPES, Group, Scene
 
 CHECKS = ("object", "color", "count", "size", "relation", "background")
+EVAL_SEED_OFFSET = 1000  # eval images use seeds 1000 + k, never the seeds previews and training use
 
 
 @dataclass
@@ -43,15 +53,23 @@ class EvalPrompt:
         return Scene.from_json(self.spec)
 
 
-def build_eval_prompts(seed: int = 31337, per_category: int = 16, seeds_per_prompt: int = 2, size: tuple[int, int] = (64, 64)) -> list[EvalPrompt]:
-    """A fixed, balanced prompt set: ``per_category`` prompts per category, canonical captions."""
+def build_eval_prompts(seed: int = 31337, per_category: int = 48, seeds_per_prompt: int = 4, size: tuple[int, int] = (64, 64)) -> list[EvalPrompt]:
+    """A fixed, balanced prompt set with canonical captions: single objects are every shape x
+    colour once (48 prompts); every other category gets ``per_category`` distinct prompts, so
+    each category weighs the same; each prompt is rendered with ``seeds_per_prompt`` seeds."""
     out = []
     for cat in CATEGORIES:
         rng = random.Random(f"eval:{seed}:{cat}")
         seen: set[str] = set()
+        wanted = [(s, c) for s in SHAPES for c in COLOR_NAMES] if cat == "single_object" else [None] * per_category
         k = 0
-        while k < per_category:
+        while k < len(wanted):
             scene = sample_scene(rng, cat, size)
+            if wanted[k] is not None:
+                shape, color = wanted[k]
+                if scene.background.color == color:
+                    continue  # the world never puts an object on its own colour
+                scene.groups = [Group(shape, color, scene.groups[0].size, 1)]
             try:
                 place(scene, rng)  # only promises that fit on the canvas
             except PlacementError:
@@ -63,6 +81,29 @@ def build_eval_prompts(seed: int = 31337, per_category: int = 16, seeds_per_prom
             scene.objects = []
             out.append(EvalPrompt(f"{cat}-{k:02d}", cat, text, scene.to_json(), list(range(seeds_per_prompt))))
             k += 1
+    return out
+
+
+def stratified_pairs(prompts: list[EvalPrompt], n: int | None = None) -> list[tuple[EvalPrompt, int]]:
+    """(prompt, seed) pairs ordered so that any prefix is balanced: categories take turns, and
+    within a category every prompt comes once (seed 0) before any comes twice. The training-time
+    evaluator takes the first ``n``, so a small budget still covers every category."""
+    by_cat: dict[str, list[tuple[EvalPrompt, int]]] = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, [])
+    depth = max((len(p.seeds) for p in prompts), default=0)
+    for k in range(depth):
+        for p in prompts:
+            if k < len(p.seeds):
+                by_cat[p.category].append((p, p.seeds[k]))
+    queues = list(by_cat.values())
+    out: list[tuple[EvalPrompt, int]] = []
+    i = 0
+    while any(queues) and (n is None or len(out) < n):
+        q = queues[i % len(queues)]
+        if q:
+            out.append(q.pop(0))
+        i += 1
     return out
 
 
@@ -121,54 +162,147 @@ def check_image(spec: Scene, det: Detection) -> dict[str, bool]:
     return res
 
 
+def exact_objects(spec: Scene, det: Detection) -> bool:
+    """The image holds exactly the promised objects: each group's count, nothing else."""
+    if len(det.objects) != sum(g.count for g in spec.groups):
+        return False
+    return all(len(_group_detections(det, g.shape, g.color)) == g.count for g in spec.groups)
+
+
+def strict_pass(spec: Scene, det: Detection) -> bool:
+    return all(check_image(spec, det).values()) and exact_objects(spec, det)
+
+
+def shape_swapped(spec: Scene, k: int) -> Scene:
+    """``spec`` with the shape vocabulary rotated by ``k`` (groups keep distinct shapes)."""
+    swapped = Scene.from_json(spec.to_json())
+    for g in swapped.groups:
+        g.shape = SHAPES[(SHAPES.index(g.shape) + k) % len(SHAPES)]
+    return swapped
+
+
+def stderr(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else 0.0
+
+
+def _rate(values: list[bool]) -> float:
+    return sum(values) / len(values)
+
+
 @dataclass
 class ShapesEvalReport:
+    """Strict accuracy is the headline (``overall``, ``categories``); ``se`` holds the binomial
+    standard errors; ``lenient`` is GenEval's rule; ``swap_control`` = strict minus shape-swapped."""
+
     overall: float
     categories: dict[str, float]
     checks: dict[str, float]
     n: int
     per_image: list[dict[str, Any]] = field(default_factory=list)
     extra_objects: dict[str, float] = field(default_factory=dict)  # category -> share of images with more objects than promised
+    se: dict[str, float] = field(default_factory=dict)  # "overall" and each category
+    lenient: dict[str, float] = field(default_factory=dict)  # "overall" and each category
+    counts: dict[str, int] = field(default_factory=dict)  # images per category
+    swap_control: float = 0.0
+    swap_control_se: float = 0.0
+    swapped: float = 0.0  # strict accuracy against shape-swapped specs
+    single_one_right_colour: float | None = None  # single objects: exactly one object, of the promised colour
 
     def to_json(self) -> dict[str, Any]:
-        return {"overall": self.overall, "categories": self.categories, "checks": self.checks, "n": self.n,
+        return {"overall": self.overall, "categories": self.categories, "se": self.se, "lenient": self.lenient, "counts": self.counts,
+                "swap_control": self.swap_control, "swap_control_se": self.swap_control_se, "swapped": self.swapped,
+                "single_one_right_colour": self.single_one_right_colour, "checks": self.checks, "n": self.n,
                 "extra_objects": self.extra_objects, "per_image": self.per_image}
 
     def table(self) -> str:
-        lines = [f"{'category':<16}{'accuracy':>10}{'extra objects':>15}"]
-        for cat, acc in self.categories.items():
-            extra = self.extra_objects.get(cat)
-            lines.append(f"{cat:<16}{acc:>10.3f}" + (f"{extra:>15.3f}" if extra is not None else ""))
-        lines.append(f"{'overall':<16}{self.overall:>10.3f}")
+        return format_table(self.to_json())
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report (``ShapesEvalReport.to_json()``, as model cards store it) as a text table."""
+    se, lenient, extra, counts = (report.get(k) or {} for k in ("se", "lenient", "extra_objects", "counts"))
+    lines = [f"{'category':<16}{'strict':>8} {'±':<6}{'lenient':>9}{'extra objects':>15}{'n':>6}"]
+    for cat, acc in report["categories"].items():
+        lines.append(f"{cat:<16}{acc:>8.3f} {se.get(cat, 0.0):<6.3f}{lenient.get(cat, 0.0):>9.3f}"
+                     + (f"{extra[cat]:>15.3f}" if cat in extra else f"{'':>15}") + f"{counts.get(cat, 0):>6}")
+    lines.append(f"{'overall':<16}{report['overall']:>8.3f} {se.get('overall', 0.0):<6.3f}{lenient.get('overall', 0.0):>9.3f}")
+    lines.append("")
+    lines.append(f"shape-swap control (strict minus shape-swapped; 0 = knows nothing of shape): "
+                 f"{report.get('swap_control', 0.0):.3f} ± {report.get('swap_control_se', 0.0):.3f} (swapped {report.get('swapped', 0.0):.3f})")
+    if report.get("single_one_right_colour") is not None:
+        lines.append(f"single objects with exactly one object of the promised colour: {report['single_one_right_colour']:.3f}")
+    if report.get("checks"):
         lines.append("")
         lines.append(f"{'check':<16}{'pass rate':>10}")
-        for chk, acc in self.checks.items():
+        for chk, acc in report["checks"].items():
             lines.append(f"{chk:<16}{acc:>10.3f}")
-        lines.append(f"({self.n} images)")
-        return "\n".join(lines)
+    lines.append(f"({report.get('n', 0)} images; strict = exactly the promised objects and every check; lenient = GenEval's rule)")
+    return "\n".join(lines)
 
 
 def score(specs: list[Scene], detections: list[Detection], names: list[str] | None = None) -> ShapesEvalReport:
-    """Aggregate per-image checks into per-category and per-check accuracies."""
-    by_cat: dict[str, list[bool]] = {}
+    """Aggregate per-image checks into strict and lenient accuracies, with errors and the control."""
+    strict: dict[str, list[bool]] = {}
+    lenient: dict[str, list[bool]] = {}
     by_check: dict[str, list[bool]] = {}
     extra: dict[str, list[bool]] = {}
+    swap_gain: dict[str, list[float]] = {}
+    swapped_rate: list[float] = []
+    one_colour: list[bool] = []
     per_image = []
     for i, (spec, det) in enumerate(zip(specs, detections)):
         res = check_image(spec, det)
         ok = all(res.values())
-        by_cat.setdefault(spec.category, []).append(ok)
+        exact = ok and exact_objects(spec, det)
+        swaps = [strict_pass(shape_swapped(spec, k), det) for k in range(1, len(SHAPES))]
+        lenient.setdefault(spec.category, []).append(ok)
+        strict.setdefault(spec.category, []).append(exact)
+        swap_gain.setdefault(spec.category, []).append(float(exact) - sum(swaps) / len(swaps))
+        swapped_rate.append(sum(swaps) / len(swaps))
         cluttered = len(det.objects) > sum(g.count for g in spec.groups)
         extra.setdefault(spec.category, []).append(cluttered)
+        if spec.category == "single_object":
+            one_colour.append(len(det.objects) == 1 and det.objects[0].color == spec.groups[0].color)
         for k, v in res.items():
             by_check.setdefault(k, []).append(v)
-        per_image.append({"name": names[i] if names else i, "category": spec.category, "pass": ok, "checks": res, "extra_objects": cluttered,
-                          "detected": [f"{o.size} {o.color} {o.shape}" for o in det.objects], "background": det.background})
-    cats = {c: sum(v) / len(v) for c in CATEGORIES for v in [by_cat.get(c)] if v}
-    checks = {c: sum(v) / len(v) for c in CHECKS for v in [by_check.get(c)] if v}
+        per_image.append({"name": names[i] if names else i, "category": spec.category, "pass": exact, "lenient_pass": ok, "checks": res,
+                          "extra_objects": cluttered, "detected": [f"{o.size} {o.color} {o.shape}" for o in det.objects], "background": det.background})
+    order = [c for c in CATEGORIES if c in strict]
+    cats = {c: _rate(strict[c]) for c in order}
+    counts = {c: len(strict[c]) for c in order}
+    se = {c: stderr(cats[c], counts[c]) for c in order}
     overall = sum(cats.values()) / len(cats) if cats else 0.0
-    extra_share = {c: sum(v) / len(v) for c in CATEGORIES for v in [extra.get(c)] if v}
-    return ShapesEvalReport(overall, cats, checks, len(specs), per_image, extra_share)
+    # the overall is a mean of category rates, so its variance is the mean of their variances over C
+    se["overall"] = math.sqrt(sum(v * v for v in se.values())) / len(cats) if cats else 0.0
+    len_cats = {c: _rate(lenient[c]) for c in order}
+    len_cats["overall"] = sum(len_cats.values()) / len(order) if order else 0.0
+    gains = {c: sum(v) / len(v) for c, v in swap_gain.items()}
+    control = sum(gains[c] for c in order) / len(order) if order else 0.0
+    # standard error of the control from the spread of per-image gains within each category
+    var = 0.0
+    for c in order:
+        g = swap_gain[c]
+        mu = gains[c]
+        var += (sum((x - mu) ** 2 for x in g) / max(1, len(g) - 1)) / len(g)
+    control_se = math.sqrt(var) / len(order) if order else 0.0
+    checks = {c: _rate(v) for c in CHECKS for v in [by_check.get(c)] if v}
+    extra_share = {c: _rate(extra[c]) for c in order}
+    return ShapesEvalReport(overall, cats, checks, len(specs), per_image, extra_share, se, len_cats, counts, control, control_se,
+                            sum(swapped_rate) / len(swapped_rate) if swapped_rate else 0.0, _rate(one_colour) if one_colour else None)
+
+
+def metrics(report: ShapesEvalReport, prefix: str = "shapes_eval") -> dict[str, float]:
+    """The report as flat metrics for the training log (strict unless named lenient)."""
+    out = {f"{prefix}/overall": report.overall, f"{prefix}/se/overall": report.se.get("overall", 0.0),
+           f"{prefix}/lenient/overall": report.lenient.get("overall", 0.0), f"{prefix}/swap_control": report.swap_control}
+    out.update({f"{prefix}/{k}": v for k, v in report.categories.items()})
+    out.update({f"{prefix}/se/{k}": v for k, v in report.se.items() if k != "overall"})
+    out.update({f"{prefix}/lenient/{k}": v for k, v in report.lenient.items() if k != "overall"})
+    out.update({f"{prefix}/extra_objects/{k}": v for k, v in report.extra_objects.items()})
+    if report.single_one_right_colour is not None:
+        out[f"{prefix}/single_one_right_colour"] = report.single_one_right_colour
+    return out
 
 
 def shapes_eval(images: list[Image.Image], specs: list[Scene], detector: Any, names: list[str] | None = None) -> ShapesEvalReport:

@@ -44,7 +44,7 @@ class ModelPicker(QComboBox):
         self.sizes.update({j["run_dir"]: "{}x{}".format(*j["size"]) for j in jobs if j.get("run_dir") and j.get("size")})
         for m in reversed(models):
             se = (m.get("card") or {}).get("shapes_eval") or {}
-            score = f" · ShapesEval {se['overall']:.2f}" if se else ""
+            score = f" · ShapesEval strict {se['overall']:.2f}" if se else ""
             self.addItem(f"model #{m['id']} {m['name']}{score}", m["path"])
         for j in jobs:
             if j.get("kind") == "pretrain" and j.get("run_dir") and (j.get("step") or 0) > 0:

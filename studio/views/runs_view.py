@@ -71,6 +71,9 @@ def settled_range(lo: float, hi: float, current: tuple[float, float] | None) -> 
     pad = 0.08 * span
     return lo - pad, hi + pad
 
+# ShapesEval's categories, in its order (the Studio reads them from metric names, never from the backend)
+EVAL_CATEGORIES = ("single_object", "counting", "colour_binding", "spatial", "background")
+
 
 class RunsView(QWidget):
     jobs_changed = Signal(object)  # list; object: PySide converts no containers
@@ -324,7 +327,8 @@ class RunsView(QWidget):
         self._show_eval()
 
     def _show_eval(self) -> None:
-        """The latest ShapesEval: overall and single objects on the label, every category in its tooltip."""
+        """The latest ShapesEval: strict overall with its ±, single objects and the shape-swap control on
+        the label; every category (strict ±, lenient, extra objects) in its tooltip."""
         evals = self.series.get("shapes_eval/overall")
         if not evals:
             self.eval_label.setText("")
@@ -336,19 +340,27 @@ class RunsView(QWidget):
             pts = self.series.get(key) or []
             return pts[-1][1] if pts and pts[-1][0] == step else None
 
-        text = f"ShapesEval {evals[-1][1]:.2f} @ {int(step)}"
+        def pm(key: str) -> str:
+            err = at(f"shapes_eval/se/{key}")
+            return f" ± {err:.2f}" if err is not None else ""
+
+        text = f"ShapesEval (strict) {evals[-1][1]:.2f}{pm('overall')} @ {int(step)}"
         single, extra = at("shapes_eval/single_object"), at("shapes_eval/extra_objects/single_object")
         if single is not None:
-            text += f" · single objects {single:.2f}" + (f" ({extra:.0%} with extra objects)" if extra is not None else "")
+            text += f" · single objects {single:.2f}{pm('single_object')}" + (f" ({extra:.0%} with extra objects)" if extra is not None else "")
+        control = at("shapes_eval/swap_control")
+        if control is not None:
+            text += f" · shape control {control:+.2f}"
         self.eval_label.setText(text)
-        cats = sorted(k.split("/", 1)[1] for k in self.series if k.startswith("shapes_eval/") and k.count("/") == 1 and k != "shapes_eval/overall")
         lines = []
-        for c in cats:
-            acc, extra = at(f"shapes_eval/{c}"), at(f"shapes_eval/extra_objects/{c}")
+        for c in EVAL_CATEGORIES:
+            acc, lenient, extra = at(f"shapes_eval/{c}"), at(f"shapes_eval/lenient/{c}"), at(f"shapes_eval/extra_objects/{c}")
             if acc is not None:
-                lines.append(f"{c}: {acc:.2f}" + (f", extra objects in {extra:.0%}" if extra is not None else ""))
-        self.eval_label.setToolTip("ShapesEval per category (an image passes when the promised objects are found;\n"
-                                   "'extra objects' counts images with more objects than promised)\n" + "\n".join(lines))
+                lines.append(f"{c}: {acc:.2f}{pm(c)}" + (f", lenient {lenient:.2f}" if lenient is not None else "")
+                             + (f", extra objects in {extra:.0%}" if extra is not None else ""))
+        self.eval_label.setToolTip("ShapesEval per category. Strict: the image holds exactly the promised objects and every check passes;\n"
+                                   "lenient (GenEval's rule): the promised objects are found, clutter allowed. Shape control: strict minus\n"
+                                   "the score against the same prompts with shapes swapped (0 = the model ignores shape).\n" + "\n".join(lines))
 
     def _stop_following(self, *_: object) -> None:
         self._follow = False
