@@ -45,7 +45,7 @@ def probe(spec: str, project: str | None, n: int, size: int, seed: int = 0) -> d
 
     proj = Project.open(Path(project)) if project else None
     bundle, what = resolve_model(proj, spec)
-    net = bundle.transformer.eval()
+    net = bundle.net.eval()
     rng = random.Random(seed)
     scenes = [make_scene(seed, i, "single_object", (size, size)) for i in range(n)]
 

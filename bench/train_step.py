@@ -33,7 +33,7 @@ def reference_steps(project: Path, preset: str, batch: int, size: int, steps: in
 
     torch.manual_seed(seed)
     bundle = build_embedded(preset, patch=patch, seed=seed)
-    net = bundle.transformer.train()
+    net = bundle.net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.99))
     with Project.open(project) as proj:
         items = load_view(proj, "shapesworld", "all")

@@ -195,7 +195,7 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
     from backend.train.objectives.base import Batch
 
     torch._dynamo.reset()  # each variant compiles for its own shapes, not a dynamic-shape fallback
-    bundle = ModelBundle(sd35m(DEV), tiny_vae(DEV), None, {"family": "sd3", "shift": {"kind": "fixed", "alpha": 3.0}})  # type: ignore[arg-type]
+    bundle = ModelBundle(sd35m(DEV), tiny_vae(DEV), None, {"family": "mmdit", "shift": {"kind": "fixed", "alpha": 3.0}})  # type: ignore[arg-type]
     data = make_batches(batch, size)
     if DEV == "cuda":
         data = [(x.pin_memory(), s.pin_memory(), p.pin_memory()) for x, s, p in data]
@@ -226,10 +226,10 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
     if compile == "model":
         trainer.wrapped = torch.compile(trainer.wrapped)
     elif compile == "blocks-autotune":
-        for block in bundle.transformer.transformer_blocks:
+        for block in bundle.net.transformer_blocks:
             block.compile(mode="max-autotune-no-cudagraphs")
     elif compile == "blocks-cdt":
-        for block in bundle.transformer.transformer_blocks:
+        for block in bundle.net.transformer_blocks:
             block.compile(options={"coordinate_descent_tuning": True})
     cached = torch._inductor.config.fx_graph_cache
     if attention == "flash":
@@ -269,7 +269,7 @@ def resume_check() -> dict[str, float]:
     def run(run_dir: Path, stop_at: int | None) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
         net = sd35m(DEV, layers=2, heads=2, dual=1)
-        bundle = ModelBundle(net, tiny_vae(DEV), None, {"family": "sd3"})  # type: ignore[arg-type]
+        bundle = ModelBundle(net, tiny_vae(DEV), None, {"family": "mmdit"})  # type: ignore[arg-type]
 
         def batches(step: int, micro: int, rank: int) -> Batch:
             g = torch.Generator().manual_seed(step)
@@ -285,7 +285,7 @@ def resume_check() -> dict[str, float]:
         if stop_at is not None:
             torch.manual_seed(123)  # a fresh process would start from other RNG states
             net2 = sd35m(DEV, layers=2, heads=2, dual=1)
-            bundle = ModelBundle(net2, tiny_vae(DEV), None, {"family": "sd3"})  # type: ignore[arg-type]
+            bundle = ModelBundle(net2, tiny_vae(DEV), None, {"family": "mmdit"})  # type: ignore[arg-type]
             t = Trainer(bundle, [FlowMatching(TimestepDensity())], batches, LoopConfig(**{**cfg.__dict__}), run_dir, Collect())
             t.run(resume=True)
             return {k: v.detach().float().cpu() for k, v in t.model.state_dict().items()}

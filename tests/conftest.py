@@ -43,7 +43,7 @@ def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | N
 
 
 def tiny_pretrain_recipe(**over) -> str:
-    """A pretrain recipe small enough for a test (tiny MMDiT, 32x32, a handful of steps)."""
+    """A pretrain recipe small enough for a test (tiny MMDiT or UNet, 32x32, a handful of steps)."""
     steps = over.get("steps", 8)
     return f"""
 kind = "pretrain"
@@ -52,6 +52,7 @@ name = "{over.get('name', 'tiny')}"
 dataset = "shapes"
 caption_dropout = 0.1
 [model]
+family = "{over.get('family', 'mmdit')}"
 size = "tiny"
 [allocation.timesteps]
 kind = "{over.get('density', 'logit_normal')}"
@@ -68,7 +69,7 @@ enabled = {str(over.get('repa', False)).lower()}
 block = 0
 [optim]
 batch_size = {over.get('batch', 8)}
-lr = 0.001
+lr = {over.get('lr', 0.001)}
 warmup = 2
 ema = 0.9
 seed = {over.get('seed', 0)}

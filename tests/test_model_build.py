@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.models.family import build_transformer
+from backend.models.mmdit import build_transformer
 
 
 @pytest.mark.parametrize("patch", [2, 4])

@@ -75,7 +75,7 @@ def test_buckets_must_split_into_whole_tokens_for_the_patch_size():
     assert loads_recipe(ok).model.patch == 4
     with pytest.raises(RecipeError) as info:
         loads_recipe(ok.replace("[64, 48]", "[72, 72]"))
-    assert "72x72" in str(info.value) and "multiples of 16" in str(info.value)
+    assert "72x72" in str(info.value) and "multiples of 16" in str(info.value) and "patch 4" in str(info.value)
     with pytest.raises(RecipeError):
         loads_recipe(ok.replace("patch = 4", "patch = 3"))
     assert loads_recipe(ok.replace("patch = 4", "patch = 2").replace("[64, 48]", "[72, 72]")).model.patch == 2

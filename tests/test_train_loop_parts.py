@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from backend.models.family import build_transformer
+from backend.models.mmdit import build_transformer
 from backend.train.loop import Ema, compile_blocks
 
 

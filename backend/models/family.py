@@ -1,36 +1,30 @@
 """The model-family interface every stage trains and samples through.
 
-A family bundles the velocity network (an SD3-style MMDiT from diffusers), the VAE that maps
-images to latents, and the text encoder. The embedded family and SD3-family folders differ
-only in where these come from, so every objective and sampler works on both.
+A ``ModelBundle`` holds the velocity network, the VAE that maps images to latents, the text
+encoder, and the ``Family`` that knows how to call, build, save and hook that network. Families
+register themselves by name (``mmdit``: an SD3-style transformer; ``unet``: the SD 1.x / SDXL
+convolutional structure), and a recipe's ``model.family`` picks one. Objectives and samplers only
+call ``bundle.velocity``, so every method works on every family.
 
-A saved model is a folder in the diffusers layout: ``transformer/`` and ``vae/`` load with
-their own ``from_pretrained``, ``text_encoder/`` is a pointer to a local encoder folder
-(MiniLM is not copied), ``scheduler/`` is a ``FlowMatchEulerDiscreteScheduler`` config, and
-``signal_model.json`` says which family and shift rule the model was trained with.
+A saved model is a folder in the diffusers layout: the network in the family's subfolder
+(``transformer/`` or ``unet/``) and ``vae/``, each loading with its own ``from_pretrained``;
+``text_encoder/`` is a pointer to a local encoder folder (MiniLM is not copied), ``scheduler/`` is
+a ``FlowMatchEulerDiscreteScheduler`` config, and ``signal_model.json`` says which family and
+shift rule the model was trained with.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, SD3Transformer2DModel
+from diffusers import AutoencoderKL
 
 from backend.models.text_encoder import TextEncoder, load_text_encoder
-
-POS_GRID = 64  # tokens per side the positional table covers (1024 px at patch 4, 512 px at patch 2)
-
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": {"layers": 2, "heads": 2, "head_dim": 32},
-    "small": {"layers": 4, "heads": 4, "head_dim": 32},
-    "base": {"layers": 6, "heads": 6, "head_dim": 32},
-}
 
 
 def to_device(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -47,7 +41,8 @@ class PromptEmbeds:
     """Text conditioning: token states (B, L, D) padded to the encoder's length, the pooled vector,
     and each prompt's real token count. The network sees the states trimmed to the longest
     prompt of the batch (``trimmed``): on a CPU most of a short caption's 32 tokens are padding,
-    and the text tokens would otherwise cost more than the image tokens."""
+    and the text tokens would otherwise cost more than the image tokens. What padding remains is
+    masked (``key_mask``), so a prompt means the same whatever it is batched with."""
 
     states: torch.Tensor
     pooled: torch.Tensor
@@ -64,71 +59,115 @@ class PromptEmbeds:
             return self
         return PromptEmbeds(self.states[:, : int(self.lengths.max())], self.pooled, self.lengths)
 
+    def key_mask(self) -> torch.Tensor | None:
+        """(B, L) True on real tokens of ``states``; None when no row is padded (the fast path)."""
+        if self.lengths is None:
+            return None
+        length = self.states.shape[1]
+        lengths = self.lengths.to(self.states.device)
+        if bool((lengths >= length).all()):
+            return None
+        return torch.arange(length, device=self.states.device)[None, :] < lengths[:, None]
+
     @staticmethod
     def cat(parts: list[PromptEmbeds]) -> PromptEmbeds:
         lengths = None if any(p.lengths is None for p in parts) else torch.cat([p.lengths for p in parts])
         return PromptEmbeds(torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]), lengths)
 
 
-def build_transformer(preset: str = "small", *, text_dim: int = 384, pooled_dim: int = 384, latent_channels: int = 4,
-                      layers: int | None = None, heads: int | None = None, head_dim: int | None = None, patch: int = 2) -> SD3Transformer2DModel:
-    """An MMDiT from diffusers' ``SD3Transformer2DModel`` config, sized for the embedded world."""
-    p = dict(PRESETS[preset])
-    p.update({k: v for k, v in {"layers": layers, "heads": heads, "head_dim": head_dim}.items() if v})
-    hidden = p["heads"] * p["head_dim"]
-    # SD3's sin-cos positions advance (sample_size / patch) / pos_embed_max_size per token. With
-    # sample_size = pos_embed_max_size * patch they advance 1 per token, as in DiT; a small
-    # sample_size (16 used to be set here) packs a whole 8x8 grid into half a radian, so every
-    # token got nearly the same position (cosine > 0.99) and samples came out as scattered blobs.
-    net = SD3Transformer2DModel(
-        sample_size=POS_GRID * patch,
-        patch_size=patch,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        num_layers=p["layers"],
-        attention_head_dim=p["head_dim"],
-        num_attention_heads=p["heads"],
-        joint_attention_dim=text_dim,
-        caption_projection_dim=hidden,
-        pooled_projection_dim=pooled_dim,
-        pos_embed_max_size=POS_GRID,
-        qk_norm="rms_norm",
-    )
-    return adaln_zero_init(net)
+class Family:
+    """How to build, call, save and hook one kind of velocity network. Subclasses live in their own
+    module (``mmdit.py``, ``unet.py``) and call ``register_family`` on import."""
+
+    name = "family"
+    subfolder = "transformer"  # where the network lives in a saved model folder
+    model_class: Any = None  # the diffusers class that loads it
+    label = ""
+
+    def build(self, *, preset: str, text_dim: int, latent_channels: int, **size: Any) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def prepare_loaded(self, net: torch.nn.Module) -> torch.nn.Module:
+        """Anything a loaded network needs before use (e.g. attention processors)."""
+        return net
+
+    def velocity(self, net: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, prompt: PromptEmbeds) -> torch.Tensor:
+        raise NotImplementedError
+
+    def patch(self, net: torch.nn.Module) -> int:
+        """Latent pixels per token side (what the dynamic shift counts as a token)."""
+        return 1
+
+    def size_unit(self, net: torch.nn.Module) -> int:
+        """Latent sides must be multiples of this."""
+        return self.patch(net)
+
+    def blocks(self, net: torch.nn.Module) -> list[torch.nn.Module]:
+        """The repeated blocks, compiled one by one on a GPU."""
+        return []
+
+    def repa_point(self, net: torch.nn.Module, block: int) -> tuple[torch.nn.Module, int]:
+        """(module whose output REPA aligns, feature width)."""
+        raise NotImplementedError
+
+    def repa_tokens(self, output: Any) -> torch.Tensor:
+        """The hooked module's output -> image features (B, N, D) in row-major grid order."""
+        raise NotImplementedError
+
+    def repa_grid(self, net: torch.nn.Module, block: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the features ``repa_tokens`` gives at a latent size."""
+        raise NotImplementedError
+
+    def lora_targets(self) -> list[str]:
+        """Module names LoRA adapts by default."""
+        return []
 
 
-def adaln_zero_init(net: SD3Transformer2DModel) -> SD3Transformer2DModel:
-    """DiT's initialisation, which diffusers leaves out (it builds SD3 to load trained weights):
-    Xavier-uniform linear layers, N(0, 0.02) timestep MLP, and zeros for every adaLN modulation
-    and the output projection, so each block starts as the identity and the network as v = 0.
-    The DiT paper (Peebles & Xie, 2023) found adaLN-Zero trains markedly faster
-    than adaLN with ordinary init; only freshly built networks get it, loaded weights are kept."""
-    for m in net.modules():
-        if isinstance(m, torch.nn.Linear):
-            torch.nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                torch.nn.init.zeros_(m.bias)
-    patch = net.pos_embed.proj.weight
-    torch.nn.init.xavier_uniform_(patch.view(patch.shape[0], -1))
-    torch.nn.init.zeros_(net.pos_embed.proj.bias)
-    for lin in (net.time_text_embed.timestep_embedder.linear_1, net.time_text_embed.timestep_embedder.linear_2):
-        torch.nn.init.normal_(lin.weight, std=0.02)
-    modulations = [b.norm1.linear for b in net.transformer_blocks] + [b.norm1_context.linear for b in net.transformer_blocks]
-    for lin in modulations + [net.norm_out.linear, net.proj_out]:
-        torch.nn.init.zeros_(lin.weight)
-        torch.nn.init.zeros_(lin.bias)
-    return net
+_FAMILIES: dict[str, Family] = {}
+ALIASES = {"embedded": "mmdit"}  # models saved before the UNet family existed
+
+
+def register_family(family: Family) -> None:
+    _FAMILIES[family.name] = family
+
+
+def get_family(name: str) -> Family:
+    from . import mmdit, unet  # noqa: F401  (each registers itself)
+
+    name = ALIASES.get(name, name)
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; one of {sorted(_FAMILIES)}")
+    return _FAMILIES[name]
+
+
+def family_of_folder(folder: Path) -> Family | None:
+    """The family of a saved model folder, from its ``signal_model.json`` or its layout."""
+    info = folder / "signal_model.json"
+    if info.exists():
+        return get_family(json.loads(info.read_text()).get("family", "mmdit"))
+    for name in ("mmdit", "unet"):
+        fam = get_family(name)
+        if (folder / fam.subfolder / "config.json").exists():
+            return fam
+    return None
+
+
+def is_model_folder(folder: Path) -> bool:
+    fam = family_of_folder(folder)
+    return fam is not None and (folder / fam.subfolder / "config.json").exists()
 
 
 class ModelBundle:
-    """Transformer + VAE + text encoder + the shift rule; what objectives and samplers use."""
+    """Velocity network + VAE + text encoder + family + the shift rule; what objectives and samplers use."""
 
-    def __init__(self, transformer: SD3Transformer2DModel, vae: AutoencoderKL, text_encoder: TextEncoder, info: dict[str, Any], vae_file: Path | None = None):
-        self.transformer = transformer
+    def __init__(self, net: torch.nn.Module, vae: AutoencoderKL, text_encoder: TextEncoder, info: dict[str, Any], vae_file: Path | None = None,
+                 family: Family | None = None):
+        self.net = net
         self.vae = vae
         self.vae_file = vae_file
         self.text_encoder = text_encoder
-        self.info = info
+        self.family = family or get_family(info.get("family", "mmdit"))
+        self.info = {**info, "family": self.family.name}
         self._empty: PromptEmbeds | None = None
 
     # --- prompts ------------------------------------------------------------------------------
@@ -160,6 +199,20 @@ class ModelBundle:
 
         return vae_downsampling(self.vae)
 
+    @property
+    def token_pixels(self) -> int:
+        """Image pixels per token side (VAE factor x patch): what the dynamic shift counts."""
+        return self.vae_factor * self.family.patch(self.net)
+
+    @property
+    def size_pixels(self) -> int:
+        """Image sides must be multiples of this many pixels."""
+        return self.vae_factor * self.family.size_unit(self.net)
+
+    def repa_grid(self, width: int, height: int, block: int) -> tuple[int, int]:
+        """(rows, cols) of the features REPA aligns at an image size."""
+        return self.family.repa_grid(self.net, block, (height // self.vae_factor, width // self.vae_factor))
+
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] -> normalised latents ((z - shift) * scale), deterministic (posterior mode)."""
@@ -180,41 +233,22 @@ class ModelBundle:
 
     # --- velocity -----------------------------------------------------------------------------
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, prompt: PromptEmbeds, transformer: torch.nn.Module | None = None) -> torch.Tensor:
-        """v(x_t, t, c); ``t`` in [0, 1] per sample (SD3 takes t * 1000)."""
-        net = transformer if transformer is not None else self.transformer
-        prompt = prompt.trimmed()
-        return net(
-            hidden_states=x_t,
-            encoder_hidden_states=prompt.states,
-            pooled_projections=prompt.pooled,
-            timestep=t * 1000.0,
-            return_dict=False,
-        )[0]
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, prompt: PromptEmbeds, net: torch.nn.Module | None = None) -> torch.Tensor:
+        """v(x_t, t, c); ``t`` in [0, 1] per sample; ``net`` overrides the bundle's network (EMA, DDP)."""
+        return self.family.velocity(net if net is not None else self.net, x_t, t, prompt)
 
     # --- shift rule ---------------------------------------------------------------------------
 
     def default_alpha(self, width: int, height: int) -> float:
         """The shift this model samples with at a size (from the rule it was trained with)."""
-        rule = self.info.get("shift", {"kind": "none"})
-        kind = rule.get("kind", "none")
-        if kind == "fixed":
-            return float(rule.get("alpha", 1.0))
-        if kind == "per_bucket":
-            base = int(rule.get("base_resolution", 32))
-            return math.sqrt((width * height) / (base * base))
-        if kind == "dynamic":
-            from backend.train.timesteps import dynamic_alpha
+        from backend.train.density import bucket_alpha
 
-            f = self.vae_factor * int(self.transformer.config.patch_size)
-            tokens = (width // f) * (height // f)
-            return dynamic_alpha(tokens, rule.get("base_tokens", 256), rule.get("max_tokens", 4096), rule.get("base_shift", 0.5), rule.get("max_shift", 1.15))
-        return 1.0
+        return bucket_alpha(self.info.get("shift", {"kind": "none"}), width, height, (width // self.token_pixels) * (height // self.token_pixels))
 
     # --- persistence --------------------------------------------------------------------------
 
-    def save(self, folder: Path, transformer: SD3Transformer2DModel | None = None, extra: dict[str, Any] | None = None) -> Path:
-        """Write a diffusers-layout folder; ``transformer`` overrides (e.g. EMA weights)."""
+    def save(self, folder: Path, net: torch.nn.Module | None = None, extra: dict[str, Any] | None = None) -> Path:
+        """Write a diffusers-layout folder; ``net`` overrides the bundle's network (e.g. EMA weights)."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         folder = Path(folder)
@@ -222,7 +256,7 @@ class ModelBundle:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        (transformer or self.transformer).save_pretrained(tmp / "transformer", safe_serialization=True)
+        (net or self.net).save_pretrained(tmp / self.family.subfolder, safe_serialization=True)
         self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
         (tmp / "text_encoder").mkdir()
         (tmp / "text_encoder" / "source.json").write_text(json.dumps({"folder": str(self.text_encoder.folder), "identity": self.text_encoder.identity}) + "\n")
@@ -236,32 +270,38 @@ class ModelBundle:
         return folder
 
 
-def build_embedded(preset: str = "small", *, layers: int | None = None, heads: int | None = None, head_dim: int | None = None, patch: int = 2,
-                   text_encoder: str | None = None, vae: str | None = None, shift: dict[str, Any] | None = None, seed: int = 0) -> ModelBundle:
-    """A fresh embedded model: random MMDiT, shipped ShapesWorld VAE, MiniLM (or the given folders)."""
+def build_embedded(preset: str = "small", *, family: str = "mmdit", layers: int | None = None, heads: int | None = None, head_dim: int | None = None,
+                   patch: int = 2, channels: list[int] | None = None, text_encoder: str | None = None, vae: str | None = None,
+                   shift: dict[str, Any] | None = None, seed: int = 0) -> ModelBundle:
+    """A fresh embedded model: random network of ``family``, shipped ShapesWorld VAE, MiniLM (or the given folders)."""
     from backend.world.pretrained import world_part
 
+    fam = get_family(family)
     te = load_text_encoder(text_encoder or None)
     vae_dir = world_part("vae", vae or None)
     vae_model = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).eval().requires_grad_(False)
     torch.manual_seed(seed)
-    net = build_transformer(preset, text_dim=te.dim, pooled_dim=te.dim, latent_channels=vae_model.config.latent_channels, layers=layers, heads=heads, head_dim=head_dim, patch=patch)
-    info = {"family": "embedded", "preset": preset, "shift": shift or {"kind": "none"}}
-    return ModelBundle(net, vae_model, te, info, vae_dir / "diffusion_pytorch_model.safetensors")
+    net = fam.build(preset=preset, text_dim=te.dim, latent_channels=vae_model.config.latent_channels, layers=layers, heads=heads,
+                    head_dim=head_dim, patch=patch, channels=channels)
+    info = {"family": fam.name, "preset": preset, "shift": shift or {"kind": "none"}}
+    return ModelBundle(net, vae_model, te, info, vae_dir / "diffusion_pytorch_model.safetensors", fam)
 
 
 def load_model(folder: str | Path, device: str = "cpu") -> ModelBundle:
     """Load a saved model folder (diffusers layout) of any supported family."""
     folder = Path(folder)
-    if not (folder / "transformer" / "config.json").exists():
-        raise FileNotFoundError(f"{folder} is not a model folder (transformer/config.json missing)")
     if not (folder / "signal_model.json").exists():
-        raise NotImplementedError(
-            f"{folder} looks like a stock diffusers model; loading SD3/FLUX folders (three text encoders) "
-            "is not supported yet - only models saved by Signal Studio load here"
-        )
+        if (folder / "model_index.json").exists() or (folder / "transformer" / "config.json").exists():
+            raise NotImplementedError(
+                f"{folder} looks like a stock diffusers model; loading SD3/FLUX folders (three text encoders) "
+                "is not supported yet - only models saved by Signal Studio load here"
+            )
+        raise FileNotFoundError(f"{folder} is not a model folder (signal_model.json missing)")
     info = json.loads((folder / "signal_model.json").read_text())
-    net = SD3Transformer2DModel.from_pretrained(str(folder / "transformer"), local_files_only=True, use_safetensors=True)
+    fam = get_family(info.get("family", "mmdit"))
+    if not (folder / fam.subfolder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a complete model folder ({fam.subfolder}/config.json missing)")
+    net = fam.prepare_loaded(fam.model_class.from_pretrained(str(folder / fam.subfolder), local_files_only=True, use_safetensors=True))
     vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True, use_safetensors=True).eval().requires_grad_(False)
     te_folder: str | None = None
     src = folder / "text_encoder" / "source.json"
@@ -272,4 +312,4 @@ def load_model(folder: str | Path, device: str = "cpu") -> ModelBundle:
     elif (folder / "text_encoder" / "config.json").exists():
         te_folder = str(folder / "text_encoder")
     te = load_text_encoder(te_folder)
-    return ModelBundle(net.to(device), vae.to(device), te, info, folder / "vae" / "diffusion_pytorch_model.safetensors")
+    return ModelBundle(net.to(device), vae.to(device), te, info, folder / "vae" / "diffusion_pytorch_model.safetensors", fam)

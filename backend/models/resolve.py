@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.models.family import ModelBundle, load_model
+from backend.models.family import ModelBundle, is_model_folder, load_model
 from backend.store import Project
 
 
@@ -27,7 +27,7 @@ def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True
     path = locate(project, spec)
     if not path.exists():
         raise FileNotFoundError(f"model {spec!r} not found ({path})")
-    if (path / "transformer" / "config.json").exists():
+    if is_model_folder(path):
         return load_model(path), f"model {path.name}"
     ckpt = path if (path / "state.json").exists() else latest_checkpoint(path)
     if ckpt is None:
@@ -47,8 +47,8 @@ def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True
 
         state = load_file(str(ckpt / "ema.safetensors"))
         prefix = "module."
-        bundle.transformer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        bundle.net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     else:
-        load_checkpoint(ckpt, {"model": bundle.transformer}, restore_rng=False)
-    bundle.transformer.eval()
+        load_checkpoint(ckpt, {"model": bundle.net}, restore_rng=False)
+    bundle.net.eval()
     return bundle, f"{run_dir.name}/{ckpt.name} ({which})"

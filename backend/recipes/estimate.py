@@ -13,6 +13,9 @@ from typing import Any
 from .pretrain import PretrainRecipe
 
 PRESETS = {"tiny": (2, 2, 32), "small": (4, 4, 32), "base": (6, 6, 32)}  # layers, heads, head_dim
+# UNet presets (backend/models/unet.py): parameters and forward FLOPs of one 64x64 image, measured with
+# torch.utils.flop_counter on diffusers 0.42; convolutions scale with the latent pixel count
+UNET_PRESETS = {"tiny": (1_231_460, 165.7e6), "small": (4_649_188, 263.2e6), "base": (7_338_692, 665.6e6)}
 TEXT_DIM = 384
 TEXT_TOKENS = 32
 LATENT_CHANNELS = 4
@@ -31,13 +34,20 @@ def mmdit_params(layers: int, heads: int, head_dim: int, text_dim: int = TEXT_DI
 def estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False) -> dict[str, Any]:
     m = recipe.model
     layers, heads, head_dim = PRESETS[m.size]
-    params = mmdit_params(m.layers or layers, m.heads or heads, m.head_dim or head_dim, patch=m.patch)
+    unet = m.family == "unet"
+    params = UNET_PRESETS[m.size][0] if unet else mmdit_params(m.layers or layers, m.heads or heads, m.head_dim or head_dim, patch=m.patch)
     stride = 4 * m.patch  # VAE 4x, then patches
     flops = 0.0
     stages = []
+    images_per_stage = recipe.optim.batch_size * recipe.optim.grad_accum * recipe.compute.processes
     for st in recipe.curriculum:
-        tokens = sum((w // stride) * (h // stride) for w, h in st.buckets) / len(st.buckets) + TEXT_TOKENS
-        f = 6 * params * tokens * recipe.optim.batch_size * recipe.optim.grad_accum * st.steps * recipe.compute.processes
+        if unet:  # forward + backward = 3 forwards, measured forward cost scaled by pixels
+            pixels = sum(w * h for w, h in st.buckets) / len(st.buckets)
+            tokens = pixels / 16  # latent pixels
+            f = 3 * UNET_PRESETS[m.size][1] * pixels / 4096 * images_per_stage * st.steps
+        else:
+            tokens = sum((w // stride) * (h // stride) for w, h in st.buckets) / len(st.buckets) + TEXT_TOKENS
+            f = 6 * params * tokens * images_per_stage * st.steps
         flops += f
         stages.append({"name": st.name, "steps": st.steps, "tokens": tokens})
     rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_CORE * max(1, cores)

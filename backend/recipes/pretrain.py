@@ -20,16 +20,49 @@ class DataSection(Section):
     )
 
 
+# UNet presets' level count (backend/models/unet.py): sides must halve that many times less one
+UNET_LEVELS = {"tiny": 2, "small": 3, "base": 3}
+
+
 class ModelSection(Section):
-    family: Literal["embedded", "sd3"] = Field("embedded", description="Model family")
+    family: Literal["mmdit", "unet"] = Field(
+        "mmdit", description="Network family: 'mmdit' is an SD3-style transformer (scales to real models; at patch 4 a small one paints "
+        "16 px tiles on its own), 'unet' the SD 1.x/SDXL convolutional structure (sees every latent pixel with the same kernels; "
+        "draws small shapes sooner on a CPU)"
+    )
     init: str = Field("", description="Start from this model folder (diffusers layout); empty = random init")
-    size: Literal["tiny", "small", "base"] = Field("small", description="Embedded MMDiT preset (ignored when init is set)")
-    layers: int | None = Field(None, ge=1, le=64, description="Override the preset's number of MMDiT blocks")
-    heads: int | None = Field(None, ge=1, le=64, description="Override the preset's attention heads")
+    size: Literal["tiny", "small", "base"] = Field("small", description="Preset of the family's size (ignored when init is set)")
+    layers: int | None = Field(None, ge=1, le=64, description="Override the preset: MMDiT blocks, or UNet ResNet layers per level")
+    heads: int | None = Field(None, ge=1, le=64, description="Override the preset's attention heads (MMDiT)")
     head_dim: int | None = Field(None, ge=8, le=256, description="Override the preset's head width")
-    patch: Literal[1, 2, 4] = Field(2, description="Latent pixels per token side (1 = four times the tokens of 2)")
+    patch: Literal[1, 2, 4] = Field(2, description="MMDiT: latent pixels per token side (1 = four times the tokens of 2)")
+    channels: list[int] | None = Field(None, min_length=1, max_length=5, description="UNet: widths of its levels, e.g. [32, 64, 128]")
     text_encoder: str = Field("", description="Local text-encoder folder; empty = the embedded MiniLM")
     vae: str = Field("", description="Local VAE folder; empty = the embedded ShapesWorld VAE")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_names(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("family") == "embedded":  # recipes written before the UNet family
+            data = {**data, "family": "mmdit"}
+        if isinstance(data, dict) and data.get("family") == "sd3":
+            raise ValueError("family 'sd3' (SD3/SD3.5 folders with three text encoders) is not supported yet; use 'mmdit' or 'unet'")
+        return data
+
+    @model_validator(mode="after")
+    def _family_fields(self) -> ModelSection:
+        if self.family == "unet" and self.heads is not None:
+            raise ValueError("'heads' applies to the MMDiT family; a UNet's heads follow its widths (channels / head_dim)")
+        if self.family == "mmdit" and self.channels is not None:
+            raise ValueError("'channels' applies to the UNet family; size an MMDiT with layers, heads and head_dim")
+        return self
+
+    @property
+    def latent_unit(self) -> int:
+        """Latent pixels a side must be a multiple of: the MMDiT's patch, or 2^(levels-1) for a UNet."""
+        if self.family == "unet":
+            return 2 ** ((len(self.channels) if self.channels else UNET_LEVELS[self.size]) - 1)
+        return self.patch
 
 
 class TimestepDensity(Section):
@@ -148,18 +181,21 @@ class PretrainRecipe(RecipeBase):
 
     @model_validator(mode="after")
     def _sizes_fit_the_tokens(self) -> PretrainRecipe:
-        """With the embedded VAE (4x) a side must split into whole tokens: a multiple of 4 x patch.
-        Caught here, with the stage named, rather than as a shape error inside the network."""
-        if self.model.family != "embedded" or self.model.vae or self.model.init:
+        """With the embedded VAE (4x) a side must split into whole tokens (MMDiT: a multiple of 4 x
+        patch) or halve down the UNet's levels (a multiple of 4 x 2^(levels-1)). Caught here, with
+        the stage named, rather than as a shape error inside the network."""
+        if self.model.vae or self.model.init:
             return self
-        unit = 4 * self.model.patch
+        unit = 4 * self.model.latent_unit
+        why = (f"with patch {self.model.patch} sides must be multiples of {unit}" if self.model.family == "mmdit"
+               else f"a UNet of {self.model.latent_unit.bit_length()} levels needs sides that are multiples of {unit}")
         for k, stage in enumerate(self.curriculum):
             for w, h in stage.buckets:
                 if w % unit or h % unit:
-                    raise ValueError(f"curriculum[{k}] ({stage.name}): bucket {w}x{h} does not split into {self.model.patch}x{self.model.patch}-latent-pixel tokens; with patch {self.model.patch} sides must be multiples of {unit}")
+                    raise ValueError(f"curriculum[{k}] ({stage.name}): bucket {w}x{h} does not fit the network; {why}")
         sw, sh = self.preview.sampler.width, self.preview.sampler.height
         if sw % unit or sh % unit:
-            raise ValueError(f"preview.sampler: {sw}x{sh} is not a multiple of {unit} (4x VAE x patch {self.model.patch})")
+            raise ValueError(f"preview.sampler: {sw}x{sh} does not fit the network; {why}")
         return self
 
     @property

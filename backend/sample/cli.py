@@ -13,8 +13,6 @@ from backend.recipes import SampleRecipe
 from backend.sample.euler import SampleSettings, generate
 from backend.store import Project
 
-EVAL_SEED_OFFSET = 1000  # ShapesEval renders use seeds 1000 + k (the trainer's evaluator does the same)
-
 
 def write_images(out: Path, images: list[Image.Image], prompts: list[str], seeds: list[int], names: list[str], info: dict[str, Any], specs: list[dict] | None = None) -> None:
     """PNGs plus metadata.jsonl lines (with the prompt spec when known, so ``eval shapes`` can score them)."""
@@ -50,7 +48,7 @@ def run_sample_recipe(project: Project | None, recipe: SampleRecipe, reporter: A
 
 def sample_eval_set(project: Project | None, recipe: SampleRecipe, seeds_per_prompt: int | None = None) -> dict[str, Any]:
     """Render the ShapesEval prompt set; file names carry prompt ids and metadata carries specs."""
-    from backend.eval.shapes_eval import load_eval_prompts
+    from backend.eval.shapes_eval import EVAL_SEED_OFFSET, load_eval_prompts
 
     bundle, what = resolve_model(project, recipe.model)
     settings = _settings(recipe)

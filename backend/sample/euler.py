@@ -35,10 +35,10 @@ def sample_latents(
     cond: PromptEmbeds,
     seeds: list[int],
     settings: SampleSettings,
-    transformer: torch.nn.Module | None = None,
+    net: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Integrate dx/dt = v from t = 1 to 0 for each (prompt embedding, seed) pair."""
-    net = transformer if transformer is not None else bundle.transformer
+    net = net if net is not None else bundle.net
     device = next(net.parameters()).device
     f = bundle.vae_factor
     h, w = settings.height // f, settings.width // f
@@ -70,7 +70,7 @@ def generate(
     prompts: list[str],
     seeds: list[int],
     settings: SampleSettings,
-    transformer: torch.nn.Module | None = None,
+    net: torch.nn.Module | None = None,
     batch: int = 32,
 ) -> list[Image.Image]:
     """One image per (prompt, seed) pair, in order.
@@ -87,7 +87,7 @@ def generate(
     for members in groups.values():
         for k in range(0, len(members), batch):
             idx = members[k : k + batch]
-            z = sample_latents(bundle, embeds[torch.tensor(idx)], [seeds[i] for i in idx], settings, transformer)
+            z = sample_latents(bundle, embeds[torch.tensor(idx)], [seeds[i] for i in idx], settings, net)
             for i, xi in zip(idx, bundle.decode_latents(z)):
                 images[i] = to_image(xi)
     return images  # type: ignore[return-value]

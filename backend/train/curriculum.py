@@ -140,7 +140,6 @@ class CurriculumData:
         pooled = self.text_cache.stack(text_keys, "pooled")
         lengths = self.text_cache.stack(text_keys, "len").flatten()
         text_row = {c: i for i, c in enumerate(captions)}
-        f = self.bundle.vae_factor * int(self.bundle.transformer.config.patch_size)
         tables = []
         n_lat = n_repa = 0
         for size, its in sorted(per_bucket.items()):
@@ -156,7 +155,7 @@ class CurriculumData:
             latents = self.latent_cache.stack(keys, "z")
             repa = None
             if self.repa_cache is not None:
-                gh, gw = size[1] // f, size[0] // f
+                gh, gw = self.bundle.repa_grid(size[0], size[1], self.recipe.repa.block)
 
                 def encode_repa(ks: list[str], size=size, by_key=by_key, gh=gh, gw=gw) -> list[dict[str, torch.Tensor]]:
                     x = torch.stack([self._load_image(by_key[k], size) for k in ks])
@@ -165,14 +164,14 @@ class CurriculumData:
                         grid = F.adaptive_avg_pool2d(grid.float(), (gh, gw)).cpu()
                     return [{"g": grid[i].half()} for i in range(len(ks))]
 
-                # the target grid follows the token grid (patch size), so it is part of the key
+                # the target grid follows the network's feature grid (patch size, UNet level), so it is part of the key
                 grid_keys = [cache_key("latent", it.hash, f"{size[0]}x{size[1]}/{gw}x{gh}") for it in its]
                 by_key.update(zip(grid_keys, its))
                 n_repa += self.repa_cache.ensure(grid_keys, encode_repa, batch=64)
                 repa = self.repa_cache.stack(grid_keys, "g")
             cats = [it.category for it in its]
             by_cat = {c: torch.tensor([i for i, x in enumerate(cats) if x == c]) for c in sorted(set(cats))}
-            tokens = (size[0] // f) * (size[1] // f)
+            tokens = (size[0] // self.bundle.token_pixels) * (size[1] // self.bundle.token_pixels)
             tables.append(BucketTable(size, bucket_alpha(self.recipe.allocation.shift, size[0], size[1], tokens), latents,
                                       torch.tensor([text_row[it.caption] for it in its]), cats, by_cat, repa))
         eligible = sum(len(v) for v in per_bucket.values())

@@ -63,14 +63,18 @@ def effective_density(kind: str, t: np.ndarray, alpha: float = 1.0, **params: fl
 
 
 def bucket_alpha(rule, width: int, height: int, tokens: int) -> float:
-    """The resolution shift of a (width x height) bucket under a recipe's ``allocation.shift`` rule."""
-    if rule.kind == "none":
-        return 1.0
-    if rule.kind == "fixed":
-        return float(rule.alpha)
-    if rule.kind == "per_bucket":
-        return math.sqrt((width * height) / (rule.base_resolution**2))
-    return dynamic_alpha(tokens, rule.base_tokens, rule.max_tokens, rule.base_shift, rule.max_shift)
+    """The resolution shift of a (width x height) image of ``tokens`` tokens under a shift rule: a
+    recipe's ``allocation.shift`` section, or the same as a dict (as a saved model records it).
+    Training buckets and sampling both come here, so the rule exists once."""
+    r = rule if isinstance(rule, dict) else rule.model_dump()
+    kind = r.get("kind", "none")
+    if kind == "fixed":
+        return float(r.get("alpha", 1.0))
+    if kind == "per_bucket":
+        return math.sqrt((width * height) / (int(r.get("base_resolution", 32)) ** 2))
+    if kind == "dynamic":
+        return dynamic_alpha(tokens, r.get("base_tokens", 256), r.get("max_tokens", 4096), r.get("base_shift", 0.5), r.get("max_shift", 1.15))
+    return 1.0
 
 
 def density_curves(timesteps, rule, buckets: list[tuple[int, int]], token_stride: int = 8, points: int = 201) -> dict:

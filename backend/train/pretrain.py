@@ -11,7 +11,6 @@ import torch
 from backend.data.view import load_view
 from backend.models.family import ModelBundle, build_embedded, load_model
 from backend.recipes.pretrain import PretrainRecipe
-from backend.sample.cli import EVAL_SEED_OFFSET
 from backend.sample.euler import SampleSettings, generate
 from backend.store import Project
 
@@ -28,7 +27,8 @@ def build_bundle(recipe: PretrainRecipe) -> ModelBundle:
         bundle = load_model(m.init)
         bundle.info["shift"] = shift
         return bundle
-    return build_embedded(m.size, layers=m.layers, heads=m.heads, head_dim=m.head_dim, patch=m.patch, text_encoder=m.text_encoder or None,
+    return build_embedded(m.size, family=m.family, layers=m.layers, heads=m.heads, head_dim=m.head_dim, patch=m.patch, channels=m.channels,
+                          text_encoder=m.text_encoder or None,
                           vae=m.vae or None, shift=shift, seed=recipe.optim.seed)
 
 
@@ -43,23 +43,19 @@ def loop_config(recipe: PretrainRecipe) -> LoopConfig:
 
 
 def make_evaluator(bundle: ModelBundle, recipe: PretrainRecipe, n_images: int) -> Any:
-    from backend.eval.shapes_eval import load_eval_prompts, shapes_eval
+    """Strict ShapesEval of the first ``n_images`` stratified eval images at the recipe's size."""
+    from backend.eval.model_eval import evaluate_model
+    from backend.eval.shapes_eval import metrics
     from backend.world.pretrained import load_detector
 
-    prompts = load_eval_prompts()
     detector = load_detector()
     width, height = recipe.eval_size
-    pairs = [(p, s) for s in range(max(p.seeds[-1] for p in prompts) + 1) for p in prompts if s in p.seeds][:n_images]
     settings = SampleSettings(width=width, height=height, steps=recipe.preview.sampler.steps, cfg=recipe.preview.sampler.cfg)
 
     def evaluate(step: int, model: torch.nn.Module) -> dict[str, float]:
-        images = generate(bundle, [p.prompt for p, _ in pairs], [EVAL_SEED_OFFSET + s for _, s in pairs], settings, transformer=model)
-        report = shapes_eval(images, [p.scene for p, _ in pairs], detector)
-        out = {"shapes_eval/overall": report.overall}
-        out.update({f"shapes_eval/{k}": v for k, v in report.categories.items()})
-        out.update({f"shapes_eval/extra_objects/{k}": v for k, v in report.extra_objects.items()})
+        report, *_ = evaluate_model(bundle, settings, n_images, net=model, detector=detector)
         evaluate.last = report  # type: ignore[attr-defined]
-        return out
+        return metrics(report)
 
     evaluate.last = None  # type: ignore[attr-defined]
     return evaluate
@@ -73,7 +69,7 @@ def make_preview(bundle: ModelBundle, recipe: PretrainRecipe, reporter: Reporter
     seeds = [s for _ in pv.prompts for s in pv.seeds]
 
     def preview(step: int, model: torch.nn.Module) -> None:
-        images = generate(bundle, prompts, seeds, settings, transformer=model)
+        images = generate(bundle, prompts, seeds, settings, net=model)
         meta = {"steps": sp.steps, "cfg": sp.cfg, "width": sp.width, "height": sp.height, "shift": sp.shift, "kind": "preview"}
         for prompt, seed, img in zip(prompts, seeds, images):
             reporter.sample(step, prompt, seed, img, meta)
@@ -88,8 +84,8 @@ def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, report
     torch.set_num_threads(threads)
     torch.manual_seed(recipe.optim.seed)
     bundle = build_bundle(recipe)
-    n_params = sum(p.numel() for p in bundle.transformer.parameters())
-    reporter.log(f"model: embedded MMDiT '{recipe.model.size}' with {n_params / 1e6:.2f}M parameters")
+    n_params = sum(p.numel() for p in bundle.net.parameters())
+    reporter.log(f"model: embedded {bundle.family.label} '{recipe.model.size}' with {n_params / 1e6:.2f}M parameters")
     encoder = None
     if recipe.repa.enabled:
         from backend.world.pretrained import load_encoder
@@ -100,7 +96,7 @@ def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, report
     objectives: list = [FlowMatching(recipe.allocation.timesteps)]
     if recipe.repa.enabled:
         r = recipe.repa
-        objectives.append(Repa(bundle.transformer, r.block, encoder.dim, r.weight, r.projector_dim, r.projector_layers, r.until_step))
+        objectives.append(Repa(bundle, r.block, encoder.dim, r.weight, r.projector_dim, r.projector_layers, r.until_step))
     cfg = loop_config(recipe)
     evaluate = make_evaluator(bundle, recipe, recipe.schedule.eval_images)
     trainer = Trainer(bundle, objectives, data, cfg, run_dir, reporter, preview=make_preview(bundle, recipe, reporter), evaluate=evaluate)
@@ -122,7 +118,7 @@ def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, report
             card["shapes_eval"].pop("per_image", None)
         name = recipe.name or "pretrain"
         folder = project.root / "models" / f"{name}-{run_dir.name}"
-        bundle.save(folder, transformer=trainer.sampling_model, extra={"card": card})
+        bundle.save(folder, net=trainer.sampling_model, extra={"card": card})
         model_id = reporter.model_saved(folder, name, card)
         summary.update({"model": str(folder), "model_id": model_id, "shapes_eval": card["shapes_eval"]})
         if report is not None:

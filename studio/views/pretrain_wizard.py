@@ -39,8 +39,18 @@ from PySide6.QtWidgets import (
 
 from ..widgets import hint, show_error, themed_plot
 
-SIZES = {"tiny": "2 blocks, width 64 (~0.3M parameters): seconds per hundred steps", "small": "4 blocks, width 128 (~2.4M): the demo model",
-         "base": "6 blocks, width 192 (~7.9M): better, slower"}
+SIZES = {
+    "mmdit": {"tiny": "2 blocks, width 64 (~0.3M parameters): seconds per hundred steps", "small": "4 blocks, width 128 (~2.4M)",
+              "base": "6 blocks, width 192 (~7.9M): better, slower"},
+    "unet": {"tiny": "2 levels, widths 32/64 (~1.2M parameters)", "small": "3 levels, widths 32/64/128 (~4.7M): the shipped base",
+             "base": "3 levels, widths 64/128/128 (~7.3M): better, slower"},
+}
+FAMILIES = {
+    "unet": "UNet — convolutional, SD 1.x / SDXL structure: sees every latent pixel with the same kernels; "
+            "draws small objects sooner on a CPU. Choose it for ShapesWorld-sized images and short budgets.",
+    "mmdit": "MMDiT — SD3-style transformer: the architecture of today's large models; scales with tokens and data. "
+             "Choose it to study what real models do; at patch 4 a small one paints each tile on its own.",
+}
 PALETTE = [(40, 120, 230), (230, 120, 40), (60, 170, 90), (200, 60, 160), (120, 90, 200), (30, 170, 190)]
 
 
@@ -161,33 +171,57 @@ class ModelPage(QWizardPage):
     def __init__(self, wiz: PretrainWizard):
         super().__init__()
         self.wiz = wiz
-        self.setTitle("Model size")
-        self.setSubTitle("An MMDiT built from diffusers' SD3 transformer, the ShapesWorld VAE and MiniLM.")
+        self.setTitle("Model")
+        self.setSubTitle("A velocity network from diffusers (UNet or SD3 transformer), the ShapesWorld VAE and MiniLM.")
         lay = QVBoxLayout(self)
+        m = wiz.recipe["model"]
+        form = QFormLayout()
+        self.family = QComboBox()
+        for key in FAMILIES:
+            self.family.addItem(FAMILIES[key].split(" — ")[0], key)
+        self.family.setCurrentIndex(max(0, self.family.findData({"embedded": "mmdit"}.get(m.get("family"), m.get("family", "mmdit")))))
+        form.addRow("Family", self.family)
+        lay.addLayout(form)
+        self.family_hint = hint("")
+        lay.addWidget(self.family_hint)
         self.radios: dict[str, QRadioButton] = {}
-        for size, text in SIZES.items():
-            rb = QRadioButton(f"{size} — {text}")
-            rb.setChecked(size == wiz.recipe["model"]["size"])
+        for size in SIZES["mmdit"]:
+            rb = QRadioButton()
+            rb.setChecked(size == m["size"])
             self.radios[size] = rb
             lay.addWidget(rb)
         form = QFormLayout()
-        self.init = QLineEdit(wiz.recipe["model"].get("init", ""))
+        self.init = QLineEdit(m.get("init", ""))
         self.init.setPlaceholderText("optional: continue from a model folder (diffusers layout)")
         form.addRow("Start from", self.init)
         self.patch = QComboBox()
-        for k, text in ((1, "1 — finest, 4x the tokens of 2"), (2, "2 — SD3's choice"), (4, "4 — a quarter of the tokens of 2 (the demo: a 64 px image costs what 32 px does with 2)")):
+        for k, text in ((1, "1 — finest, 4x the tokens of 2"), (2, "2 — SD3's choice"), (4, "4 — a quarter of the tokens of 2 (a 64 px image costs what 32 px does with 2)")):
             self.patch.addItem(text, k)
-        self.patch.setCurrentIndex(max(0, self.patch.findData(int(wiz.recipe["model"].get("patch", 2)))))
-        self.patch.setToolTip("Latent pixels per token side; buckets must be multiples of VAE factor x patch")
+        self.patch.setCurrentIndex(max(0, self.patch.findData(int(m.get("patch", 2)))))
+        self.patch.setToolTip("MMDiT only: latent pixels per token side; buckets must be multiples of VAE factor x patch")
         form.addRow("Token patch", self.patch)
         lay.addLayout(form)
         lay.addStretch(1)
+        self.family.currentIndexChanged.connect(self._family_changed)
+        self._family_changed()
+
+    def _family_changed(self, *_: object) -> None:
+        fam = self.family.currentData()
+        self.family_hint.setText(FAMILIES[fam].split(" — ", 1)[1])
+        for size, rb in self.radios.items():
+            rb.setText(f"{size} — {SIZES[fam][size]}")
+        self.patch.setEnabled(fam == "mmdit")
 
     def validatePage(self) -> bool:  # noqa: N802
         m = self.wiz.recipe["model"]
+        m["family"] = self.family.currentData()
         m["size"] = next(s for s, rb in self.radios.items() if rb.isChecked())
         m["init"] = self.init.text().strip()
         m["patch"] = int(self.patch.currentData())
+        if m["family"] == "unet":
+            m.pop("heads", None)
+        else:
+            m.pop("channels", None)
         return True
 
 

@@ -44,7 +44,7 @@ class TrainContext:
     """What an objective may use: the model bundle, the network being trained, the step."""
 
     bundle: ModelBundle
-    transformer: torch.nn.Module  # possibly wrapped (DDP); call through bundle.velocity(..., transformer)
+    net: torch.nn.Module  # possibly wrapped (DDP); call through bundle.velocity(..., net)
     step: int
     device: torch.device
 

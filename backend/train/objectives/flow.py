@@ -29,7 +29,7 @@ class FlowMatching(Objective):
         eps = to_device(torch.randn(x0.shape, generator=batch.generator), x0.device, x0.dtype)
         tt = t.view(-1, 1, 1, 1).to(x0.dtype)
         x_t = (1 - tt) * x0 + tt * eps
-        v = ctx.bundle.velocity(x_t, t, batch.prompt, ctx.transformer)
+        v = ctx.bundle.velocity(x_t, t, batch.prompt, ctx.net)
         per = ((v.float() - (eps - x0).float()) ** 2).mean(dim=(1, 2, 3))
         loss = per.mean()
         return ObjectiveOutput(self.weight * loss, {"loss/flow": loss.detach()}, t.detach(), per.detach())

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backend.models.family import to_device
+from backend.models.family import ModelBundle, to_device
 
 from .base import Batch, Objective, ObjectiveOutput, TrainContext
 
@@ -29,21 +29,19 @@ def projector(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequent
 class Repa(Objective):
     name = "repa"
 
-    def __init__(self, transformer: nn.Module, block: int, encoder_dim: int, weight: float = 0.5, hidden: int = 256, layers: int = 3, until_step: int | None = None):
-        blocks = transformer.transformer_blocks
-        if not 0 <= block < len(blocks):
-            raise ValueError(f"repa.block {block} is out of range: the network has {len(blocks)} blocks")
+    def __init__(self, bundle: ModelBundle, block: int, encoder_dim: int, weight: float = 0.5, hidden: int = 256, layers: int = 3, until_step: int | None = None):
+        module, width = bundle.family.repa_point(bundle.net, block)
+        self.family = bundle.family
         self.block = block
         self.weight = weight
         self.until_step = until_step
-        width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         self.proj = projector(width, hidden, encoder_dim, layers)
         self._run_proj: nn.Module = self.proj
         self._captured: torch.Tensor | None = None
-        blocks[block].register_forward_hook(self._hook)
+        module.register_forward_hook(self._hook)
 
     def _hook(self, _module: nn.Module, _inputs: tuple, output: tuple) -> None:
-        self._captured = output[1]  # (encoder_hidden_states, hidden_states): keep the image tokens
+        self._captured = self.family.repa_tokens(output)  # image features (B, N, D); text tokens are not aligned
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"repa_projector": self.proj}
