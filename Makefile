@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup studio demo test screenshots bench bench-evidence clean-venv
+.PHONY: setup studio demo base test screenshots bench bench-evidence clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ studio: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/signal-backend demo
+
+# the shipped base model (resources/models/shapes-base): hours on a CPU; re-run to resume where it stopped
+base: $(STAMP)
+	$(BIN)/signal-backend base
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest

@@ -188,6 +188,28 @@ def run_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def install_shipped_base(project: Project, log=print) -> int | None:
+    """Copy the shipped base into ``project/models`` and list it, so the Playground and later stages
+    find it there (no route serves files outside a project). Once per project."""
+    src = shipped_base_dir()
+    if not (src / "card.json").exists():
+        log("no shipped base model yet (resources/models/shapes-base); `make base` trains it")
+        return None
+    row = project.db.execute("SELECT id FROM models WHERE name = 'shapes-base'").fetchone()
+    if row:
+        return int(row[0])
+    dest = project.root / "models" / "shapes-base"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    card = json.loads((src / "card.json").read_text())
+    with project.transaction():
+        model_id = int(project.db["models"].insert({"kind": "base", "name": "shapes-base", "path": "models/shapes-base", "parent_id": None,
+                                                    "job_id": None, "card": json.dumps(card)}).last_pk)
+    log(f"added the shipped base model as model #{model_id} (strict ShapesEval {card['shapes_eval']['overall']:.3f})")
+    return model_id
+
+
 def _pause_after(project: Project, job_id: int, minutes: float):
     """Raise the job's pause flag after ``minutes``: the loop checkpoints and stops cleanly."""
     import threading

@@ -18,7 +18,8 @@ from backend.paths import demo_project_dir, resources_dir
 from backend.recipes import WorldRecipe
 from backend.store import Project
 
-DEMO_IMAGES = 4000
+DEMO_IMAGES = 6000  # rendered at 64 px, the size the demo trains at: no scene is enlarged into its bucket
+DEMO_SIZE = (64, 64)
 DEMO_SEED = 0
 
 
@@ -45,6 +46,10 @@ def add_world_data(project: Project, recipe: WorldRecipe, log=print, progress=No
     if recipe.subject:
         import_sources(project, "subject", [subject_folder(export)])
         log("imported the DreamBooth subject's 5 renders as dataset 'subject'")
+    if recipe.base_model:
+        from backend.base_model import install_shipped_base
+
+        install_shipped_base(project, log)
     return {"state": "done", "import": report.to_json(), "curation": {k: v for k, v in cur.to_json().items() if not k.endswith("clusters")}}
 
 
@@ -54,7 +59,7 @@ def ensure_demo_project(root: Path | None = None, n: int = DEMO_IMAGES, log=prin
     project = Project.open(root) if (root / "project.db").exists() else Project.init(root)
     have = project.db.execute("SELECT count(*) FROM datasets WHERE name = 'shapesworld'").fetchone()[0]
     if not have:
-        add_world_data(project, WorldRecipe(images=n, seed=DEMO_SEED), log=lambda m: log(f"[demo] {m}"))
+        add_world_data(project, WorldRecipe(images=n, seed=DEMO_SEED, resolution=DEMO_SIZE, base_model=True), log=lambda m: log(f"[demo] {m}"))
     return project
 
 
@@ -66,6 +71,8 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "run the embedded ShapesWorld lifecycle headless (data, pretraining, ShapesEval)", _demo_args)
 def run_demo(args: argparse.Namespace) -> int:
+    from backend.base_model import install_shipped_base
+    from backend.eval.shapes_eval import format_table
     from backend.jobs import create_job, execute_job
     from backend.recipes import load_recipe
 
@@ -80,11 +87,15 @@ def run_demo(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k != "shapes_eval"}, indent=2))
         se = summary.get("shapes_eval") or {}
         if se:
-            from backend.eval.shapes_eval import format_table
-
             print("[demo] ShapesEval of the model pretrained from scratch (detector-judged prompt fidelity; strict = exactly"
                   " the promised objects, lenient = GenEval's rule, 'extra' = share with more objects than asked for):")
             print("    " + format_table(se).replace("\n", "\n    "))
+        base = install_shipped_base(project, log=lambda m: print(f"[demo] {m}"))
+        if base is not None:
+            card = json.loads(project.db.execute("SELECT card FROM models WHERE id = ?", [base]).fetchone()[0])
+            print(f"[demo] beside it, the shipped base (models/shapes-base: {card.get('params', 0) / 1e6:.2f}M parameters, {card.get('steps')} steps,"
+                  f" {card.get('train_seconds', 0) / 3600:.1f} h on {card.get('machine')}), which later stages start from:")
+            print("    " + format_table(card["shapes_eval"]).replace("\n", "\n    "))
         print("[demo] not in the headless demo yet: rating, preference tuning, DreamBooth, distillation")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -16,14 +16,15 @@ os.environ.setdefault("SIGNAL_STUDIO_HOME", tempfile.mkdtemp(prefix="signal-benc
 from backend.train.reporter import Reporter  # noqa: E402
 
 
-def scratch_project(n: int = 512, resolution: tuple[int, int] | None = (32, 32), seed: int = 0, root: Path | None = None) -> Path:
-    """A new project with ``n`` ShapesWorld scenes imported as dataset 'shapesworld'."""
+def scratch_project(n: int = 512, resolution: tuple[int, int] | None = (32, 32), seed: int = 0, root: Path | None = None,
+                    categories: list[str] | None = None) -> Path:
+    """A new project with ``n`` ShapesWorld scenes (of some categories only, if given) imported as dataset 'shapesworld'."""
     from backend.data.importer import import_sources
     from backend.store import Project
     from backend.world.export import export_world
 
     root = Path(root or tempfile.mkdtemp(prefix="signal-bench-"))
-    export_world(root / "export", n, seed, subject=False, resolution=resolution)
+    export_world(root / "export", n, seed, subject=False, resolution=resolution, categories=categories)
     with Project.init(root / "proj") as project:
         import_sources(project, "shapesworld", [root / "export"])
     return root / "proj"

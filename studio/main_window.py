@@ -247,7 +247,8 @@ class MainWindow(QMainWindow):
     def _demo_data(self, datasets: list[dict]) -> None:
         if not any(d["name"] == "shapesworld" for d in datasets):
             self.backend_label.setText(self.backend_label.text() + " · preparing the demo data (rendering and importing ShapesWorld)…")
-            self.link.call("create_job", 'kind = "world"\ndataset = "shapesworld"\nimages = 4000\n', "demo data", done=self._job_started)
+            self.link.call("create_job", 'kind = "world"\ndataset = "shapesworld"\nimages = 6000\nresolution = [64, 64]\nbase_model = true\n', "demo data",
+                           done=self._job_started)
 
     def refresh(self) -> None:
         if self.link.client is None:

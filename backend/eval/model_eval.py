@@ -19,9 +19,10 @@ from backend.sample.euler import SampleSettings, generate
 from .shapes_eval import EVAL_SEED_OFFSET, EvalPrompt, ShapesEvalReport, load_eval_prompts, shapes_eval, stratified_pairs
 
 
-def eval_pairs(n: int | None = None) -> list[tuple[EvalPrompt, int]]:
-    """The first ``n`` (prompt, seed) pairs of the stratified order (all of them when ``n`` is None)."""
-    return stratified_pairs(load_eval_prompts(), n)
+def eval_pairs(n: int | None = None, categories: tuple[str, ...] | None = None) -> list[tuple[EvalPrompt, int]]:
+    """The first ``n`` (prompt, seed) pairs of the stratified order (all of them when ``n`` is None),
+    optionally of some categories only."""
+    return stratified_pairs([p for p in load_eval_prompts() if categories is None or p.category in categories], n)
 
 
 def sample_pairs(bundle: ModelBundle, pairs: list[tuple[EvalPrompt, int]], settings: SampleSettings, net: torch.nn.Module | None = None) -> list[Image.Image]:
@@ -29,12 +30,13 @@ def sample_pairs(bundle: ModelBundle, pairs: list[tuple[EvalPrompt, int]], setti
 
 
 def evaluate_model(bundle: ModelBundle, settings: SampleSettings, n: int | None = None, net: torch.nn.Module | None = None,
-                   detector: Any = None, fd: bool = False) -> tuple[ShapesEvalReport, list[Image.Image], list[tuple[EvalPrompt, int]], dict[str, Any]]:
+                   detector: Any = None, fd: bool = False, categories: tuple[str, ...] | None = None,
+                   ) -> tuple[ShapesEvalReport, list[Image.Image], list[tuple[EvalPrompt, int]], dict[str, Any]]:
     """Strict ShapesEval of ``n`` stratified eval images (all when None); with ``fd`` also the
     Fréchet distance to true renders of the same prompts in the embedded encoder's space."""
     from backend.world.pretrained import load_detector
 
-    pairs = eval_pairs(n)
+    pairs = eval_pairs(n, categories)
     images = sample_pairs(bundle, pairs, settings, net)
     report = shapes_eval(images, [p.scene for p, _ in pairs], detector or load_detector(), [f"{p.id}_s{s}" for p, s in pairs])
     extra: dict[str, Any] = {"sampler": asdict(settings), "images": len(images)}

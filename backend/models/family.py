@@ -306,8 +306,8 @@ def load_model(folder: str | Path, device: str = "cpu") -> ModelBundle:
     te_folder: str | None = None
     src = folder / "text_encoder" / "source.json"
     if src.exists():
-        te_folder = json.loads(src.read_text())["folder"]
-        if not Path(te_folder).exists():
+        te_folder = json.loads(src.read_text())["folder"] or None  # empty: the embedded MiniLM (as the shipped base says)
+        if te_folder and not Path(te_folder).exists():
             te_folder = None  # moved machines: fall back to the embedded MiniLM
     elif (folder / "text_encoder" / "config.json").exists():
         te_folder = str(folder / "text_encoder")

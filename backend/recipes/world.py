@@ -19,3 +19,4 @@ class WorldRecipe(RecipeBase):
     resolution: tuple[int, int] | None = Field(None, description="Fixed (width, height); empty = mixed 32-128 px, 7 aspect ratios")
     defects: bool = Field(True, description="Plant a few corrupt files and duplicates, as real folders have")
     subject: bool = Field(True, description="Also import the DreamBooth subject's renders as dataset 'subject'")
+    base_model: bool = Field(False, description="Also add the shipped ShapesWorld base model to the project's models (the demo project does)")

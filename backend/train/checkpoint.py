@@ -51,16 +51,36 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+class TrainableOnly:
+    """A module seen through its trainable parameters only: what a LoRA run checkpoints (the frozen
+    base is the model it started from, so writing it at every checkpoint would only cost disk)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        wanted = set(self.state_dict())
+        if set(state) != wanted:
+            raise ValueError(f"checkpoint holds {len(state)} trainable tensors, the module has {len(wanted)} "
+                             f"(missing {sorted(wanted - set(state))[:3]}, unexpected {sorted(set(state) - wanted)[:3]})")
+        self.module.load_state_dict(state, strict=False)
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    modules: dict[str, torch.nn.Module],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    modules: dict[str, Any],
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, Any],
     extra: dict[str, Any] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step-XXXXXXX`` and point ``latest`` at it."""
+    """Write ``run_dir/checkpoints/step-XXXXXXX`` and point ``latest`` at it. Optimizer ``main``
+    goes to ``optimizer.safetensors`` (the layout from before methods had several), any other
+    ``name`` to ``optimizer-<name>.safetensors``."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
@@ -70,13 +90,17 @@ def save_checkpoint(
     tmp.mkdir()
     for name, module in modules.items():
         save_file(_state(module), str(tmp / f"{name}.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    save_file(opt_tensors or {"_empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+    opt_meta: dict[str, Any] = {}
+    for name, optimizer in optimizers.items():
+        opt_tensors, opt_meta[name] = _flatten_optimizer(optimizer)
+        save_file(opt_tensors or {"_empty": torch.zeros(0)}, str(tmp / _optimizer_file(name)))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     meta = {
         "step": step,
-        "optimizer": opt_meta,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "optimizer": opt_meta.get("main"),
+        "scheduler": schedulers["main"].state_dict() if schedulers.get("main") is not None else None,
+        "optimizers": {k: v for k, v in opt_meta.items() if k != "main"},
+        "schedulers": {k: v.state_dict() for k, v in schedulers.items() if k != "main" and v is not None},
         "modules": sorted(modules),
         "extra": extra or {},
     }
@@ -90,6 +114,10 @@ def save_checkpoint(
     atomic_write_text(root / "latest", final.name + "\n")
     _prune(root, keep)
     return final
+
+
+def _optimizer_file(name: str) -> str:
+    return "optimizer.safetensors" if name == "main" else f"optimizer-{name}.safetensors"
 
 
 def _json_default(value: Any) -> Any:
@@ -120,9 +148,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(
     path: Path,
-    modules: dict[str, torch.nn.Module],
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any = None,
+    modules: dict[str, Any],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    schedulers: dict[str, Any] | None = None,
     restore_rng: bool = True,
 ) -> dict[str, Any]:
     """Restore everything ``save_checkpoint`` wrote; returns the JSON state (step, extra)."""
@@ -132,12 +160,17 @@ def load_checkpoint(
         if not file.exists():
             raise FileNotFoundError(f"checkpoint {path} has no {name} weights")
         module.load_state_dict(load_file(str(file)))
-    if optimizer is not None:
-        tensors = load_file(str(path / "optimizer.safetensors"))
+    for name, optimizer in (optimizers or {}).items():
+        file = path / _optimizer_file(name)
+        if not file.exists():
+            raise FileNotFoundError(f"checkpoint {path} has no state for optimizer {name!r}")
+        tensors = load_file(str(file))
         tensors.pop("_empty", None)
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-    if scheduler is not None and meta.get("scheduler") is not None:
-        scheduler.load_state_dict(meta["scheduler"])
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"] if name == "main" else meta["optimizers"][name]))
+    for name, scheduler in (schedulers or {}).items():
+        state = meta.get("scheduler") if name == "main" else meta.get("schedulers", {}).get(name)
+        if scheduler is not None and state is not None:
+            scheduler.load_state_dict(state)
     if restore_rng:
         torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
     return meta

@@ -1,9 +1,10 @@
 """The one training loop, on accelerate: every stage trains through ``Trainer.run``.
 
-The loop owns precision, gradient accumulation, clipping, the LR schedule, EMA, exact resume,
-metrics, control flags, previews and checkpoints. What differs between methods is the list of
-objectives and the ``batches(step, micro, rank)`` function that draws each micro-batch from
-(seed, step), which is what makes a resumed run repeat the straight run exactly.
+The loop owns precision, gradient accumulation, clipping and LR schedules per optimizer, the
+sampling EMA, exact resume of every module, optimizer and RNG, metrics, control flags, previews
+and checkpoints. What differs between methods is the ``Method`` (``method.py``: its modules,
+optimizers and the work of one step) and the ``batches(step, micro, rank)`` function that draws
+each micro-batch from (seed, step), which is what makes a resumed run repeat the straight run exactly.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 
 from backend.models.family import ModelBundle, to_device
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .objectives.base import Batch, Objective, TrainContext
+from .checkpoint import TrainableOnly, latest_checkpoint, load_checkpoint, save_checkpoint
+from .method import Method, ObjectivesMethod
+from .objectives.base import Batch, Objective
 from .reporter import Reporter
 
 CONTROL_CODES = {None: 0, "stop": 1, "pause": 2, "sample": 3, "save": 4}
@@ -94,6 +98,47 @@ class Ema(AveragedModel):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+class AdapterEma(torch.nn.Module):
+    """EMA of a network's trainable parameters only (a LoRA run's adapters), with the same warm-up
+    as ``Ema``. It holds no copy of the frozen base: sampling swaps the averaged values into the
+    network (``swapped``) and puts the trained ones back afterwards."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.shadow = torch.nn.ParameterDict({_key(n): torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                                              for n, p in model.named_parameters() if p.requires_grad})
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        params = dict(model.named_parameters())
+        n = int(self.n_averaged)
+        d = 0.0 if n == 0 else min(self.decay, (1 + n) / (10 + n))
+        for name in self.names:
+            self.shadow[_key(name)].lerp_(params[name].detach(), 1 - d)
+        self.n_averaged.fill_(n + 1)
+
+    @contextmanager
+    def swapped(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        params = dict(model.named_parameters())
+        kept = {n: params[n].detach().clone() for n in self.names}
+        with torch.no_grad():
+            for n in self.names:
+                params[n].copy_(self.shadow[_key(n)])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n in self.names:
+                    params[n].copy_(kept[n])
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys may not hold dots
+
+
 def compile_blocks(model: torch.nn.Module, blocks: list[torch.nn.Module] | None = None, **options: object) -> int:
     """Regional compilation: compile each transformer block in place, not the whole network.
 
@@ -131,12 +176,12 @@ def pick_precision(precision: str, device: str) -> str:
 
 
 class Trainer:
-    """Runs objectives over batches; checkpoints, resumes, reports."""
+    """Runs a method over batches; checkpoints, resumes, reports. Implements ``method.Run``."""
 
     def __init__(
         self,
         bundle: ModelBundle,
-        objectives: list[Objective],
+        method: Method | list[Objective],
         batches: Callable[[int, int, int], Batch],
         config: LoopConfig,
         run_dir: Path,
@@ -148,9 +193,10 @@ class Trainer:
         from accelerate import Accelerator
 
         self.bundle = bundle
-        self.objectives = objectives
+        self.method = method if isinstance(method, Method) else ObjectivesMethod(method)
         self.batches = batches
         self.cfg = config
+        self.grad_accum = config.grad_accum
         self.run_dir = Path(run_dir)
         self.reporter = reporter
         self.preview = preview
@@ -164,54 +210,143 @@ class Trainer:
             gradient_accumulation_steps=config.grad_accum,
         )
         acc = self.accelerator
-        self.model = trainable if trainable is not None else bundle.net
-        self.model.train()
-        self.extras = {name: m for obj in objectives for name, m in obj.trainable_modules().items()}
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for m in self.extras.values():
-            params += list(m.parameters())
-        self.params = params
+        self.device = acc.device
+        bundle.vae.to(acc.device)
+        net = trainable if trainable is not None else bundle.net
+        net.train()
+        net.to(acc.device)  # before the EMA copy, so both live on the same device
+        partial = any(not p.requires_grad for p in net.parameters())  # adapters on a frozen base: average the adapters only
+        self.ema: Ema | AdapterEma | None = (AdapterEma(net, config.ema) if partial else Ema(net, config.ema)) if config.ema > 0 else None
+        self._modules: dict[str, torch.nn.Module] = {}  # unwrapped, by name; "model" is the bundle's network
+        self._prepared: dict[str, torch.nn.Module] = {}
+        self._saved: dict[str, str] = {}  # name -> "all" | "trainable" | "none"
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self._params: dict[str, list[torch.nn.Parameter]] = {}
+        self._clip: dict[str, float] = {}
+        self.model = self.add_module("model", net, saved="trainable" if partial else "all")
+        self.wrapped = self.model
+        self.step = 0
+        self._window: dict[str, list[float | torch.Tensor]] = defaultdict(list)
+        self._bins_sum = torch.zeros(config.loss_bins, device=acc.device)
+        self._bins_n = torch.zeros(config.loss_bins, device=acc.device)
+        self._mix: dict[str, int] = defaultdict(int)
+        self._images = 0
+        self.method.setup(self)
+        if "main" not in self.optimizers and not self.optimizers:
+            self.add_optimizer("main", ["model"])
+        if config.compile:
+            compile_blocks(acc.unwrap_model(self.model), self.bundle.family.blocks(acc.unwrap_model(self.model)))
+
+    # --- what a method declares -----------------------------------------------------------------
+
+    def add_module(self, name: str, module: torch.nn.Module, *, trainable: bool = True, saved: str = "all") -> torch.nn.Module:
+        """Hold ``module`` for the run: on the device, in checkpoints (``saved``: all weights, only
+        the trainable ones (adapters), or none for a frozen copy that never changes), and prepared
+        for several processes when it trains. Returns the module to call."""
+        if name in self._modules:
+            raise ValueError(f"module {name!r} is declared twice")
+        if saved not in ("all", "trainable", "none"):
+            raise ValueError(f"saved must be 'all', 'trainable' or 'none', not {saved!r}")
+        module.to(self.accelerator.device)
+        if not trainable:
+            module.eval().requires_grad_(False)
+        self._modules[name] = module
+        self._saved[name] = saved
+        self._prepared[name] = self.accelerator.prepare(module) if trainable and any(p.requires_grad for p in module.parameters()) else module
+        return self._prepared[name]
+
+    def add_optimizer(self, name: str, modules: list[str], *, lr: float | None = None, clip: float | None = None) -> None:
+        """An AdamW over the trainable parameters of ``modules`` with the recipe's schedule, clipped on its own."""
+        if name in self.optimizers:
+            raise ValueError(f"optimizer {name!r} is declared twice")
+        cfg = self.cfg
+        params = [p for m in modules for p in self._modules[m].parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"optimizer {name!r}: modules {modules} have no trainable parameters")
         # fused kernels on a GPU; on a CPU torch defaults to one tensor at a time: take the multi-
         # tensor (foreach) path: cProfile put the one-at-a-time AdamW at 17 ms of a ~200 ms demo step
-        fused = acc.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=fused,
-                                           foreach=None if fused else True)
+        fused = self.accelerator.device.type == "cuda"
+        opt = torch.optim.AdamW(params, lr=lr or cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused, foreach=None if fused else True)
         from diffusers.optimization import get_scheduler
 
-        self.scheduler = get_scheduler(
-            "constant_with_warmup" if config.schedule == "constant" else config.schedule,
-            self.optimizer,
-            num_warmup_steps=config.warmup,
-            num_training_steps=config.steps,
-        )
-        bundle.vae.to(acc.device)
-        self.model.to(acc.device)  # before the EMA copy, so both live on the same device
-        for m in self.extras.values():
-            m.to(acc.device)
-        self.ema = Ema(self.model, config.ema) if config.ema > 0 else None
         # the LR scheduler stays unprepared: accelerate would step it once per process
-        prepared = acc.prepare(self.model, self.optimizer, *self.extras.values())
-        self.wrapped, self.optimizer = prepared[0], prepared[1]
-        self.wrapped_extras = dict(zip(self.extras, prepared[2:]))
-        for obj in objectives:
-            obj.use_modules(self.wrapped_extras)
-        if config.compile:
-            compile_blocks(acc.unwrap_model(self.wrapped), self.bundle.family.blocks(acc.unwrap_model(self.wrapped)))
-        self.step = 0
+        self.schedulers[name] = get_scheduler("constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule, opt,
+                                              num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
+        self.optimizers[name] = self.accelerator.prepare(opt)
+        self._params[name] = params
+        self._clip[name] = cfg.clip if clip is None else clip
+
+    # --- what a method calls during a step ------------------------------------------------------
+
+    def module(self, name: str) -> torch.nn.Module:
+        return self._prepared[name]
+
+    def batch(self, micro: int = 0) -> Batch:
+        batch = self.batches(self.step, micro, self.accelerator.process_index)
+        batch.latents = to_device(batch.latents, self.accelerator.device)
+        batch.prompt = batch.prompt.to(self.accelerator.device)
+        return batch
+
+    def accumulate(self) -> AbstractContextManager:
+        return self.accelerator.accumulate(self.model)
+
+    def autocast(self) -> AbstractContextManager:
+        return self.accelerator.autocast()
+
+    def update(self, optimizer: str, loss: torch.Tensor) -> None:
+        """Backward, clip this optimizer's parameters, step it and its schedule (a no-op until the
+        last micro-batch when accumulating), clear the gradients."""
+        acc = self.accelerator
+        acc.backward(loss)
+        if acc.sync_gradients:
+            gn = acc.clip_grad_norm_(self._params[optimizer], self._clip[optimizer])
+            self.log("grad_norm" if optimizer == "main" else f"grad_norm/{optimizer}", gn.detach() if isinstance(gn, torch.Tensor) else float(gn))
+        opt = self.optimizers[optimizer]
+        opt.step()
+        if acc.sync_gradients:
+            self.schedulers[optimizer].step()
+        # every optimizer's gradients, not only this one's: a generator loss that runs through a critic
+        # leaves gradients in the critic, which its next update would otherwise add to its own
+        for other in self.optimizers.values():
+            other.zero_grad(set_to_none=True)
+
+    def log(self, key: str, value: float | torch.Tensor) -> None:
+        """A value for the next metrics row (averaged over the log window; tensors are read then)."""
+        self._window[key].append(value.detach() if isinstance(value, torch.Tensor) else value)
+
+    def log_by_t(self, t: torch.Tensor, per_sample: torch.Tensor) -> None:
+        bins = self.cfg.loss_bins
+        idx = (t.to(self.device) * bins).long().clamp(0, bins - 1)
+        self._bins_sum.index_add_(0, idx, per_sample.detach().to(self.device).float())
+        self._bins_n.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+
+    def count_images(self, batch: Batch) -> None:
+        for cat in batch.extras.get("categories", []):
+            self._mix[cat] += 1
+        self._images += batch.latents.shape[0] * self.accelerator.num_processes
 
     # --- state --------------------------------------------------------------------------------
 
-    def _modules(self) -> dict[str, torch.nn.Module]:
-        mods: dict[str, torch.nn.Module] = {"model": self.accelerator.unwrap_model(self.model)}
+    def _checkpointed(self) -> dict[str, torch.nn.Module | dict[str, torch.Tensor]]:
+        acc = self.accelerator
+        mods: dict[str, Any] = {}
+        for name, module in self._modules.items():
+            module = acc.unwrap_model(module)
+            if self._saved[name] == "all":
+                mods[name] = module
+            elif self._saved[name] == "trainable":
+                mods[name] = TrainableOnly(module)
         if self.ema is not None:
             mods["ema"] = self.ema
-        mods.update(self.extras)
         return mods
 
     def save(self) -> Path | None:
         if self.accelerator.is_main_process:
-            extra = {"objectives": {o.name: o.state() for o in self.objectives}}
-            path = save_checkpoint(self.run_dir, self.step, self._modules(), self.optimizer, self.scheduler, extra, keep=self.cfg.keep_checkpoints)
+            extra = {"method": self.method.state()}
+            if isinstance(self.method, ObjectivesMethod):
+                extra["objectives"] = extra["method"]["objectives"]  # the layout checkpoints had before methods
+            path = save_checkpoint(self.run_dir, self.step, self._checkpointed(), self.optimizers, self.schedulers, extra, keep=self.cfg.keep_checkpoints)
             self.reporter.log(f"checkpoint {path.name}")
         else:
             path = None
@@ -222,17 +357,30 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        meta = load_checkpoint(path, self._modules(), self.optimizer, self.scheduler)
-        for obj in self.objectives:
-            obj.load_state(meta.get("extra", {}).get("objectives", {}).get(obj.name, {}))
+        meta = load_checkpoint(path, self._checkpointed(), self.optimizers, self.schedulers)
+        extra = meta.get("extra", {})
+        self.method.load_state(extra.get("method", {"objectives": extra.get("objectives", {})}))
         self.step = int(meta["step"])
         self.reporter.log(f"resumed from {path.name} at step {self.step}")
         return True
 
     @property
     def sampling_model(self) -> torch.nn.Module:
-        """The weights previews and saved models use: EMA when enabled."""
+        """The weights previews and saved models use: EMA when enabled (full networks; a run with
+        an adapter EMA samples through ``sampling()``)."""
+        if isinstance(self.ema, AdapterEma):
+            raise RuntimeError("this run averages adapters only; sample inside `with trainer.sampling() as net:`")
         return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+
+    @contextmanager
+    def sampling(self) -> Iterator[torch.nn.Module]:
+        """The network with the weights previews, evaluation and saved models use, in eval mode."""
+        net = self.accelerator.unwrap_model(self.model)
+        if isinstance(self.ema, AdapterEma):
+            with self.ema.swapped(net):
+                yield from _eval_mode(net)
+        else:
+            yield from _eval_mode(self.sampling_model)
 
     # --- control ------------------------------------------------------------------------------
 
@@ -256,75 +404,21 @@ class Trainer:
         t0 = time.perf_counter()
         # metrics stay on the device between log steps: reading one (float(), .item(), .cpu())
         # would make the host wait for the GPU's queue to drain on every step
-        window: dict[str, list[float | torch.Tensor]] = defaultdict(list)
-        bins_sum = torch.zeros(cfg.loss_bins, device=acc.device)
-        bins_n = torch.zeros(cfg.loss_bins, device=acc.device)
-        mix: dict[str, int] = defaultdict(int)
         last_log = time.perf_counter()
-        images_since = 0
+        steps_since = 0
         state = "done"
         self.reporter.progress(self.step, cfg.steps)
         while self.step < cfg.steps:
-            step = self.step + 1
-            ctx = TrainContext(self.bundle, self.wrapped, step, acc.device)
-            for micro in range(cfg.grad_accum):
-                batch = self.batches(step, micro, acc.process_index)
-                batch.latents = to_device(batch.latents, acc.device)
-                batch.prompt = batch.prompt.to(acc.device)
-                with acc.accumulate(self.wrapped):
-                    with acc.autocast():
-                        total = 0.0
-                        for obj in self.objectives:
-                            out = obj.loss(ctx, batch)
-                            total = total + out.loss
-                            for k, v in out.logs.items():
-                                window[k].append(v)
-                            if out.t is not None and out.per_sample is not None:
-                                idx = (out.t.to(acc.device) * cfg.loss_bins).long().clamp(0, cfg.loss_bins - 1)
-                                bins_sum.index_add_(0, idx, out.per_sample.to(acc.device).float())
-                                bins_n.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
-                    acc.backward(total)
-                    if acc.sync_gradients:
-                        gn = acc.clip_grad_norm_(self.params, cfg.clip)
-                        window["grad_norm"].append(gn.detach() if isinstance(gn, torch.Tensor) else float(gn))
-                    self.optimizer.step()  # a no-op until the last micro-batch
-                    if acc.sync_gradients:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                window["loss"].append(total.detach())
-                for cat in batch.extras.get("categories", []):
-                    mix[cat] += 1
-                images_since += batch.latents.shape[0] * acc.num_processes
-            self.step = step
+            self.step += 1
+            step = self.step
+            self.method.step(self)
             if self.ema is not None:
                 self.ema.update_parameters(acc.unwrap_model(self.model))
+            self.method.after_step(self)
+            steps_since += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
-                values = {k: _mean(v) for k, v in window.items() if v}  # waits for the device
-                now = time.perf_counter()
-                if not all(math.isfinite(v) for v in values.values()):
-                    self.reporter.log(f"step {step}: non-finite loss {values}; stopping with the last checkpoint intact")
-                    raise FloatingPointError(f"training diverged at step {step} (loss {values.get('loss')})")
-                values["lr"] = self.scheduler.get_last_lr()[0]
-                values["images_per_s"] = images_since / max(1e-9, now - last_log)
-                values["step_s"] = (now - last_log) / max(1, len(window["loss"]) / cfg.grad_accum)
-                sums, counts = bins_sum.tolist(), bins_n.tolist()
-                for b in range(cfg.loss_bins):
-                    if counts[b] > 0:
-                        values[f"loss_t/{b}"] = sums[b] / counts[b]
-                total_mix = sum(mix.values())
-                for cat, n in mix.items():
-                    values[f"mix/{cat}"] = n / total_mix
-                if acc.is_main_process:
-                    self.reporter.metrics(step, values)
-                    self.reporter.progress(step, cfg.steps)
-                    if step % (cfg.log_every * 10) == 0 or step == cfg.steps:
-                        self.reporter.log(f"step {step}/{cfg.steps} loss {values['loss']:.4f} lr {values['lr']:.2e} {values['images_per_s']:.0f} img/s")
-                window.clear()
-                bins_sum.zero_()
-                bins_n.zero_()
-                mix.clear()
-                images_since = 0
-                last_log = now
+                self._log_window(step, time.perf_counter() - last_log, steps_since)
+                last_log, steps_since = time.perf_counter(), 0
             flag = self._control()
             if flag == "sample" or (self.preview and cfg.sample_every and step % cfg.sample_every == 0):
                 self._preview(step)
@@ -344,6 +438,34 @@ class Trainer:
         logs = self._replica_check() if acc.num_processes > 1 else {}
         return LoopResult(state, self.step, time.perf_counter() - t0, logs)
 
+    def _log_window(self, step: int, seconds: float, steps: int) -> None:
+        cfg = self.cfg
+        values = {k: _mean(v) for k, v in self._window.items() if v}  # waits for the device
+        if not all(math.isfinite(v) for v in values.values()):
+            self.reporter.log(f"step {step}: non-finite loss {values}; stopping with the last checkpoint intact")
+            raise FloatingPointError(f"training diverged at step {step} (loss {values.get('loss')})")
+        values["lr"] = self.schedulers["main"].get_last_lr()[0] if "main" in self.schedulers else next(iter(self.schedulers.values())).get_last_lr()[0]
+        values["images_per_s"] = self._images / max(1e-9, seconds)
+        values["step_s"] = seconds / max(1, steps)
+        sums, counts = self._bins_sum.tolist(), self._bins_n.tolist()
+        for b in range(cfg.loss_bins):
+            if counts[b] > 0:
+                values[f"loss_t/{b}"] = sums[b] / counts[b]
+        total_mix = sum(self._mix.values())
+        for cat, n in self._mix.items():
+            values[f"mix/{cat}"] = n / total_mix
+        if self.accelerator.is_main_process:
+            self.reporter.metrics(step, values)
+            self.reporter.progress(step, cfg.steps)
+            if step % (cfg.log_every * 10) == 0 or step == cfg.steps:
+                loss = values.get("loss", float("nan"))
+                self.reporter.log(f"step {step}/{cfg.steps} loss {loss:.4f} lr {values['lr']:.2e} {values['images_per_s']:.0f} img/s")
+        self._window.clear()
+        self._bins_sum.zero_()
+        self._bins_n.zero_()
+        self._mix.clear()
+        self._images = 0
+
     def _replica_check(self) -> dict[str, float]:
         """Data-parallel replicas must hold identical weights; measure and report the largest gap."""
         from accelerate.utils import gather
@@ -360,18 +482,23 @@ class Trainer:
 
     def _preview(self, step: int) -> None:
         if self.preview is not None and self.accelerator.is_main_process:
-            was = self.sampling_model.training
-            self.sampling_model.eval()
-            self.preview(step, self.sampling_model)
-            self.sampling_model.train(was)
+            with self.sampling() as net:
+                self.preview(step, net)
         self.accelerator.wait_for_everyone()
 
     def _evaluate(self, step: int) -> None:
         if self.evaluate is not None and self.accelerator.is_main_process:
-            was = self.sampling_model.training
-            self.sampling_model.eval()
-            values = self.evaluate(step, self.sampling_model)
-            self.sampling_model.train(was)
+            with self.sampling() as net:
+                values = self.evaluate(step, net)
             if values:
                 self.reporter.metrics(step, values)
         self.accelerator.wait_for_everyone()
+
+
+def _eval_mode(net: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    was = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was)

@@ -1,0 +1,59 @@
+"""LoRA adapters on any family, through peft (diffusers' ``add_adapter``), and the frozen reference
+that comes free with them: the same network with its adapters switched off.
+
+A LoRA run trains and checkpoints only the adapter weights (``Trainer`` saves modules declared
+``saved="trainable"`` through ``TrainableOnly``), keeps its EMA of those weights only
+(``AdapterEma``), and writes the adapter in the diffusers LoRA format (``save_lora_adapter``), so
+``load_lora_adapter`` on a stock diffusers model of the family reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .family import Family
+
+ADAPTER = "default"
+
+
+def add_lora(net: torch.nn.Module, family: Family, rank: int = 8, alpha: float | None = None, dropout: float = 0.0,
+             targets: list[str] | None = None) -> torch.nn.Module:
+    """Freeze ``net`` and add a LoRA adapter (W = W0 + alpha / r B A, B = 0 at start) on the family's
+    declared targets; only the adapter trains."""
+    from peft import LoraConfig
+
+    net.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout, init_lora_weights=True,
+                        target_modules=targets or family.lora_targets())
+    net.add_adapter(config, adapter_name=ADAPTER)
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"LoRA found none of {config.target_modules} in the {family.name} network")
+    return net
+
+
+def adapter_parameters(net: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in net.named_parameters() if "lora_" in n}
+
+
+@contextmanager
+def adapters_disabled(net: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The frozen reference of a LoRA run: the base network, adapters off (no second copy in memory)."""
+    inner = getattr(net, "module", net)
+    inner.disable_adapters()
+    try:
+        yield net
+    finally:
+        inner.enable_adapters()
+
+
+def save_lora(net: torch.nn.Module, folder: Path) -> Path:
+    """The adapter in the diffusers LoRA format (``pytorch_lora_weights.safetensors`` and its config)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    getattr(net, "module", net).save_lora_adapter(str(folder), adapter_name=ADAPTER, safe_serialization=True)
+    return folder / "pytorch_lora_weights.safetensors"
