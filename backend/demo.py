@@ -90,6 +90,8 @@ def run_demo(args: argparse.Namespace) -> int:
             print("[demo] ShapesEval of the model pretrained from scratch (detector-judged prompt fidelity; strict = exactly"
                   " the promised objects, lenient = GenEval's rule, 'extra' = share with more objects than asked for):")
             print("    " + format_table(se).replace("\n", "\n    "))
+            if summary.get("samples"):
+                print(f"[demo] its evaluation samples, each labelled with its prompt (green frame: strict pass): {summary['samples']}")
         base = install_shipped_base(project, log=lambda m: print(f"[demo] {m}"))
         if base is not None:
             card = json.loads(project.db.execute("SELECT card FROM models WHERE id = ?", [base]).fetchone()[0])

@@ -15,7 +15,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from backend.models.family import PromptEmbeds, build_embedded
-from backend.models.lora import adapter_parameters, add_lora, adapters_disabled, save_lora
+from backend.models.lora import adapter_parameters, adapters_disabled, add_lora, save_lora
 from backend.train.curriculum import batch_generator
 from backend.train.loop import LoopConfig, Trainer
 from backend.train.method import Method

@@ -35,8 +35,9 @@ def test_two_processes_keep_identical_replicas(shapes_project: Path, tmp_path: P
     assert job["state"] == "done"
     assert _metric(shapes_project, job["id"], "replicas/processes") == [2.0]
     assert _metric(shapes_project, job["id"], "replicas/max_abs_diff") == [0.0]
-    # each process drew its own micro-batch: twice the images per step
-    assert max(_metric(shapes_project, job["id"], "images_per_s")) > 0
+    # each process drew its own micro-batch: images per step (images/s x s/step) is twice the batch of 8
+    per_step = [a * b for a, b in zip(_metric(shapes_project, job["id"], "images_per_s"), _metric(shapes_project, job["id"], "step_s"))]
+    assert per_step and all(abs(x - 16) < 1e-6 for x in per_step), per_step
 
 
 def test_caches_rebuild_only_what_changed(tmp_path: Path):

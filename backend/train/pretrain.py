@@ -44,7 +44,7 @@ def loop_config(recipe: PretrainRecipe) -> LoopConfig:
 
 def make_evaluator(bundle: ModelBundle, recipe: PretrainRecipe, n_images: int) -> Any:
     """Strict ShapesEval of the first ``n_images`` stratified eval images at the recipe's size."""
-    from backend.eval.model_eval import evaluate_model
+    from backend.eval.model_eval import evaluate_model, labelled_grid
     from backend.eval.shapes_eval import metrics
     from backend.world.pretrained import load_detector
 
@@ -53,11 +53,12 @@ def make_evaluator(bundle: ModelBundle, recipe: PretrainRecipe, n_images: int) -
     settings = SampleSettings(width=width, height=height, steps=recipe.preview.sampler.steps, cfg=recipe.preview.sampler.cfg)
 
     def evaluate(step: int, model: torch.nn.Module) -> dict[str, float]:
-        report, *_ = evaluate_model(bundle, settings, n_images, net=model, detector=detector)
+        report, images, pairs, _ = evaluate_model(bundle, settings, n_images, net=model, detector=detector)
         evaluate.last = report  # type: ignore[attr-defined]
+        evaluate.grid = labelled_grid(images, [p.prompt for p, _ in pairs], [r["pass"] for r in report.per_image])  # type: ignore[attr-defined]
         return metrics(report)
 
-    evaluate.last = None  # type: ignore[attr-defined]
+    evaluate.last = evaluate.grid = None  # type: ignore[attr-defined]
     return evaluate
 
 
@@ -119,6 +120,9 @@ def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, report
         name = recipe.name or "pretrain"
         folder = project.root / "models" / f"{name}-{run_dir.name}"
         bundle.save(folder, net=trainer.sampling_model, extra={"card": card})
+        if evaluate.grid is not None:  # the samples behind the card's numbers, each with its prompt, framed by strict pass/fail
+            evaluate.grid.save(folder / "samples.png")
+            summary["samples"] = str(folder / "samples.png")
         model_id = reporter.model_saved(folder, name, card)
         summary.update({"model": str(folder), "model_id": model_id, "shapes_eval": card["shapes_eval"]})
         if report is not None:
