@@ -104,9 +104,10 @@ def ship(model: Path, dest: Path, card: dict[str, Any], grid: Any) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(model, tmp)
+    from backend.models.family import get_family
+
     info = json.loads((tmp / "signal_model.json").read_text())
-    sub = {"unet": "unet", "mmdit": "transformer", "embedded": "transformer"}[info.get("family", "mmdit")]
-    weights = tmp / sub / "diffusion_pytorch_model.safetensors"
+    weights = tmp / get_family(info.get("family", "mmdit")).subfolder / "diffusion_pytorch_model.safetensors"
     save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}, str(weights))
     info["card"] = card
     atomic_write_text(tmp / "signal_model.json", json.dumps(info, indent=2) + "\n")

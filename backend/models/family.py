@@ -98,10 +98,6 @@ class Family:
         """Latent pixels per token side (what the dynamic shift counts as a token)."""
         return 1
 
-    def size_unit(self, net: torch.nn.Module) -> int:
-        """Latent sides must be multiples of this."""
-        return self.patch(net)
-
     def blocks(self, net: torch.nn.Module) -> list[torch.nn.Module]:
         """The repeated blocks, compiled one by one on a GPU."""
         return []
@@ -203,11 +199,6 @@ class ModelBundle:
     def token_pixels(self) -> int:
         """Image pixels per token side (VAE factor x patch): what the dynamic shift counts."""
         return self.vae_factor * self.family.patch(self.net)
-
-    @property
-    def size_pixels(self) -> int:
-        """Image sides must be multiples of this many pixels."""
-        return self.vae_factor * self.family.size_unit(self.net)
 
     def repa_grid(self, width: int, height: int, block: int) -> tuple[int, int]:
         """(rows, cols) of the features REPA aligns at an image size."""

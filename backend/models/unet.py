@@ -63,9 +63,6 @@ class EmbeddedUNet(Family):
     def patch(self, net: torch.nn.Module) -> int:
         return 1
 
-    def size_unit(self, net: torch.nn.Module) -> int:
-        return 2 ** (len(_config(net).block_out_channels) - 1)
-
     def blocks(self, net: torch.nn.Module) -> list[torch.nn.Module]:
         return [*net.down_blocks, net.mid_block, *net.up_blocks]
 
