@@ -30,19 +30,15 @@ def sample_pairs(bundle: ModelBundle, pairs: list[tuple[EvalPrompt, int]], setti
 
 
 def evaluate_model(bundle: ModelBundle, settings: SampleSettings, n: int | None = None, net: torch.nn.Module | None = None,
-                   detector: Any = None, fd: bool = False, categories: tuple[str, ...] | None = None,
+                   detector: Any = None, categories: tuple[str, ...] | None = None,
                    ) -> tuple[ShapesEvalReport, list[Image.Image], list[tuple[EvalPrompt, int]], dict[str, Any]]:
-    """Strict ShapesEval of ``n`` stratified eval images (all when None); with ``fd`` also the
-    Fréchet distance to true renders of the same prompts in the embedded encoder's space."""
+    """Strict ShapesEval of ``n`` stratified eval images (all when None); ``fd_to_renders`` adds the FD."""
     from backend.world.pretrained import load_detector
 
     pairs = eval_pairs(n, categories)
     images = sample_pairs(bundle, pairs, settings, net)
     report = shapes_eval(images, [p.scene for p, _ in pairs], detector or load_detector(), [f"{p.id}_s{s}" for p, s in pairs])
-    extra: dict[str, Any] = {"sampler": asdict(settings), "images": len(images)}
-    if fd:
-        extra["fd"] = fd_to_renders(images, pairs)
-    return report, images, pairs, extra
+    return report, images, pairs, {"sampler": asdict(settings), "images": len(images)}
 
 
 def fd_to_renders(images: list[Image.Image], pairs: list[tuple[EvalPrompt, int]]) -> float:

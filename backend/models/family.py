@@ -119,6 +119,11 @@ class Family:
         return []
 
 
+def net_config(net: torch.nn.Module) -> Any:
+    """A diffusers network's config, through a DDP wrapper too."""
+    return getattr(net, "module", net).config
+
+
 _FAMILIES: dict[str, Family] = {}
 ALIASES = {"embedded": "mmdit"}  # models saved before the UNet family existed
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 
-from .family import Family, PromptEmbeds, register_family
+from .family import Family, PromptEmbeds, net_config, register_family
 
 POS_GRID = 64  # tokens per side the positional table covers (1024 px at patch 4, 512 px at patch 2)
 
@@ -142,7 +142,7 @@ class EmbeddedMMDiT(Family):
                    return_dict=False, **kwargs)[0]
 
     def patch(self, net: torch.nn.Module) -> int:
-        return int(_config(net).patch_size)
+        return int(net_config(net).patch_size)
 
     def blocks(self, net: torch.nn.Module) -> list[torch.nn.Module]:
         return list(net.transformer_blocks)
@@ -151,7 +151,7 @@ class EmbeddedMMDiT(Family):
         blocks = self.blocks(net)
         if not 0 <= block < len(blocks):
             raise ValueError(f"repa.block {block} is out of range: the network has {len(blocks)} blocks")
-        cfg = _config(net)
+        cfg = net_config(net)
         return blocks[block], int(cfg.num_attention_heads * cfg.attention_head_dim)
 
     def repa_tokens(self, output: Any) -> torch.Tensor:
@@ -163,10 +163,6 @@ class EmbeddedMMDiT(Family):
 
     def lora_targets(self) -> list[str]:
         return ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
-
-
-def _config(net: torch.nn.Module) -> Any:
-    return getattr(net, "module", net).config  # through a DDP wrapper too
 
 
 register_family(EmbeddedMMDiT())

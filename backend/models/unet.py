@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
-from .family import Family, PromptEmbeds, register_family
+from .family import Family, PromptEmbeds, net_config, register_family
 
 # block widths, which levels have cross-attention, ResNet layers per level
 PRESETS: dict[str, dict[str, Any]] = {
@@ -70,23 +70,19 @@ class EmbeddedUNet(Family):
         downs = getattr(net, "module", net).down_blocks
         if not 0 <= block < len(downs):
             raise ValueError(f"repa.block {block} is out of range: the UNet has {len(downs)} down blocks")
-        return downs[block], int(_config(net).block_out_channels[block])
+        return downs[block], int(net_config(net).block_out_channels[block])
 
     def repa_tokens(self, output: Any) -> torch.Tensor:
         features = output[0]  # (hidden_states, residuals): the block's output map (B, C, h, w)
         return features.flatten(2).transpose(1, 2)
 
     def repa_grid(self, net: torch.nn.Module, block: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
-        levels = len(_config(net).block_out_channels)
+        levels = len(net_config(net).block_out_channels)
         down = 2 ** min(block + 1, levels - 1)  # every down block but the last halves the grid
         return latent_hw[0] // down, latent_hw[1] // down
 
     def lora_targets(self) -> list[str]:
         return ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def _config(net: torch.nn.Module) -> Any:
-    return getattr(net, "module", net).config
 
 
 register_family(EmbeddedUNet())
