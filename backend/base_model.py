@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.cli import command, fail
-from backend.paths import data_home, resources_dir
+from backend.paths import data_home, resources_dir, shipped_base_dir
 from backend.recipes import WorldRecipe
 from backend.store import Project, atomic_write_text
 
@@ -34,13 +34,9 @@ def base_recipe_path() -> Path:
     return resources_dir() / "recipes" / "shapes_base.toml"
 
 
-def shipped_base_dir() -> Path:
-    return resources_dir() / "models" / "shapes-base"
-
-
 def base_project(root: Path, dataset: str, images: int, log=print) -> Project:
     """The project the base trains in: ShapesWorld rendered at the 64 px it trains at (no upscaling)."""
-    from backend.demo import add_world_data
+    from backend.stages.world import add_world_data
 
     project = Project.open(root) if (root / "project.db").exists() else Project.init(root)
     if not project.db.execute("SELECT count(*) FROM datasets WHERE name = ?", [dataset]).fetchone()[0]:
@@ -189,35 +185,15 @@ def run_base(args: argparse.Namespace) -> int:
     return 0
 
 
-def install_shipped_base(project: Project, log=print) -> int | None:
-    """Copy the shipped base into ``project/models`` and list it, so the Playground and later stages
-    find it there (no route serves files outside a project). Once per project."""
-    src = shipped_base_dir()
-    if not (src / "card.json").exists():
-        log("no shipped base model yet (resources/models/shapes-base); `make base` trains it")
-        return None
-    row = project.db.execute("SELECT id FROM models WHERE name = 'shapes-base'").fetchone()
-    if row:
-        return int(row[0])
-    dest = project.root / "models" / "shapes-base"
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(src, dest)
-    card = json.loads((src / "card.json").read_text())
-    with project.transaction():
-        model_id = int(project.db["models"].insert({"kind": "base", "name": "shapes-base", "path": "models/shapes-base", "parent_id": None,
-                                                    "job_id": None, "card": json.dumps(card)}).last_pk)
-    log(f"added the shipped base model as model #{model_id} (strict ShapesEval {card['shapes_eval']['overall']:.3f})")
-    return model_id
-
-
 def _pause_after(project: Project, job_id: int, minutes: float):
     """Raise the job's pause flag after ``minutes``: the loop checkpoints and stops cleanly."""
     import threading
 
     def pause() -> None:
-        with Project.open(project.root) as p, p.transaction():
-            p.db["jobs"].update(job_id, {"control": "pause"})
+        from backend.store import job_state
+
+        with Project.open(project.root) as p:
+            job_state.set_control(p.db, job_id, "pause")
 
     timer = threading.Timer(minutes * 60, pause)
     timer.daemon = True

@@ -67,6 +67,7 @@ def _project_info(args: argparse.Namespace) -> int:
 
 @command("recipe validate", "check a recipe file; print every problem", lambda p: p.add_argument("file", type=Path))
 def _recipe_validate(args: argparse.Namespace) -> int:
+    import backend.stages  # noqa: F401  (every stage's recipe kind, plugins included)
     from backend.recipes import RecipeError, load_recipe
 
     try:
@@ -81,6 +82,7 @@ def _recipe_validate(args: argparse.Namespace) -> int:
 
 
 def _show_args(p: argparse.ArgumentParser) -> None:
+    import backend.stages  # noqa: F401  (every stage's recipe kind, plugins included)
     from backend.recipes import RECIPE_KINDS
 
     p.add_argument("kind", choices=sorted(RECIPE_KINDS))

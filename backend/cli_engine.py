@@ -62,19 +62,10 @@ def launch_worker(project: Path, job_id: int, processes: int = 1, resume: bool =
     """Run a job: in this process, or as ``processes`` data-parallel processes under accelerate."""
     if processes <= 1:
         return _execute(project, job_id, resume)
+    from backend.jobs import worker_command
+
     cmd = worker_command(project, job_id, processes, resume)
     return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // processes)))})
-
-
-def worker_command(project: Path, job_id: int, processes: int = 1, resume: bool = True) -> list[str]:
-    tail = ["-m", "backend", "worker", "--project", str(project), "--job", str(job_id)] + ([] if resume else ["--fresh"])
-    if processes <= 1:
-        return [sys.executable, *tail]
-    # accelerate's torchrun launcher ('--multi_gpu') also serves CPU-only machines: each process then
-    # runs with distributed type MULTI_CPU over gloo ('--cpu' would force a single process)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
-    return launch + tail
 
 
 def _execute(project: Path, job_id: int, resume: bool) -> int:
@@ -119,7 +110,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from backend.recipes import SampleRecipe
     from backend.recipes.sampling import SamplerSettings
-    from backend.sample.cli import run_sample_recipe, sample_eval_set
+    from backend.stages.sample import run_sample_recipe, sample_eval_set
     from backend.store import Project
 
     if not args.prompt and not args.eval_prompts:

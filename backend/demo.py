@@ -16,6 +16,7 @@ from pathlib import Path
 from backend.cli import command
 from backend.paths import demo_project_dir, resources_dir
 from backend.recipes import WorldRecipe
+from backend.stages.world import add_world_data
 from backend.store import Project
 
 DEMO_IMAGES = 6000  # rendered at 64 px, the size the demo trains at: no scene is enlarged into its bucket
@@ -25,32 +26,6 @@ DEMO_SEED = 0
 
 def demo_recipe_path() -> Path:
     return resources_dir() / "recipes" / "demo_pretrain.toml"
-
-
-def add_world_data(project: Project, recipe: WorldRecipe, log=print, progress=None) -> dict:
-    """Export ShapesWorld into ``exports/<dataset>``, import it through the normal path, curate it."""
-    from backend.data.curate import curate
-    from backend.data.importer import import_sources
-    from backend.world.export import export_world, subject_folder
-
-    export = project.root / "exports" / recipe.dataset
-    t0 = time.perf_counter()
-    export_world(export, recipe.images, recipe.seed, subject=recipe.subject, defects=recipe.defects, resolution=recipe.resolution,
-                 progress=(lambda i, n: progress(i, 2 * n)) if progress else None)
-    log(f"exported {recipe.images} ShapesWorld images{' (+ planted bad files)' if recipe.defects else ''} to {export} in {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    report = import_sources(project, recipe.dataset, [export], progress=(lambda i, n: progress(n + i, 2 * n)) if progress else None)
-    log(f"import ({time.perf_counter() - t0:.1f} s):\n" + report.summary())
-    cur = curate(project, recipe.dataset)
-    log("curation:\n" + cur.summary())
-    if recipe.subject:
-        import_sources(project, "subject", [subject_folder(export)])
-        log("imported the DreamBooth subject's 5 renders as dataset 'subject'")
-    if recipe.base_model:
-        from backend.base_model import install_shipped_base
-
-        install_shipped_base(project, log)
-    return {"state": "done", "import": report.to_json(), "curation": {k: v for k, v in cur.to_json().items() if not k.endswith("clusters")}}
 
 
 def ensure_demo_project(root: Path | None = None, n: int = DEMO_IMAGES, log=print) -> Project:
@@ -71,10 +46,10 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "run the embedded ShapesWorld lifecycle headless (data, pretraining, ShapesEval)", _demo_args)
 def run_demo(args: argparse.Namespace) -> int:
-    from backend.base_model import install_shipped_base
     from backend.eval.shapes_eval import format_table
     from backend.jobs import create_job, execute_job
     from backend.recipes import load_recipe
+    from backend.stages.world import install_shipped_base
 
     t0 = time.perf_counter()
     project = ensure_demo_project(args.project.resolve() if args.project else None, args.images)

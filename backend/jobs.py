@@ -1,26 +1,25 @@
 """Job rows and their life: created from a recipe, executed by a worker, ended in a state.
 
 The CLI's ``run`` and the service's job runner both go through ``execute_job``: one code path
-for a job whether it was started from a terminal or from the Studio. Each kind of recipe has
-one runner function in ``RUNNERS``.
+for a job whether it was started from a terminal or from the Studio. What a job of each kind runs
+comes from the stage registry (``backend/stages``); every change of state goes through
+``store/job_state.py``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from backend.recipes import RecipeBase, dumps_recipe, loads_recipe
-from backend.store import Project, atomic_write_text, dumps
-
-STATES = ("queued", "running", "paused", "stopped", "done", "failed", "interrupted")
-FINAL = ("stopped", "done", "failed")
-Runner = Callable[[Project, RecipeBase, Path, Any, bool], dict[str, Any]]
+from backend.stages import get_stage
+from backend.store import Project, atomic_write_text, dumps, job_state
+from backend.store.job_state import FINAL
 
 
 def now_iso() -> str:
@@ -31,7 +30,7 @@ def create_job(project: Project, recipe: RecipeBase, name: str | None = None) ->
     """A queued job row with its run folder and a copy of its recipe."""
     text = dumps_recipe(recipe, comments=False)
     with project.transaction():
-        job_id = int(project.db["jobs"].insert({"kind": recipe.kind, "name": name or recipe.name or recipe.kind, "recipe": text, "state": "queued"}).last_pk)
+        job_id = job_state.create(project.db, kind=recipe.kind, name=name or recipe.name or recipe.kind, recipe=text)
         run_dir = project.root / "runs" / f"job-{job_id:05d}"
         project.db["jobs"].update(job_id, {"run_dir": str(run_dir.relative_to(project.root))})
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -47,44 +46,16 @@ def job_row(project: Project, job_id: int) -> dict[str, Any]:
     return dict(zip(cols, row))
 
 
-def set_state(project: Project, job_id: int, state: str, **fields: Any) -> None:
-    if state not in STATES:
-        raise ValueError(f"unknown job state {state}")
-    with project.transaction():
-        project.db["jobs"].update(job_id, {"state": state, **fields})
-
-
-def _run_pretrain(project: Project, recipe: RecipeBase, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
-    from backend.train.pretrain import run_pretrain
-
-    return run_pretrain(project, recipe, run_dir, reporter, resume=resume)  # type: ignore[arg-type]
-
-
-def _run_import(project: Project, recipe: RecipeBase, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
-    from backend.data.importer import import_sources
-
-    report = import_sources(
-        project, recipe.dataset, recipe.sources, category_from=recipe.category_from,  # type: ignore[attr-defined]
-        max_pixels=recipe.limits.max_pixels, min_side=recipe.limits.min_side,  # type: ignore[attr-defined]
-        progress=lambda i, n: reporter.progress(i, n),
-    )
-    reporter.log(report.summary())
-    return report.to_json()
-
-
-def _run_sample(project: Project, recipe: RecipeBase, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
-    from backend.sample.cli import run_sample_recipe
-
-    return run_sample_recipe(project, recipe, reporter)  # type: ignore[arg-type]
-
-
-def _run_world(project: Project, recipe: RecipeBase, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
-    from backend.demo import add_world_data
-
-    return add_world_data(project, recipe, log=reporter.log, progress=reporter.progress)  # type: ignore[arg-type]
-
-
-RUNNERS: dict[str, Runner] = {"pretrain": _run_pretrain, "import": _run_import, "sample": _run_sample, "world": _run_world}
+def worker_command(project: Path, job_id: int, processes: int = 1, resume: bool = True) -> list[str]:
+    """The command line of the worker that runs a job: one process, or several through accelerate."""
+    tail = ["-m", "backend", "worker", "--project", str(project), "--job", str(job_id)] + ([] if resume else ["--fresh"])
+    if processes <= 1:
+        return [sys.executable, *tail]
+    # accelerate's torchrun launcher ('--multi_gpu') also serves CPU-only machines: each process then
+    # runs with distributed type MULTI_CPU over gloo ('--cpu' would force a single process)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return launch + tail
 
 
 def is_main_rank() -> bool:
@@ -97,15 +68,16 @@ def execute_job(project: Project, job_id: int, *, resume: bool = True, echo: boo
 
     row = job_row(project, job_id)
     recipe = loads_recipe(row["recipe"], f"job {job_id}")
-    runner = RUNNERS.get(recipe.kind)
-    if runner is None:
-        raise ValueError(f"job {job_id}: no runner for recipe kind {recipe.kind!r} yet")
+    try:
+        runner = get_stage(recipe.kind).run()
+    except KeyError as exc:
+        raise ValueError(f"job {job_id}: {exc.args[0]}") from None
     run_dir = project.resolve(row["run_dir"] or f"runs/job-{job_id:05d}")
     run_dir.mkdir(parents=True, exist_ok=True)
     main = is_main_rank()
     reporter = DbReporter(project, job_id, run_dir / "log.txt", echo=echo) if main else Reporter()
     if main:
-        set_state(project, job_id, "running", pid=os.getpid(), started=row["started"] or now_iso(), heartbeat=time.time(), error=None, control=None)
+        job_state.require(project.db, job_id, "running", pid=os.getpid(), started=row["started"] or now_iso(), heartbeat=time.time(), error=None, control=None)
     try:
         summary = runner(project, recipe, run_dir, reporter, resume)
     except BaseException as exc:
@@ -113,15 +85,17 @@ def execute_job(project: Project, job_id: int, *, resume: bool = True, echo: boo
             has_ckpt = (run_dir / "checkpoints" / "latest").exists()
             reporter.log("".join(traceback.format_exception(exc)))
             state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            set_state(project, job_id, state, error=f"{type(exc).__name__}: {exc}", ended=now_iso(), resumable=int(has_ckpt), pid=None)
+            job_state.move(project.db, job_id, state, only_from=("running",), error=f"{type(exc).__name__}: {exc}", ended=now_iso(),
+                           resumable=int(has_ckpt), pid=None)
         raise
     if main:
         state = summary.get("state", "done")
         atomic_write_text(run_dir / "summary.json", dumps(summary) + "\n")
         progress = 1.0 if state == "done" else _progress(project, job_id)
         final = {"step": int(summary["step"])} if isinstance(summary.get("step"), int) else {}  # the step its checkpoint holds
-        set_state(project, job_id, state, ended=now_iso() if state in FINAL else None, resumable=int(state in ("paused", "stopped")),
-                  pid=None, progress=progress, **final)
+        if not job_state.move(project.db, job_id, state, only_from=("running",), ended=now_iso() if state in FINAL else None,
+                              resumable=int(state in ("paused", "stopped")), pid=None, progress=progress, **final):
+            reporter.log(f"job {job_id} ended as {state}, but its row had already been moved on (by the service?); left as it is")
         if isinstance(reporter, DbReporter):
             reporter.close()
     return summary

@@ -48,3 +48,8 @@ def resources_dir() -> Path:
     """The repository's ``resources/`` (shipped weights, default recipes, eval prompts)."""
     override = os.environ.get("SIGNAL_STUDIO_RESOURCES")
     return Path(override) if override else Path(__file__).resolve().parent.parent / "resources"
+
+
+def shipped_base_dir() -> Path:
+    """The shipped ShapesWorld base model (``make base`` trains it; later stages start from it)."""
+    return resources_dir() / "models" / "shapes-base"

@@ -36,8 +36,8 @@ def probe(spec: str, project: str | None, n: int, size: int, seed: int = 0) -> d
 
     from backend.imaging import to_tensor
     from backend.models.family import PromptEmbeds
-    from backend.models.resolve import resolve_model
     from backend.store import Project
+    from backend.train.resolve import resolve_model
     from backend.world.captions import caption
     from backend.world.generate import make_scene
     from backend.world.render import render

@@ -82,11 +82,11 @@ class Clock(Collect):
 
 def run(project: Path, name: str, args: argparse.Namespace, out: Path) -> dict:
     from backend.eval.model_eval import evaluate_model, labelled_grid
-    from backend.models.resolve import resolve_model
     from backend.recipes import dumps_recipe, loads_recipe
     from backend.sample.euler import SampleSettings
     from backend.store import Project
     from backend.train.pretrain import run_pretrain
+    from backend.train.resolve import resolve_model
 
     v = VARIANTS[name]
     recipe = loads_recipe(RECIPE.format(name=name, batch=args.batch, cfg=args.cfg, **v))

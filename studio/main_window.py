@@ -29,17 +29,12 @@ from .views.data_view import DataView
 from .views.playground import Playground
 from .views.pretrain_wizard import PretrainWizard
 from .views.runs_view import RunsView
+from .views.stage_page import StagePage
 from .views.start_page import StartPage
 from .widgets import heading, hint, show_error
 
-STAGES = ("Data", "Pretrain", "Rate", "Align", "Personalize", "Distill", "Playground", "Runs")
-NOT_BUILT = {
-    "Rate": "Rating image pairs with the keyboard (A / B / tie / both bad / skip, undo) feeds the reward model. The backend already stores "
-            "judgements (prompt, images, shown side, rater, decision time); the rating view and the pair generator are not built yet.",
-    "Align": "Preference tuning (reward model, ReFL, Diffusion-DPO, Flow-GRPO), continued training, SFT and prompt enhancement are not built yet.",
-    "Personalize": "DreamBooth-LoRA on the ShapesWorld subject (the 'subject' dataset of the demo project) is not built yet.",
-    "Distill": "Distillation into a 1-4 step student (progressive, reflow / InstaFlow, consistency, DMD, ADD/LADD) is not built yet.",
-}
+# the Studio's own views; every other page comes from the backend's stage registry (/api/stages)
+VIEWS = ("Data", "Pretrain", "Playground", "Runs")
 MAX_RECENT = 10
 
 
@@ -49,7 +44,7 @@ class PretrainPage(QWidget):
         self.window = window
         lay = QVBoxLayout(self)
         lay.addWidget(heading("Pretrain"))
-        lay.addWidget(hint("Train a flow-matching MMDiT from scratch, deciding where the training signal goes: timestep density, "
+        lay.addWidget(hint("Train a flow-matching model (UNet or MMDiT) from scratch, deciding where the training signal goes: timestep density, "
                            "resolution shift per bucket, curriculum stages, category mixture and REPA."))
         row = QHBoxLayout()
         self.new_btn = QPushButton("New pretraining run…")
@@ -64,16 +59,6 @@ class PretrainPage(QWidget):
         lay.addLayout(row)
         self.next_step = hint("")
         lay.addWidget(self.next_step)
-        lay.addStretch(1)
-
-
-class NotBuiltPage(QWidget):
-    def __init__(self, stage: str):
-        super().__init__()
-        lay = QVBoxLayout(self)
-        lay.addWidget(heading(stage))
-        lay.addWidget(QLabel("<b>This stage is not built yet.</b>"))
-        lay.addWidget(hint(NOT_BUILT[stage]))
         lay.addStretch(1)
 
 
@@ -122,10 +107,6 @@ class MainWindow(QMainWindow):
         wl.setContentsMargins(0, 0, 0, 0)
         self.sidebar = QListWidget()
         self.sidebar.setFixedWidth(150)
-        for i, stage in enumerate(STAGES):
-            item = QListWidgetItem(stage)
-            item.setToolTip(f"{stage} (Ctrl+{i + 1})")
-            self.sidebar.addItem(item)
         self.pages = QStackedWidget()
         self.data_view = DataView(self.link)
         self.data_view.job_started.connect(self._job_started)
@@ -133,9 +114,8 @@ class MainWindow(QMainWindow):
         self.playground = Playground(self.link)
         self.runs = RunsView(self.link)
         self.runs.jobs_changed.connect(self._jobs_changed)
-        for stage in STAGES:
-            page = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Playground": self.playground, "Runs": self.runs}.get(stage)
-            self.pages.addWidget(page or NotBuiltPage(stage))
+        self.views: dict[str, QWidget] = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Playground": self.playground, "Runs": self.runs}
+        self.page_names: list[str] = []
         self.sidebar.currentRowChanged.connect(self._stage_changed)
         wl.addWidget(self.sidebar)
         wl.addWidget(self.pages, 1)
@@ -155,11 +135,13 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(self.progress)
         sb.addPermanentWidget(self.stream_label)
         self._menus()
+        self._set_pages(list(VIEWS))
         self.resize(1280, 800)
         geometry = self.settings.value("geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
-        self.sidebar.setCurrentRow(int(self.settings.value("stage", 0)))
+        saved = self.settings.value("stage", "Data")
+        self.sidebar.setCurrentRow(self.page_names.index(saved) if saved in self.page_names else 0)
 
     # --- menus and shortcuts ----------------------------------------------------------------------
 
@@ -172,26 +154,57 @@ class MainWindow(QMainWindow):
             act.setShortcut(key)
             act.triggered.connect(fn)
             file.addAction(act)
-        view = self.menuBar().addMenu("&View")
-        for i, stage in enumerate(STAGES):
-            act = QAction(stage, self)
-            act.setShortcut(f"Ctrl+{i + 1}")
-            act.triggered.connect(lambda _=False, i=i: self.show_stage(i))
-            view.addAction(act)
+        self.view_menu = self.menuBar().addMenu("&View")
+
+    def _set_pages(self, names: list[str]) -> None:
+        """Lay out the sidebar, the page stack and the View menu (Ctrl+1…) in this order."""
+        current = self.page_names[self.sidebar.currentRow()] if 0 <= self.sidebar.currentRow() < len(self.page_names) else None
+        self.sidebar.blockSignals(True)
+        self.sidebar.clear()
+        while self.pages.count():
+            self.pages.removeWidget(self.pages.widget(0))
+        self.page_names = names
+        self.view_menu.clear()
+        for i, name in enumerate(names):
+            item = QListWidgetItem(name)
+            item.setToolTip(f"{name} (Ctrl+{i + 1})" if i < 9 else name)
+            self.sidebar.addItem(item)
+            self.pages.addWidget(self.views[name])
+            act = QAction(name, self)
+            if i < 9:
+                act.setShortcut(f"Ctrl+{i + 1}")
+            act.triggered.connect(lambda _=False, name=name: self.show_stage(name))
+            self.view_menu.addAction(act)
         refresh = QAction("Refresh", self)
         refresh.setShortcut(QKeySequence.Refresh)
         refresh.triggered.connect(self.refresh)
-        view.addAction(refresh)
+        self.view_menu.addAction(refresh)
+        self.sidebar.blockSignals(False)
+        row = names.index(current) if current in names else 0
+        self.sidebar.setCurrentRow(row)
+        self.pages.setCurrentIndex(row)
 
-    def show_stage(self, index: int | str) -> None:
-        if isinstance(index, str):
-            index = STAGES.index(index)
-        if self.stack.currentIndex() == 1:
-            self.sidebar.setCurrentRow(index)
+    def _stages(self, stages: list[dict]) -> None:
+        """Pages from the backend's stage registry, in its order: a page the Studio has no view for
+        gets the generic recipe page; Runs stays last."""
+        by_page: dict[str, list[dict]] = {}
+        for st in sorted(stages, key=lambda s: s["order"]):
+            by_page.setdefault(st["page"], []).append(st)
+        for page, members in by_page.items():
+            if page not in self.views:
+                view = StagePage(self.link, page, members)
+                view.job_started.connect(self._job_started)
+                self.views[page] = view
+        names = [p for p in by_page if p != "Runs"] + [v for v in VIEWS if v not in by_page and v != "Runs"] + ["Runs"]
+        self._set_pages(names)
+
+    def show_stage(self, name: str) -> None:
+        if self.stack.currentIndex() == 1 and name in self.page_names:
+            self.sidebar.setCurrentRow(self.page_names.index(name))
 
     def _stage_changed(self, row: int) -> None:
         self.pages.setCurrentIndex(row)
-        if STAGES[row] == "Playground" and self.link.client:
+        if 0 <= row < len(self.page_names) and self.page_names[row] == "Playground" and self.link.client:
             self.playground.reload()
 
     # --- projects ---------------------------------------------------------------------------------
@@ -239,6 +252,7 @@ class MainWindow(QMainWindow):
         if self.link.project:
             self._remember(str(self.link.project))
         self.stack.setCurrentIndex(1)
+        self.link.call("stages", done=self._stages)
         self.refresh()
         if self.demo_pending:
             self.demo_pending = False
@@ -256,11 +270,11 @@ class MainWindow(QMainWindow):
         self.data_view.reload()
         self.runs.reload()
         self.playground.reload()
-        self.link.call("get", "/api/recipes/builtin/demo_pretrain", done=self._demo_estimate, failed=lambda e, d: None)
+        self.link.call("builtin_recipe", "demo_pretrain", done=self._demo_estimate, failed=lambda e, d: None)
 
     def _demo_estimate(self, text: str) -> None:
         self.demo_recipe = text
-        self.link.call("post", "/api/recipes/estimate", {"text": text}, failed=lambda e, d: None,
+        self.link.call("estimate_recipe", text, failed=lambda e, d: None,
                        done=lambda est: self.pretrain_page.next_step.setText(
                            f"Next step: <b>pretrain the demo base model</b> — {est['params'] / 1e6:.1f}M parameters, {est['steps']} steps, "
                            f"about {est['seconds'] / 60:.0f} minutes on this machine."))
@@ -275,12 +289,13 @@ class MainWindow(QMainWindow):
             if not datasets:
                 show_error(self, "This project has no data yet.", "A pretraining run needs a dataset.", "Add ShapesWorld data or import a folder in Data.")
                 return
-            self.link.call("default_recipe", "pretrain", done=lambda text: self._wizard(datasets, text))
+            self.link.call("default_recipe", "pretrain", done=lambda text: self.link.call(
+                "recipe_schema", "pretrain", done=lambda schema: self._wizard(datasets, text, schema)))
 
         self.link.call("datasets", done=open_wizard)
 
-    def _wizard(self, datasets: list[dict], default: str) -> None:
-        self.wizard = PretrainWizard(self.link, datasets, default, self.link.info.get("devices", []), self,
+    def _wizard(self, datasets: list[dict], default: str, schema: dict) -> None:
+        self.wizard = PretrainWizard(self.link, datasets, default, self.link.info.get("devices", []), schema, self,
                                      on_started=lambda job: self._job_started(job), start_from=getattr(self, "demo_recipe", None))
         self.wizard.open()
 
@@ -317,7 +332,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.settings.setValue("geometry", self.saveGeometry())
-        self.settings.setValue("stage", self.sidebar.currentRow())
+        row = self.sidebar.currentRow()
+        self.settings.setValue("stage", self.page_names[row] if 0 <= row < len(self.page_names) else "Data")
         self.link.disconnect_backend()
         super().closeEvent(event)
 

@@ -155,8 +155,6 @@ def main() -> int:
     pg.generate()
     until(lambda: pg.shown_images() >= 4, 240)
     shot("08-playground-compare")
-    win.show_stage("Rate")
-    shot("09-rate-not-built")
     win.resize(2560, 1440)
     win.show_stage("Runs")
     win.runs.tabs.setCurrentIndex(0)

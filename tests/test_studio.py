@@ -64,6 +64,12 @@ def test_studio_end_to_end(qtbot, window: MainWindow, tmp_path: Path, monkeypatc
     model_page.radios["tiny"].setChecked(True)
     wiz.next()
     qtbot.waitUntil(lambda: bool(alloc_page.curves), timeout=20_000)
+    # the wizard's limits and help come from the recipe schema the backend serves, not from a copy
+    from backend.recipes.pretrain import TimestepDensity
+
+    m_field = TimestepDensity.model_fields["m"]
+    assert (alloc_page.m.minimum(), alloc_page.m.maximum()) == (m_field.metadata[0].ge, m_field.metadata[1].le)
+    assert alloc_page.m.toolTip() == m_field.description
     alloc_page.shift.setCurrentIndex(alloc_page.shift.findData("fixed"))
     alloc_page.alpha.setValue(2.0)
     qtbot.waitUntil(lambda: all(abs(c["alpha"] - 2.0) < 1e-9 for c in alloc_page.curves.values()), timeout=20_000)

@@ -3,6 +3,7 @@ the backend link's handling of a refused token while a backend starts."""
 
 from __future__ import annotations
 
+import pytest
 from PySide6.QtGui import QPixmap
 
 from studio.views.playground import Playground
@@ -108,3 +109,18 @@ def test_runs_view_shows_strict_score_its_error_and_the_shape_control(qtbot):
     assert "swap_control" not in tip  # the control is not mistaken for a category
     rv._got_metrics(7, {"shapes_eval/overall": [[30, 0.2]]})  # a newer evaluation without categories: no stale ones
     assert rv.eval_label.text() == "ShapesEval (strict) 0.20 @ 30" and "single_object" not in rv.eval_label.toolTip()
+
+
+def test_recipe_schema_reads_limits_and_help_by_field_path():
+    from backend.recipes import PretrainRecipe
+    from studio.recipe_schema import OPEN_INT, RecipeSchema
+
+    schema = RecipeSchema(PretrainRecipe.model_json_schema())
+    assert schema.limits("allocation.timesteps.m") == (-5, 5)
+    assert schema.limits("allocation.timesteps.s", step=0.01) == (0.01, 5)  # gt=0 moves in by a step
+    assert schema.limits("optim.ema", step=1e-5)[1] == 1 - 1e-5  # lt=1
+    assert schema.limits("curriculum.steps") == (1, OPEN_INT)  # a list's items; no upper limit set
+    assert schema.limits("repa.until_step") == (1, OPEN_INT)  # Optional[int]
+    assert "logit-normal location" in schema.description("allocation.timesteps.m")
+    with pytest.raises(KeyError, match="no field 'optim.nope'"):
+        schema.field("optim.nope")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.train.timesteps import (
+from backend.flow.timesteps import (
     DENSITIES,
     base_density,
     dynamic_alpha,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from diffusers import SD3Transformer2DModel
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 
-from .family import Family, PromptEmbeds, net_config, register_family
+from .protocol import Family, PromptEmbeds, net_config, register_family
 
 POS_GRID = 64  # tokens per side the positional table covers (1024 px at patch 4, 512 px at patch 2)
 

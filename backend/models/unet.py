@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
-from .family import Family, PromptEmbeds, net_config, register_family
+from .protocol import Family, PromptEmbeds, net_config, register_family
 
 # block widths, which levels have cross-attention, ResNet layers per level
 PRESETS: dict[str, dict[str, Any]] = {

@@ -12,6 +12,7 @@ from .registry import (
     load_recipe,
     loads_recipe,
     parse_recipe,
+    register_recipe_kind,
 )
 from .sampling import SampleRecipe
 from .world import WorldRecipe
@@ -30,4 +31,5 @@ __all__ = [
     "load_recipe",
     "loads_recipe",
     "parse_recipe",
+    "register_recipe_kind",
 ]

@@ -1,7 +1,8 @@
 """One TOML recipe format for GUI, CLI and tests.
 
-``RECIPE_KINDS`` maps a recipe's ``kind`` to its pydantic model; a new stage (reward, dpo,
-grpo, dreambooth, distill, ...) adds its model module and one line here. Errors come back as
+``RECIPE_KINDS`` maps a recipe's ``kind`` to its pydantic model. It starts with the recipe
+models of this package; the stage registry (``backend/stages``) adds every other stage's model
+through ``register_recipe_kind`` when it registers the stage. Errors come back as
 ``field.path: reason`` lines so the user can find the offending line.
 """
 
@@ -27,6 +28,14 @@ RECIPE_KINDS: dict[str, type[RecipeBase]] = {
     "sample": SampleRecipe,
     "world": WorldRecipe,
 }
+
+
+def register_recipe_kind(kind: str, model: type[RecipeBase]) -> None:
+    """Make ``kind`` parseable as ``model`` (called by the stage registry)."""
+    known = RECIPE_KINDS.get(kind)
+    if known is not None and known is not model:
+        raise ValueError(f"recipe kind {kind!r} already belongs to {known.__name__}")
+    RECIPE_KINDS[kind] = model
 
 
 @dataclass(frozen=True)

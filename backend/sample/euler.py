@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from backend.flow.timesteps import sampling_schedule
 from backend.imaging import to_image
 from backend.models.family import ModelBundle, PromptEmbeds
-from backend.train.timesteps import sampling_schedule
 
 
 @dataclass

@@ -18,11 +18,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backend import __version__
 
+from .devices import devices
 from .events import EventHub
 from .routes_curation import router as curation_router
 from .routes_data import router as data_router
 from .routes_jobs import router as jobs_router
 from .routes_rating import router as rating_router
+from .routes_stages import router as stages_router
 from .runner import JobRunner
 from .state import ServiceState
 
@@ -88,6 +90,7 @@ def create_app(state: ServiceState, *, start_runner: bool = True) -> FastAPI:
     app.include_router(jobs_router, prefix="/api", dependencies=auth)
     app.include_router(rating_router, prefix="/api", dependencies=auth)
     app.include_router(curation_router, prefix="/api", dependencies=auth)
+    app.include_router(stages_router, prefix="/api", dependencies=auth)
 
     @app.get("/api/openapi.json", dependencies=auth, include_in_schema=False)
     def openapi() -> JSONResponse:
@@ -157,24 +160,3 @@ def create_app(state: ServiceState, *, start_runner: bool = True) -> FastAPI:
         return "ok"
 
     return app
-
-
-_DEVICES: list[dict[str, Any]] | None = None
-
-
-def devices() -> list[dict[str, Any]]:
-    """Compute devices this machine offers (torch is imported once, lazily)."""
-    global _DEVICES
-    if _DEVICES is None:
-        import os
-
-        import torch
-
-        out = [{"kind": "cpu", "name": f"CPU ({os.cpu_count()} cores)"}]
-        if torch.cuda.is_available():
-            for i in range(torch.cuda.device_count()):
-                p = torch.cuda.get_device_properties(i)
-                out.append({"kind": "cuda", "index": i, "name": p.name, "memory_gb": round(p.total_memory / 2**30, 1)})
-        _DEVICES = out
-    return _DEVICES
-

@@ -113,6 +113,36 @@ class Client:
     def default_recipe(self, kind: str) -> str:
         return self.get(f"/api/recipes/default/{kind}")
 
+    def mixture(self, dataset: str) -> dict[str, Any]:
+        return self.get(f"/api/datasets/{dataset}/mixture")
+
+    def set_caption(self, item_id: int, caption: str) -> dict[str, Any]:
+        return self.post(f"/api/items/{item_id}/caption", {"caption": caption})
+
+    def keep_item(self, item_id: int) -> dict[str, Any]:
+        return self.post(f"/api/items/{item_id}/keeper")
+
+    def curate(self, dataset: str) -> dict[str, Any]:
+        return self.post(f"/api/datasets/{dataset}/curate", {})
+
+    def builtin_recipe(self, name: str) -> str:
+        return self.get(f"/api/recipes/builtin/{name}")
+
+    def render_recipe(self, data: dict[str, Any]) -> str:
+        return self.post("/api/recipes/render", {"data": data})
+
+    def estimate_recipe(self, text: str) -> dict[str, Any]:
+        return self.post("/api/recipes/estimate", {"text": text})
+
+    def density(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.post("/api/allocation/density", body)
+
+    def stages(self) -> list[dict[str, Any]]:
+        return self.get("/api/stages")
+
+    def recipe_schema(self, kind: str) -> dict[str, Any]:
+        return self.get(f"/api/recipes/schema/{kind}")
+
     def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
         return self.get("/api/jobs", state=state)
 

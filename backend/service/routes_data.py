@@ -215,7 +215,7 @@ def estimate_recipe(body: RecipeText) -> dict[str, Any]:
         raise HTTPException(422, {"message": "invalid recipe", "issues": [{"path": i.path, "reason": i.reason} for i in exc.issues]}) from None
     if not isinstance(recipe, PretrainRecipe):
         raise HTTPException(422, "estimates exist for pretrain recipes only")
-    from .app import devices
+    from .devices import devices
 
     gpu = recipe.compute.device in ("cuda", "auto") and any(d["kind"] == "cuda" for d in devices())
     return estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
@@ -232,8 +232,8 @@ def allocation_density(body: DensityBody) -> dict[str, Any]:
     """The effective density of training timesteps per bucket (density, then resolution shift)."""
     from pydantic import ValidationError
 
+    from backend.flow.density import density_curves
     from backend.recipes.pretrain import ShiftSection, TimestepDensity
-    from backend.train.density import density_curves
 
     try:
         ts, sh = TimestepDensity(**body.timesteps), ShiftSection(**body.shift)

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from backend.store import job_state
+
 from .params import MAX_INT, Id, like_pattern
 
 router = APIRouter()
@@ -33,16 +35,17 @@ class JobCreate(BaseModel):
 
 @lru_cache(maxsize=1024)
 def _sample_size(recipe_text: str) -> list[int] | None:
-    """The size a pretrain run's checkpoints are meant to be sampled at (its recipe's eval size),
-    so the Playground opens a run's latest checkpoint as it does a saved model. A job's recipe
-    never changes, so each is parsed once."""
-    from backend.recipes import PretrainRecipe, RecipeError, loads_recipe
+    """The size a run's checkpoints are meant to be sampled at (the ``eval_size`` of a recipe that
+    trains a model), so the Playground opens a run's latest checkpoint as it does a saved model.
+    A job's recipe never changes, so each is parsed once."""
+    from backend.recipes import RecipeError, loads_recipe
 
     try:
         recipe = loads_recipe(recipe_text)
     except RecipeError:
         return None
-    return list(recipe.eval_size) if isinstance(recipe, PretrainRecipe) else None
+    size = getattr(recipe, "eval_size", None)
+    return list(size) if size else None
 
 
 @router.get("/jobs")
@@ -55,7 +58,7 @@ def jobs(request: Request, state: str | None = None) -> list[dict[str, Any]]:
     rows = _state(request).rows(sql + " ORDER BY id DESC", params)
     for row in rows:
         text = row.pop("recipe") or ""
-        row["size"] = _sample_size(text) if row["kind"] == "pretrain" else None
+        row["size"] = _sample_size(text)
     return rows
 
 
@@ -86,18 +89,12 @@ def control(request: Request, job_id: Id, action: Literal["stop", "pause", "resu
     job = _job(request, job_id)
     db = st.db()
     if action == "resume":
-        if job["state"] not in ("paused", "stopped", "interrupted", "failed"):
-            raise HTTPException(409, f"job {job_id} is {job['state']}; only paused, stopped, interrupted or failed jobs resume")
-        with db.conn:
-            db.execute("UPDATE jobs SET state = 'queued', control = NULL, error = NULL, ended = NULL WHERE id = ?", [job_id])
-    elif job["state"] == "queued" and action == "stop":
-        with db.conn:
-            db.execute("UPDATE jobs SET state = 'stopped', resumable = 0 WHERE id = ?", [job_id])
-    elif job["state"] != "running":
-        raise HTTPException(409, f"job {job_id} is {job['state']}; '{action}' needs a running job")
-    else:
-        with db.conn:
-            db.execute("UPDATE jobs SET control = ? WHERE id = ?", [action, job_id])
+        if not job_state.move(db, job_id, "queued", only_from=job_state.RESUMABLE_FROM, control=None, error=None, ended=None):
+            raise HTTPException(409, f"job {job_id} is {_job(request, job_id)['state']}; only paused, stopped, interrupted or failed jobs resume")
+    elif job["state"] == "queued" and action == "stop" and job_state.move(db, job_id, "stopped", only_from=("queued",), resumable=0):
+        pass  # stopped before it started; had the runner claimed it meanwhile, the stop becomes a control flag below
+    elif not job_state.set_control(db, job_id, action):
+        raise HTTPException(409, f"job {job_id} is {_job(request, job_id)['state']}; '{action}' needs a running job")
     return _job(request, job_id)
 
 

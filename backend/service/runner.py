@@ -20,7 +20,8 @@ from typing import Any
 
 import psutil
 
-from backend.jobs import now_iso
+from backend.jobs import now_iso, worker_command
+from backend.store import job_state
 from backend.store.project import connect
 
 LIVE = ("running",)
@@ -125,7 +126,6 @@ class JobRunner:
     # --- actions ---------------------------------------------------------------------------------
 
     def launch(self, job_id: int) -> None:
-        from backend.cli_engine import worker_command
         from backend.recipes import loads_recipe
 
         row = self.db.execute("SELECT recipe, run_dir FROM jobs WHERE id = ?", [job_id]).fetchone()
@@ -138,12 +138,9 @@ class JobRunner:
         # training job that competes as an equal starves the window (stalls of 100 ms and more)
         env = {"SIGNAL_JOB_NICE": "5", **os.environ, "PYTHONUNBUFFERED": "1"}
         cmd = worker_command(self.root, job_id, processes)
-        with self.db.conn:  # claim the job: only a job still queued may start
-            claimed = self.db.execute(
-                "UPDATE jobs SET state = 'running', control = NULL, error = NULL, heartbeat = ?, started = COALESCE(started, ?) WHERE id = ? AND state = 'queued'",
-                [time.time(), now_iso(), job_id],
-            ).rowcount
-        if not claimed:
+        started = self.db.execute("SELECT started FROM jobs WHERE id = ?", [job_id]).fetchone()[0]
+        # claim the job: only a job still queued may start
+        if not job_state.move(self.db, job_id, "running", only_from=("queued",), control=None, error=None, heartbeat=time.time(), started=started or now_iso()):
             log.close()
             return
         proc = subprocess.Popen(cmd, cwd=str(Path(__file__).resolve().parents[2]), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -168,11 +165,7 @@ class JobRunner:
     def _mark_interrupted(self, job_id: int, why: str) -> None:
         run_dir = self.db.execute("SELECT run_dir FROM jobs WHERE id = ?", [job_id]).fetchone()[0]
         resumable = bool(run_dir) and (self.root / run_dir / "checkpoints" / "latest").exists()
-        with self.db.conn:
-            self.db.execute(
-                "UPDATE jobs SET state = 'interrupted', pid = NULL, resumable = ?, error = ?, ended = ?, control = NULL WHERE id = ?",
-                [int(resumable), why, now_iso(), job_id],
-            )
+        job_state.move(self.db, job_id, "interrupted", only_from=("running",), pid=None, resumable=int(resumable), error=why, ended=now_iso(), control=None)
 
     def status(self) -> dict[str, Any]:
         return {"slots": self.slots, "running": sorted(list(self.children) + list(self.adopted))}

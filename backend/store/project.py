@@ -49,6 +49,30 @@ def connect(db_path: Path, *, readonly: bool = False) -> Database:
     return Database(conn)
 
 
+@contextmanager
+def write_transaction(db: Database) -> Iterator[Database]:
+    """Writes that belong together: all of them land or none does.
+
+    The outermost level takes the write lock up front (``BEGIN IMMEDIATE``): a deferred
+    transaction that reads first (sqlite-utils inspects the table before inserting) and then
+    writes fails at once with "database is locked" when another connection wrote meanwhile,
+    instead of waiting out the busy timeout. Nested levels are savepoints."""
+    conn = db.conn
+    if conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
 class Project:
     """An open project folder: its database connection and its blob folders."""
 
@@ -110,26 +134,9 @@ class Project:
 
     @contextmanager
     def transaction(self) -> Iterator[Database]:
-        """Writes that belong together: all of them land or none does.
-
-        The outermost level takes the write lock up front (``BEGIN IMMEDIATE``): a deferred
-        transaction that reads first (sqlite-utils inspects the table before inserting) and then
-        writes fails at once with "database is locked" when another connection wrote meanwhile,
-        instead of waiting out the busy timeout. Nested levels are savepoints."""
-        conn = self.db.conn
-        if conn.in_transaction:
-            with self.db.atomic():
-                yield self.db
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        """Writes that belong together: all of them land or none does (see ``write_transaction``)."""
+        with write_transaction(self.db) as db:
+            yield db
 
     # --- paths and blobs --------------------------------------------------------------------
 

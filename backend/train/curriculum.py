@@ -22,11 +22,11 @@ from PIL import Image
 from backend.data.buckets import assign_bucket, fit_to_bucket, upscale_factor
 from backend.data.cache import TensorCache, cache_key, file_fingerprint
 from backend.data.view import ViewItem
+from backend.flow.density import bucket_alpha
 from backend.imaging import to_tensor
 from backend.models.family import ModelBundle, PromptEmbeds
 from backend.recipes.pretrain import PretrainRecipe, StageSection
 from backend.store import Project
-from backend.train.density import bucket_alpha
 
 from .objectives.base import Batch
 

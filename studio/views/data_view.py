@@ -315,7 +315,7 @@ class DataView(QWidget):
             f"{ds['flagged']} flagged · {ds['rejects']} files rejected at import"
         )
         self.refresh_items()
-        self.link.call("get", f"/api/datasets/{ds['name']}/mixture", done=self._show_mixture)
+        self.link.call("mixture", ds["name"], done=self._show_mixture)
 
     def refresh_items(self) -> None:
         ds = self._dataset()
@@ -364,13 +364,13 @@ class DataView(QWidget):
         if not it:
             return
         text = self.caption_edit.toPlainText()
-        self.link.call("post", f"/api/items/{it['id']}/caption", {"caption": text}, done=lambda r: self.refresh_items(),
+        self.link.call("set_caption", it["id"], text, done=lambda r: self.refresh_items(),
                        failed=lambda e, d: show_error(self, "The caption was not saved.", str(e), details=d))
 
     def _choose_keeper(self) -> None:
         it = self.current_item
         if it:
-            self.link.call("post", f"/api/items/{it['id']}/keeper", done=lambda r: self.reload(),
+            self.link.call("keep_item", it["id"], done=lambda r: self.reload(),
                            failed=lambda e, d: show_error(self, "Could not change the keeper.", str(e), details=d))
 
     # --- actions -------------------------------------------------------------------------------
@@ -399,7 +399,7 @@ class DataView(QWidget):
     def _curate(self) -> None:
         ds = self._dataset()
         if ds:
-            self.link.call("post", f"/api/datasets/{ds['name']}/curate", {}, done=lambda r: self.reload(),
+            self.link.call("curate", ds["name"], done=lambda r: self.reload(),
                            failed=lambda e, d: show_error(self, "Curation failed.", str(e), details=d))
 
     def set_flagged_filter(self, value: bool | None) -> None:

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from ..recipe_schema import RecipeSchema
 from ..widgets import hint, show_error, themed_plot
 
 SIZES = {
@@ -115,11 +116,11 @@ class DataPage(QWizardPage):
         self.view.addItem("Curated view (flagged items left out)", "curated")
         self.view.addItem("All items", "all")
         form.addRow("View", self.view)
-        self.dropout = spin(0, 1, wiz.recipe["data"]["caption_dropout"], 0.05)
+        self.dropout = wiz.spin("data.caption_dropout", wiz.recipe["data"]["caption_dropout"], 0.05)
         self.dropout.setToolTip("Captions replaced by the empty prompt, so classifier-free guidance works")
         form.addRow("Caption dropout", self.dropout)
         # the lowest value stands for "no limit" (a recipe without data.max_upscale)
-        self.max_upscale = spin(0.9, 8, wiz.recipe["data"].get("max_upscale") or 0.9, 0.1)
+        self.max_upscale = wiz.spin("data.max_upscale", wiz.recipe["data"].get("max_upscale") or 0.9, 0.1, none_below=True)
         self.max_upscale.setSpecialValueText("no limit")
         self.max_upscale.setSuffix("x")
         self.max_upscale.setToolTip("Largest factor an image may be enlarged by to fill its bucket; smaller images are left out. "
@@ -238,16 +239,16 @@ class AllocationPage(QWizardPage):
         for k, label in (("uniform", "uniform"), ("logit_normal", "logit-normal (m, s)"), ("mode", "mode (s)"), ("cosmap", "cosmap")):
             self.kind.addItem(label, k)
         self.kind.setCurrentIndex(max(0, self.kind.findData(a["timesteps"]["kind"])))
-        self.m = spin(-3, 3, a["timesteps"]["m"], 0.1)
-        self.s = spin(0.1, 3, a["timesteps"]["s"], 0.1)
-        self.mode_scale = spin(-1, 1.75, a["timesteps"]["mode_scale"], 0.05)
+        self.m = wiz.spin("allocation.timesteps.m", a["timesteps"]["m"], 0.1)
+        self.s = wiz.spin("allocation.timesteps.s", a["timesteps"]["s"], 0.1)
+        self.mode_scale = wiz.spin("allocation.timesteps.mode_scale", a["timesteps"]["mode_scale"], 0.05)
         self.shift = QComboBox()
         for k, label in (("none", "none"), ("fixed", "fixed alpha"), ("per_bucket", "per bucket: alpha = sqrt(m/n)"), ("dynamic", "dynamic (FLUX rule)")):
             self.shift.addItem(label, k)
         self.shift.setCurrentIndex(max(0, self.shift.findData(a["shift"]["kind"])))
-        self.alpha = spin(0.1, 20, a["shift"]["alpha"], 0.25)
-        self.base = ispin(8, 4096, a["shift"]["base_resolution"], 8)
-        self.bins = ispin(1, 100, a["loss_bins"])
+        self.alpha = wiz.spin("allocation.shift.alpha", a["shift"]["alpha"], 0.25)
+        self.base = wiz.ispin("allocation.shift.base_resolution", a["shift"]["base_resolution"], 8)
+        self.bins = wiz.ispin("allocation.loss_bins", a["loss_bins"])
         form.addRow("Timestep density", self.kind)
         form.addRow("  m (location)", self.m)
         form.addRow("  s (scale)", self.s)
@@ -292,7 +293,7 @@ class AllocationPage(QWizardPage):
                 if list(b) not in buckets:
                     buckets.append(list(b))
         body = {"timesteps": a["timesteps"], "shift": a["shift"], "buckets": buckets}
-        self.wiz.link.call("post", "/api/allocation/density", body, done=self._draw, failed=lambda e, d: None)
+        self.wiz.link.call("density", body, done=self._draw, failed=lambda e, d: None)
 
     def _draw(self, res: dict) -> None:
         self.plot.clear()
@@ -339,7 +340,7 @@ class CurriculumPage(QWizardPage):
         r = self.table.rowCount()
         self.table.insertRow(r)
         self.table.setItem(r, 0, QTableWidgetItem(st["name"]))
-        self.table.setCellWidget(r, 1, ispin(1, 10_000_000, st["steps"], 100))
+        self.table.setCellWidget(r, 1, self.wiz.ispin("curriculum.steps", st["steps"], 100))
         self.table.cellWidget(r, 1).valueChanged.connect(lambda *_: self._draw_timeline())
         self.table.setItem(r, 2, QTableWidgetItem(buckets_text(st["buckets"])))
         self.table.setCellWidget(r, 3, ispin(1, 4, st["complexity"][0]))
@@ -419,11 +420,11 @@ class RepaPage(QWizardPage):
         form = QFormLayout(self)
         self.enabled = QCheckBox("Use REPA")
         self.enabled.setChecked(r["enabled"])
-        self.block = ispin(0, 63, r["block"])
-        self.weight = spin(0, 10, r["weight"], 0.1)
-        self.dim = ispin(8, 4096, r["projector_dim"], 32)
-        self.layers = ispin(1, 6, r["projector_layers"])
-        self.until = ispin(0, 10_000_000, r.get("until_step") or 0, 100)
+        self.block = wiz.ispin("repa.block", r["block"])
+        self.weight = wiz.spin("repa.weight", r["weight"], 0.1)
+        self.dim = wiz.ispin("repa.projector_dim", r["projector_dim"], 32)
+        self.layers = wiz.ispin("repa.projector_layers", r["projector_layers"])
+        self.until = wiz.ispin("repa.until_step", r.get("until_step") or 0, 100, none_below=True)
         self.until.setSpecialValueText("never")
         form.addRow(self.enabled)
         form.addRow("Aligned block", self.block)
@@ -462,14 +463,14 @@ class ComputePage(QWizardPage):
         for p in ("auto", "no", "bf16", "fp16"):
             self.precision.addItem(p, p)
         self.precision.setCurrentIndex(max(0, self.precision.findData(o["precision"])))
-        self.batch = ispin(1, 4096, o["batch_size"])
-        self.accum = ispin(1, 1024, o["grad_accum"])
-        self.lr = spin(1e-6, 1.0, o["lr"], 1e-4, decimals=6)
-        self.ema = spin(0, 0.99999, o["ema"], 0.001, decimals=5)
-        self.processes = ispin(1, 64, c["processes"])
-        self.seed = ispin(0, 2**31 - 1, o["seed"])
-        self.sample_every = ispin(1, 10_000_000, wiz.recipe["schedule"]["sample_every"], 50)
-        self.ckpt_every = ispin(1, 10_000_000, wiz.recipe["schedule"]["checkpoint_every"], 100)
+        self.batch = wiz.ispin("optim.batch_size", o["batch_size"])
+        self.accum = wiz.ispin("optim.grad_accum", o["grad_accum"])
+        self.lr = wiz.spin("optim.lr", o["lr"], 1e-4, decimals=6)
+        self.ema = wiz.spin("optim.ema", o["ema"], 0.001, decimals=5)
+        self.processes = wiz.ispin("compute.processes", c["processes"])
+        self.seed = wiz.ispin("optim.seed", o["seed"])
+        self.sample_every = wiz.ispin("schedule.sample_every", wiz.recipe["schedule"]["sample_every"], 50)
+        self.ckpt_every = wiz.ispin("schedule.checkpoint_every", wiz.recipe["schedule"]["checkpoint_every"], 100)
         for label, w in (("Device", self.device), ("Precision", self.precision), ("Batch per process", self.batch), ("Gradient accumulation", self.accum),
                          ("Learning rate", self.lr), ("EMA decay", self.ema), ("Processes (data parallel)", self.processes), ("Seed", self.seed),
                          ("Preview every", self.sample_every), ("Checkpoint every", self.ckpt_every)):
@@ -480,7 +481,7 @@ class ComputePage(QWizardPage):
 
     def initializePage(self) -> None:  # noqa: N802
         self.validatePage()
-        self.wiz.render(lambda text: self.wiz.link.call("post", "/api/recipes/estimate", {"text": text}, done=self._show_estimate, failed=lambda e, d: None))
+        self.wiz.render(lambda text: self.wiz.link.call("estimate_recipe", text, done=self._show_estimate, failed=lambda e, d: None))
 
     def _show_estimate(self, est: dict) -> None:
         minutes = est["seconds"] / 60
@@ -575,10 +576,11 @@ class ReviewPage(QWizardPage):
 class PretrainWizard(QWizard):
     """Builds a pretrain recipe page by page and starts it as a job."""
 
-    def __init__(self, link, datasets: list[dict], default_recipe: str, devices: list[dict], parent: QWidget | None = None,
+    def __init__(self, link, datasets: list[dict], default_recipe: str, devices: list[dict], schema: dict[str, Any], parent: QWidget | None = None,
                  on_started=None, start_from: str | None = None):
         super().__init__(parent)
         self.link = link
+        self.schema = RecipeSchema(schema)
         self.datasets = datasets
         self.devices = devices
         self.on_started = on_started
@@ -594,6 +596,22 @@ class PretrainWizard(QWizard):
             self.addPage(p)
         self.started_job: dict | None = None
 
+    def spin(self, path: str, value: float, step: float = 0.1, decimals: int = 2, none_below: bool = False) -> QDoubleSpinBox:
+        """A spin box for a float field: range and tooltip from the recipe schema the backend serves;
+        with ``none_below`` one step under the field's minimum stands for leaving it empty."""
+        lo, hi = self.schema.limits(path, step=10.0 ** -decimals)
+        box = spin(lo - (step if none_below else 0), hi, value, step, decimals)
+        box.setToolTip(self.schema.description(path))
+        return box
+
+    def ispin(self, path: str, value: int, step: int = 1, none_below: bool = False) -> QSpinBox:
+        """A spin box for an integer field (range and tooltip from the schema); with ``none_below`` the
+        value under the field's minimum stands for leaving it empty."""
+        lo, hi = self.schema.limits(path)
+        box = ispin(int(lo) - (1 if none_below else 0), int(hi), value, step)
+        box.setToolTip(self.schema.description(path))
+        return box
+
     def render(self, then) -> None:
         """Ask the backend for the commented TOML of the current recipe (validating it)."""
         def failed(exc, details) -> None:
@@ -602,7 +620,7 @@ class PretrainWizard(QWizard):
             text = "\n".join(f"{i['path']}: {i['reason']}" for i in issues) or str(exc)
             show_error(self, "The recipe has problems.", text, "Go back and correct the fields named above.", details)
 
-        self.link.call("post", "/api/recipes/render", {"data": self.recipe}, done=then, failed=failed)
+        self.link.call("render_recipe", self.recipe, done=then, failed=failed)
 
     def start(self, text: str, name: str) -> None:
         def ok(job: dict) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from backend.flow.timesteps import sample_t, shift
 from backend.models.family import to_device
 from backend.recipes.pretrain import TimestepDensity
-from backend.train.timesteps import sample_t, shift
 
 from .base import Batch, Objective, ObjectiveOutput, TrainContext
 

@@ -1,4 +1,5 @@
-"""Generate images from a model, run or checkpoint: for a recipe, or for the ShapesEval prompt set."""
+"""The ``sample`` stage: images from a model, run or checkpoint, for a recipe or for the ShapesEval
+prompt set (the CLI's ``sample`` and the Playground's jobs)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Any
 
 from PIL import Image
 
-from backend.models.resolve import locate, resolve_model
 from backend.recipes import SampleRecipe
 from backend.sample.euler import SampleSettings, generate
 from backend.store import Project
+from backend.train.resolve import locate, resolve_model
 
 
 def write_images(out: Path, images: list[Image.Image], prompts: list[str], seeds: list[int], names: list[str], info: dict[str, Any], specs: list[dict] | None = None) -> None:
@@ -60,3 +61,7 @@ def sample_eval_set(project: Project | None, recipe: SampleRecipe, seeds_per_pro
     write_images(out, images, prompts, seeds, [f"{p.id}_s{s}.png" for p, s in pairs], {"model": what, "settings": settings.__dict__},
                  specs=[p.spec for p, _ in pairs])
     return {"state": "done", "model": what, "images": len(images), "out": str(out)}
+
+
+def run(project: Project, recipe: SampleRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
+    return run_sample_recipe(project, recipe, reporter)

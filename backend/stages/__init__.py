@@ -1,0 +1,35 @@
+"""Stages: every kind of job, declared once (see ``registry.py``).
+
+The built-in stages are listed here; each lives in its own module of this package, which holds
+the runner a worker calls. Importing this package registers them, then any plugin stages named in
+``SIGNAL_STAGES``.
+"""
+
+from backend.recipes import ImportRecipe, PretrainRecipe, SampleRecipe, WorldRecipe
+
+from .registry import Stage, all_stages, get_stage, load_plugins, register_stage
+
+register_stage(Stage(
+    kind="world", title="Render ShapesWorld", page="Data", order=10, recipe=WorldRecipe, runner="backend.stages.world:run",
+    produces="dataset", summary="Render the embedded world's scenes with captions, import and curate them.",
+    evaluation="the import and curation reports (items kept, duplicates, flagged)",
+))
+register_stage(Stage(
+    kind="import", title="Import images", page="Data", order=11, recipe=ImportRecipe, runner="backend.stages.importing:run",
+    produces="dataset", summary="Import folders or archives of images with captions into a dataset.",
+    evaluation="the import report: every file kept, skipped or rejected, with the reason",
+))
+register_stage(Stage(
+    kind="pretrain", title="Pretrain", page="Pretrain", order=20, recipe=PretrainRecipe, runner="backend.stages.pretrain:run",
+    produces="model", summary="Train a flow-matching model from scratch with a curriculum and a chosen allocation of training signal.",
+    evaluation="strict ShapesEval with its shape-swap control, FD to true renders, a labelled sample grid",
+))
+register_stage(Stage(
+    kind="sample", title="Sample", page="Playground", order=90, recipe=SampleRecipe, runner="backend.stages.sample:run",
+    produces="images", summary="Images from a model, a run or a checkpoint for a list of prompts and seeds.",
+    evaluation="`eval shapes` on the images when the prompts come from the ShapesEval set",
+))
+
+load_plugins()
+
+__all__ = ["Stage", "all_stages", "get_stage", "load_plugins", "register_stage"]
