@@ -143,5 +143,5 @@ def _load_commands() -> None:
         importlib.import_module(module)
 
 
-_COMMAND_MODULES: tuple[str, ...] = ("backend.cli_world", "backend.cli_engine", "backend.demo", "backend.base_model")
+_COMMAND_MODULES: tuple[str, ...] = ("backend.cli_world", "backend.cli_engine", "backend.demo", "backend.base_model", "backend.scripted_rater", "backend.cli_ratings")
 

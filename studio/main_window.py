@@ -28,13 +28,14 @@ from .tasks import Tasks
 from .views.data_view import DataView
 from .views.playground import Playground
 from .views.pretrain_wizard import PretrainWizard
+from .views.rate_view import RateView
 from .views.runs_view import RunsView
 from .views.stage_page import StagePage
 from .views.start_page import StartPage
 from .widgets import heading, hint, show_error
 
 # the Studio's own views; every other page comes from the backend's stage registry (/api/stages)
-VIEWS = ("Data", "Pretrain", "Playground", "Runs")
+VIEWS = ("Data", "Pretrain", "Rate", "Playground", "Runs")
 MAX_RECENT = 10
 
 
@@ -114,7 +115,10 @@ class MainWindow(QMainWindow):
         self.playground = Playground(self.link)
         self.runs = RunsView(self.link)
         self.runs.jobs_changed.connect(self._jobs_changed)
-        self.views: dict[str, QWidget] = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Playground": self.playground, "Runs": self.runs}
+        self.rate = RateView(self.link, self.settings)
+        self.rate.job_started.connect(self._job_started)
+        self.views: dict[str, QWidget] = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Rate": self.rate, "Playground": self.playground,
+                                          "Runs": self.runs}
         self.page_names: list[str] = []
         self.sidebar.currentRowChanged.connect(self._stage_changed)
         wl.addWidget(self.sidebar)
@@ -204,8 +208,13 @@ class MainWindow(QMainWindow):
 
     def _stage_changed(self, row: int) -> None:
         self.pages.setCurrentIndex(row)
-        if 0 <= row < len(self.page_names) and self.page_names[row] == "Playground" and self.link.client:
+        name = self.page_names[row] if 0 <= row < len(self.page_names) else ""
+        if name == "Playground" and self.link.client:
             self.playground.reload()
+        if name == "Rate" and self.link.client:
+            if self.rate.current is None:
+                self.rate.reload()
+            self.rate.setFocus()
 
     # --- projects ---------------------------------------------------------------------------------
 
@@ -323,6 +332,7 @@ class MainWindow(QMainWindow):
     def _event(self, ev: dict) -> None:
         self.runs.on_event(ev)
         self.playground.on_event(ev)
+        self.rate.on_event(ev)
         if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("world", "import"):
             self.data_view.reload()
         if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") == "pretrain":

@@ -200,8 +200,8 @@ def test_killed_service_restarts_with_jobs_and_ratings_intact(own_project: Path,
     time.sleep(0.5)
     proc2, client2 = start_backend(shapes_project, log_path=tmp_path / "svc2.log")
     try:
-        judged = client2.get("/api/comparisons", judged=True)
-        assert sum(1 for c in judged["items"] if c["id"] in ids) == 15
+        kept = client2.ratings(rater="tester")
+        assert sorted(r["comparison_id"] for r in kept) == ids[:15]
         jobs = {j["name"]: j for j in client2.jobs()}
         assert jobs["svc-restart"]["state"] == "interrupted" and jobs["svc-restart"]["resumable"] == 1
         assert len(client2.metrics(job["id"]).get("loss", [])) >= n_metrics
@@ -210,16 +210,19 @@ def test_killed_service_restarts_with_jobs_and_ratings_intact(own_project: Path,
         client.close()
 
 
-def test_undo_returns_the_pair_to_the_queue(backend):
+def test_undo_returns_the_pair_to_the_queue_and_keeps_the_rating_for_audit(backend):
     _, client = backend
     a = client.create_pair("a blue square", "11" * 32, "22" * 32)
-    while (nxt := client.next_pair()) and nxt["id"] != a["id"]:
+    while (nxt := client.next_pair("undo-tester")) and nxt["id"] != a["id"]:
         client.submit(nxt["id"], "skip", rater="undo-tester")
-    client.submit(a["id"], "b", shown_left="b", rater="undo-tester", decision_ms=1200)
-    assert client.get("/api/comparisons", judged=True)["total"] >= 1
+    rid = client.submit(a["id"], "b", shown_left="b", rater="undo-tester", decision_ms=1200)["id"]
+    assert client.next_pair("undo-tester") is None or client.next_pair("undo-tester")["id"] != a["id"]
     undone = client.undo("undo-tester")
-    assert undone["id"] == a["id"] and undone["choice"] is None
-    assert client.next_pair()["id"] == a["id"]
+    assert undone["id"] == rid and undone["comparison_id"] == a["id"] and undone["undone"]
+    assert client.next_pair("undo-tester")["id"] == a["id"]
+    assert not client.ratings(rater="undo-tester", choice="b")
+    audit = client.ratings(rater="undo-tester", choice="b", include_undone=True)
+    assert [r["id"] for r in audit] == [rid] and audit[0]["decision_ms"] == 1200
 
 
 def test_curation_routes(backend):
@@ -245,3 +248,29 @@ def test_curation_routes(backend):
     dens = client.post("/api/allocation/density", {"timesteps": {"kind": "logit_normal"}, "shift": {"kind": "per_bucket", "base_resolution": 32},
                                                    "buckets": [[32, 32], [64, 64]]})
     assert dens["curves"]["64x64"]["alpha"] == pytest.approx(2.0) and dens["curves"]["64x64"]["mean_t"] > dens["curves"]["32x32"]["mean_t"]
+
+
+def test_ratings_export_and_import_through_the_api(backend, shapes_project: Path):
+    _, client = backend
+    import io
+
+    from PIL import Image
+
+    def png(color: str) -> str:
+        from backend.store import Project
+
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), color).save(buf, "PNG")
+        with Project.open(shapes_project) as p:
+            return p.put_blob(buf.getvalue(), "png")
+
+    pair = client.create_pair("an exported pair", png("red"), png("blue"), {"a": {"model": "m"}, "b": {"model": "m"}})
+    client.submit(pair["id"], "b", shown_left="a", rater="exporter", decision_ms=321)
+    report = client.export_ratings("exporter")
+    assert report["rows"] == 1 and report["path"].startswith("exports/ratings-")
+    data = client.file(report["path"])
+    assert client.import_ratings(data, "mine.parquet", rater="importer")["imported"] == 1
+    assert [(r["prompt"], r["choice"], r["decision_ms"]) for r in client.ratings(rater="importer")] == [("an exported pair", "b", 321)]
+    with pytest.raises(BackendError) as err:
+        client.import_ratings(b"not parquet", "bad.parquet")
+    assert err.value.status == 422 and "not a readable parquet" in str(err.value.detail) and "cache/uploads" not in str(err.value.detail)

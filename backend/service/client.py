@@ -181,14 +181,34 @@ class Client:
     def create_pair(self, prompt: str, image_a: str, image_b: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.post("/api/comparisons", {"prompt": prompt, "image_a": image_a, "image_b": image_b, "meta": meta or {}})
 
-    def next_pair(self) -> dict[str, Any] | None:
-        return self.get("/api/comparisons/next")
+    def next_pair(self, rater: str = "") -> dict[str, Any] | None:
+        return self.get("/api/comparisons/next", rater=rater)
 
-    def submit(self, cid: int, choice: str, shown_left: str = "a", rater: str = "", decision_ms: int | None = None) -> dict[str, Any]:
-        return self.post(f"/api/comparisons/{cid}/choice", {"choice": choice, "shown_left": shown_left, "rater": rater, "decision_ms": decision_ms})
+    def pair_queue(self, rater: str = "", count: int = 8, exclude: list[int] | None = None, repeat_rate: float = 0.0) -> list[dict[str, Any]]:
+        return self.get("/api/comparisons/queue", rater=rater, count=count, exclude=",".join(map(str, exclude or [])), repeat_rate=repeat_rate)
+
+    def submit(self, cid: int, choice: str, shown_left: str = "a", rater: str = "", decision_ms: int | None = None, repeat: bool = False) -> dict[str, Any]:
+        return self.post(f"/api/comparisons/{cid}/choice", {"choice": choice, "shown_left": shown_left, "rater": rater, "decision_ms": decision_ms,
+                                                            "repeat": repeat})
 
     def undo(self, rater: str = "") -> dict[str, Any]:
         return self.post("/api/comparisons/undo", {"rater": rater})
+
+    def undo_rating(self, rating_id: int) -> dict[str, Any]:
+        return self.post(f"/api/ratings/{rating_id}/undo")
+
+    def ratings(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.get("/api/ratings", **filters)
+
+    def export_ratings(self, rater: str | None = None) -> dict[str, Any]:
+        return self.post("/api/ratings/export", {"rater": rater})
+
+    def import_ratings(self, data: bytes, name: str = "ratings.parquet", rater: str | None = None) -> dict[str, Any]:
+        params = {"name": name, **({"rater": rater} if rater is not None else {})}
+        return self._call("POST", "/api/ratings/import", params=params, content=data, headers={"Content-Type": "application/octet-stream"})
+
+    def rating_stats(self, rater: str | None = None) -> dict[str, Any]:
+        return self.get("/api/ratings/stats", rater=rater)
 
     def models(self) -> list[dict[str, Any]]:
         return self.get("/api/models")

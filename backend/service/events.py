@@ -73,7 +73,7 @@ class EventHub:
         for rid, job, step, prompt, seed, h, settings in rows:
             self.cursor["sample"] = rid
             events.append({"type": "sample", "id": rid, "job": job, "step": step, "prompt": prompt, "seed": seed, "image": h, "settings": json.loads(settings or "{}")})
-        rows = self.db.execute("SELECT id, choice FROM comparisons WHERE id > ? ORDER BY id LIMIT ?", [self.cursor["comparison"], self.max_rows]).fetchall()
+        rows = self.db.execute("SELECT id FROM comparisons WHERE id > ? ORDER BY id LIMIT ?", [self.cursor["comparison"], self.max_rows]).fetchall()
         if rows:
             self.cursor["comparison"] = rows[-1][0]
             events.append({"type": "comparisons", "count": len(rows)})

@@ -6,6 +6,7 @@ the runner a worker calls. Importing this package registers them, then any plugi
 """
 
 from backend.recipes import ImportRecipe, PretrainRecipe, SampleRecipe, WorldRecipe
+from backend.recipes.pairs import PairsRecipe
 
 from .registry import Stage, all_stages, get_stage, load_plugins, register_stage
 
@@ -23,6 +24,11 @@ register_stage(Stage(
     kind="pretrain", title="Pretrain", page="Pretrain", order=20, recipe=PretrainRecipe, runner="backend.stages.pretrain:run",
     produces="model", summary="Train a flow-matching model from scratch with a curriculum and a chosen allocation of training signal.",
     evaluation="strict ShapesEval with its shape-swap control, FD to true renders, a labelled sample grid",
+))
+register_stage(Stage(
+    kind="pairs", title="Generate pairs", page="Rate", order=30, recipe=PairsRecipe, runner="backend.stages.pairs:run",
+    produces="image pairs queued for rating", summary="Images of the same prompt from one model (different seeds) or two, paired for rating.",
+    evaluation="ratings: the tally, the share of left picks and agreement on repeated pairs",
 ))
 register_stage(Stage(
     kind="sample", title="Sample", page="Playground", order=90, recipe=SampleRecipe, runner="backend.stages.sample:run",

@@ -153,6 +153,48 @@ def m003_quality(db: Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m004_ratings(db: Database) -> None:
+    """Judgements move from the pair row into ``ratings``, one row each: a pair may be judged again
+    (a repeat that measures a rater's consistency), and an undo is a soft delete kept for audit.
+    A pair remembers the job that generated it."""
+    db.executescript(
+        """
+        CREATE TABLE comparisons_new (
+            id INTEGER PRIMARY KEY,
+            prompt TEXT NOT NULL,
+            image_a TEXT NOT NULL,
+            image_b TEXT NOT NULL,
+            job_id INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+            meta TEXT NOT NULL DEFAULT '{}',
+            created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+        );
+        INSERT INTO comparisons_new (id, prompt, image_a, image_b, meta, created) SELECT id, prompt, image_a, image_b, meta, created FROM comparisons;
+        CREATE TEMP TABLE old_judgements AS
+            SELECT id, choice, shown_left, COALESCE(rater, '') AS rater, decision_ms, created FROM comparisons WHERE choice IS NOT NULL;
+        DROP TABLE comparisons;
+        ALTER TABLE comparisons_new RENAME TO comparisons;
+        CREATE TABLE ratings (
+            id INTEGER PRIMARY KEY,
+            comparison_id INTEGER NOT NULL REFERENCES comparisons(id) ON DELETE CASCADE,
+            choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad', 'skip')),
+            shown_left TEXT NOT NULL CHECK (shown_left IN ('a', 'b')),
+            rater TEXT NOT NULL DEFAULT '',
+            decision_ms INTEGER,
+            is_repeat INTEGER NOT NULL DEFAULT 0,
+            created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            undone TEXT
+        );
+        INSERT INTO ratings (comparison_id, choice, shown_left, rater, decision_ms, created)
+            SELECT id, choice, shown_left, rater, decision_ms, created FROM old_judgements ORDER BY created, id;
+        DROP TABLE old_judgements;
+        CREATE INDEX ratings_by_pair ON ratings(comparison_id) WHERE undone IS NULL;
+        CREATE INDEX ratings_by_rater ON ratings(rater, id);
+        CREATE INDEX comparisons_by_job ON comparisons(job_id);
+        """
+    )
+
+
 def latest_version() -> str:
     """Name of the newest migration this code knows."""
     return MIGRATIONS._migrations[-1].name

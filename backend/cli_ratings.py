@@ -1,0 +1,44 @@
+"""``signal-backend ratings export|import``: preference data in and out of a project (Pick-a-Pic-style parquet)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from backend.cli import command, fail
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="parquet file to write")
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--rater", default=None, help="only this rater's judgements")
+
+
+@command("ratings export", "write a project's judgements as Pick-a-Pic-style parquet", _export_args)
+def _export(args: argparse.Namespace) -> int:
+    from backend.data.preferences import export_ratings
+    from backend.store import Project
+
+    with Project.open(args.project) as project:
+        print(json.dumps(export_ratings(project, args.out, args.rater).to_json()))
+    return 0
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, help="Pick-a-Pic-style parquet file")
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--rater", default=None, help="store the judgements under this rater (default: the file's user_id)")
+
+
+@command("ratings import", "add the pairs and judgements of a Pick-a-Pic-style parquet file (all or nothing)", _import_args)
+def _import(args: argparse.Namespace) -> int:
+    from backend.data.preferences import PreferenceImportError, import_ratings
+    from backend.store import Project
+
+    with Project.open(args.project) as project:
+        try:
+            print(json.dumps(import_ratings(project, args.file, args.rater)))
+        except PreferenceImportError as exc:
+            return fail(f"{exc}; nothing was imported")
+    return 0

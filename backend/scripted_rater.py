@@ -1,0 +1,129 @@
+"""A scripted rater: judges queued pairs through the public API as a person with a fixed, hidden
+preference would, so tests, benches and the demo exercise the same path a real person's ratings
+take (``GET /api/comparisons/queue``, the images, ``POST .../choice``).
+
+Its taste is the detector's reading of each image against the prompt's ShapesEval spec: an image
+that holds exactly the promised objects beats one that does not; between two that are equally
+faithful, more of the prompt's checks kept wins; with the ``larger`` taste, larger objects also
+count. Equal images are a tie when they are faithful and "both bad" when neither is. With
+probability ``noise`` a decisive judgement is flipped, as a tired person's would be. Pairs whose
+prompt has no spec are skipped: there is nothing to judge them by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.cli import command, fail
+
+TASTES = ("faithful", "larger")
+
+
+@dataclass
+class RaterReport:
+    rated: int = 0
+    skipped: int = 0
+    choices: dict[str, int] = field(default_factory=dict)
+    flipped: int = 0
+
+    def summary(self) -> str:
+        tally = ", ".join(f"{k} {v}" for k, v in sorted(self.choices.items()))
+        return f"rated {self.rated} pair(s) ({tally}); {self.flipped} flipped by noise; {self.skipped} skipped (no spec to judge by)"
+
+
+class ScriptedRater:
+    def __init__(self, client: Any, name: str = "scripted", tastes: tuple[str, ...] = ("faithful",), noise: float = 0.1, seed: int = 0,
+                 detector: Any = None):
+        bad = [t for t in tastes if t not in TASTES]
+        if bad:
+            raise ValueError(f"unknown taste(s) {bad}; one of {TASTES}")
+        self.client = client
+        self.name = name
+        self.tastes = tastes
+        self.noise = noise
+        self.rng = random.Random(seed)
+        if detector is None:
+            from backend.world.pretrained import load_detector
+
+            detector = load_detector()
+        self.detector = detector
+
+    def utility(self, spec: dict[str, Any], image) -> tuple[float, bool]:
+        """(how much this rater likes the image, whether it is faithful to the prompt)."""
+        from backend.eval.shapes_eval import check_image, exact_objects, strict_pass
+        from backend.world.spec import Scene
+
+        scene = Scene.from_json(spec)
+        det = self.detector([image])[0]
+        checks = check_image(scene, det)
+        faithful = strict_pass(scene, det)
+        value = 4.0 * faithful + 1.0 * exact_objects(scene, det) + sum(checks.values()) / max(1, len(checks))
+        if "larger" in self.tastes and det.objects:
+            value += 0.5 * sum(o.size == "large" for o in det.objects) / len(det.objects)
+        return value, faithful
+
+    def judge(self, pair: dict[str, Any]) -> tuple[str, bool]:
+        """(choice, whether noise flipped it)."""
+        from PIL import Image
+
+        spec = (pair["meta"].get("a") or {}).get("spec")
+        if not spec:
+            return "skip", False
+        images = [Image.open(io.BytesIO(self.client.image(pair[key]))).convert("RGB") for key in ("image_a", "image_b")]
+        (ua, fa), (ub, _) = (self.utility(spec, im) for im in images)
+        if abs(ua - ub) < 1e-9:
+            return ("tie" if fa else "both_bad"), False
+        choice = "a" if ua > ub else "b"
+        if self.rng.random() < self.noise:
+            return ("b" if choice == "a" else "a"), True
+        return choice, False
+
+    def rate(self, count: int, repeat_rate: float = 0.0) -> RaterReport:
+        """Judge up to ``count`` pairs of this rater's queue."""
+        report = RaterReport()
+        while report.rated + report.skipped < count:
+            pairs = self.client.pair_queue(self.name, count=min(16, count - report.rated - report.skipped), repeat_rate=repeat_rate)
+            if not pairs:
+                break
+            for pair in pairs:
+                t0 = time.perf_counter()
+                choice, flipped = self.judge(pair)
+                self.client.submit(pair["id"], choice, shown_left=pair["left"], rater=self.name,
+                                   decision_ms=int(1000 * (time.perf_counter() - t0)), repeat=pair["repeat"])
+                report.choices[choice] = report.choices.get(choice, 0) + 1
+                report.flipped += int(flipped)
+                if choice == "skip":
+                    report.skipped += 1
+                else:
+                    report.rated += 1
+        return report
+
+
+def _rate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", type=Path, required=True, help="project whose running service queues the pairs")
+    p.add_argument("--count", type=int, default=100, help="pairs to judge")
+    p.add_argument("--name", default="scripted", help="rater name the judgements are stored under")
+    p.add_argument("--taste", default="faithful", help="comma-separated: faithful (always), larger (also prefers larger objects)")
+    p.add_argument("--noise", type=float, default=0.1, help="probability of flipping a decisive judgement")
+    p.add_argument("--repeats", type=float, default=0.0, help="share of repeated pairs slipped in (rater consistency)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("rate scripted", "judge queued pairs as a person with a fixed hidden taste would, through the service's API", _rate_args)
+def _rate(args: argparse.Namespace) -> int:
+    from backend.service.client import Client
+
+    client = Client.discover(args.project)
+    if client is None:
+        return fail(f"no service is running for {args.project}; start one with: signal-backend serve --project {args.project}")
+    tastes = tuple(t.strip() for t in args.taste.split(",") if t.strip())
+    rater = ScriptedRater(client, args.name, tastes, args.noise, args.seed)
+    print(rater.rate(args.count, args.repeats).summary())
+    print(client.rating_stats(args.name))
+    return 0
