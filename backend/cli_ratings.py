@@ -42,3 +42,30 @@ def _import(args: argparse.Namespace) -> int:
         except PreferenceImportError as exc:
             return fail(f"{exc}; nothing was imported")
     return 0
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", type=Path, nargs="+", help="image files to score")
+    p.add_argument("--model", type=Path, required=True, help="reward model folder (models/reward-N in a project)")
+    p.add_argument("--prompt", required=True, help="the prompt the images were drawn for")
+
+
+@command("reward score", "score images for a prompt with a reward model", _score_args)
+def _score(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from backend.models.reward import load_reward
+
+    try:
+        model = load_reward(args.model)
+    except FileNotFoundError as exc:
+        return fail(str(exc))
+    images = []
+    for path in args.images:
+        try:
+            images.append(Image.open(path).convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            return fail(f"{path}: not a readable image ({exc})")
+    for path, score in zip(args.images, model.score(images, [args.prompt] * len(images))):
+        print(json.dumps({"image": str(path), "prompt": args.prompt, "reward": round(score, 4)}))
+    return 0

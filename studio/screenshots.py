@@ -140,8 +140,9 @@ def main() -> int:
     until(lambda: win.runs.loss_points() > 0, 30)
     pump(1.5)
     shot("07-runs-loss")
-    for i, tab in enumerate(("loss-by-t", "previews", "log"), start=1):
-        win.runs.tabs.setCurrentIndex(i)
+    for tab in ("Loss by t", "Previews", "Log"):
+        win.runs.tabs.setCurrentIndex([win.runs.tabs.tabText(i) for i in range(win.runs.tabs.count())].index(tab))
+        tab = tab.lower().replace(" ", "-")
         if tab == "previews":
             until(lambda: win.runs.preview_count() > 0, 30)
         shot(f"07-runs-{tab}")

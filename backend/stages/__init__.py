@@ -7,6 +7,7 @@ the runner a worker calls. Importing this package registers them, then any plugi
 
 from backend.recipes import ImportRecipe, PretrainRecipe, SampleRecipe, WorldRecipe
 from backend.recipes.pairs import PairsRecipe
+from backend.recipes.reward import RewardRecipe
 
 from .registry import Stage, all_stages, get_stage, load_plugins, register_stage
 
@@ -29,6 +30,11 @@ register_stage(Stage(
     kind="pairs", title="Generate pairs", page="Rate", order=30, recipe=PairsRecipe, runner="backend.stages.pairs:run",
     produces="image pairs queued for rating", summary="Images of the same prompt from one model (different seeds) or two, paired for rating.",
     evaluation="ratings: the tally, the share of left picks and agreement on repeated pairs",
+))
+register_stage(Stage(
+    kind="reward", title="Train a reward model", page="Rate", order=31, recipe=RewardRecipe, runner="backend.stages.reward:run",
+    produces="a reward model", summary="A Bradley-Terry reward head on the frozen image encoder and MiniLM, learned from the ratings.",
+    evaluation="held-out pairwise accuracy (split by prompt) and calibration error, against chance 0.5",
 ))
 register_stage(Stage(
     kind="sample", title="Sample", page="Playground", order=90, recipe=SampleRecipe, runner="backend.stages.sample:run",

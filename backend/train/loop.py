@@ -180,7 +180,7 @@ class Trainer:
 
     def __init__(
         self,
-        bundle: ModelBundle,
+        bundle: ModelBundle | None,
         method: Method | list[Objective],
         batches: Callable[[int, int, int], Batch],
         config: LoopConfig,
@@ -211,7 +211,10 @@ class Trainer:
         )
         acc = self.accelerator
         self.device = acc.device
-        bundle.vae.to(acc.device)
+        if bundle is None and trainable is None:
+            raise ValueError("a run without a model bundle must name the module it trains (trainable=...)")
+        if bundle is not None:
+            bundle.vae.to(acc.device)
         net = trainable if trainable is not None else bundle.net
         net.train()
         net.to(acc.device)  # before the EMA copy, so both live on the same device
@@ -235,7 +238,7 @@ class Trainer:
         self.method.setup(self)
         if "main" not in self.optimizers and not self.optimizers:
             self.add_optimizer("main", ["model"])
-        if config.compile:
+        if config.compile and bundle is not None:
             compile_blocks(acc.unwrap_model(self.model), self.bundle.family.blocks(acc.unwrap_model(self.model)))
 
     # --- what a method declares -----------------------------------------------------------------

@@ -11,6 +11,7 @@ per-rating undo.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from pathlib import Path
@@ -143,6 +144,10 @@ class RateView(QWidget):
         self.generate_btn = QPushButton("Generate pairs…")
         self.generate_btn.clicked.connect(self.generate_pairs)
         top.addWidget(self.generate_btn)
+        self.reward_btn = QPushButton("Train a reward model")
+        self.reward_btn.setToolTip("Learn this rater's preference from the judgements so far (held-out accuracy in Runs)")
+        self.reward_btn.clicked.connect(self.train_reward)
+        top.addWidget(self.reward_btn)
         lay.addLayout(top)
 
         row = QHBoxLayout()
@@ -462,6 +467,15 @@ class RateView(QWidget):
             return
         self.link.call("create_job", self.dialog.recipe(), "pairs", done=self.job_started.emit,
                        failed=lambda e, d: show_error(self, "The pairs job did not start.", str(e), "Check the model and the prompts.", d))
+
+    def train_reward(self) -> None:
+        if self.link.client is None:
+            return
+        who = self.rater_name()
+        recipe = 'kind = "reward"\n' + (f"rater = {json.dumps(who)}\n" if who else "")  # a JSON string is a TOML basic string
+        self.link.call("create_job", recipe, f"reward ({who or 'all raters'})", done=self.job_started.emit,
+                       failed=lambda e, d: show_error(self, "The reward model did not start.", str(getattr(e, "detail", e)),
+                                                      "Rate more pairs first (at least 20 with a preference).", d))
 
     def on_event(self, ev: dict) -> None:
         """New pairs arrive while a pairs job runs: fetch them if the queue ran dry."""

@@ -163,6 +163,12 @@ class RunsView(QWidget):
         self.bins_plot = themed_plot("Loss per timestep bin (latest)", "loss", "t (0 = clean, 1 = noise)")
         self.tabs.addTab(self.bins_plot, "Loss by t")
         self._bars = None
+        # accuracies a run logs (a reward model's held-out and training accuracy; later methods' own)
+        self.acc_plot = themed_plot("Accuracy", "accuracy", "step")
+        self.acc_plot.addLegend(offset=(10, 10))
+        self.acc_plot.setYRange(0.0, 1.0)
+        self._acc_curves: dict[str, object] = {}
+        self.tabs.addTab(self.acc_plot, "Accuracy")
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         self.grid = TileGrid(cols=4, side=112)
@@ -324,12 +330,33 @@ class RunsView(QWidget):
         elif self._bars is not None:
             self.bins_plot.removeItem(self._bars)
             self._bars = None
+        self._draw_accuracy()
         self._show_eval()
+
+    def _draw_accuracy(self) -> None:
+        keys = sorted(k for k in self.series if k.endswith("accuracy"))
+        for key in list(self._acc_curves):
+            if key not in keys:
+                self.acc_plot.removeItem(self._acc_curves.pop(key))
+        for i, key in enumerate(keys):
+            rows = self.series[key]
+            if key not in self._acc_curves:
+                color = [(40, 120, 230), (230, 120, 40), (60, 170, 90), (200, 60, 160)][i % 4]
+                self._acc_curves[key] = self.acc_plot.plot([], [], pen={"color": color, "width": 2}, name=key.split("/")[-1].replace("_", " "))
+            self._acc_curves[key].setData([s for s, _ in rows], [v for _, v in rows])
 
     def _show_eval(self) -> None:
         """The latest ShapesEval: strict overall with its ±, single objects and the shape-swap control on
         the label; every category (strict ±, lenient, extra objects) in its tooltip."""
         evals = self.series.get("shapes_eval/overall")
+        held = self.series.get("reward/heldout_accuracy")
+        if held and not evals:
+            ece = self.series.get("reward/heldout_ece") or [[0, float("nan")]]
+            self.eval_label.setText(f"Reward model: held-out pairwise accuracy {held[-1][1]:.3f} (chance 0.5) · calibration error {ece[-1][1]:.3f} "
+                                    f"@ step {held[-1][0]:.0f}")
+            self.eval_label.setToolTip("Accuracy on judgements of prompts held out of training (ties left out); calibration error: "
+                                       "mean gap between predicted preference probability and the judgements, over ten bins")
+            return
         if not evals:
             self.eval_label.setText("")
             self.eval_label.setToolTip("")

@@ -1,0 +1,108 @@
+"""A reward model: how much a rater would like an image for a prompt, learned from their judgements.
+
+The backbone fits the family: for ShapesWorld the frozen embedded image encoder (a 16x16 grid of
+patch features) and the frozen MiniLM token states. Only a small head trains: every prompt token
+looks over the image's patches (one cross-attention), says how well what it found matches it, and
+the reward is the mean over the prompt's real tokens. A token-level reading is what the world's
+preferences need ("is there a red circle, are there two") and keeps the head small enough to fit
+a few hundred judgements. Hand-written because no library ships a reward head for this encoder;
+real families would put a local CLIP-like folder behind the same interface.
+
+Saved as a folder: ``reward.safetensors`` (the head), ``config.json`` and ``card.json``; loaded
+from safetensors only. ``score_pixels`` is differentiable in the image, for ReFL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from backend.models.text_encoder import TextEncoder, load_text_encoder
+
+HEAD_FILE = "reward.safetensors"
+
+
+class RewardHead(nn.Module):
+    def __init__(self, image_dim: int = 64, text_dim: int = 384, width: int = 64, heads: int = 4, grid: int = 16):
+        super().__init__()
+        self.config = {"image_dim": image_dim, "text_dim": text_dim, "width": width, "heads": heads, "grid": grid}
+        self.pos = nn.Parameter(torch.zeros(grid * grid, image_dim))
+        self.image_in = nn.Linear(image_dim, width)
+        self.text_in = nn.Linear(text_dim, width)
+        self.attend = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.judge = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, grid: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """grid (B, C, h, w) image features, states (B, L, D) prompt tokens, mask (B, L) True on real tokens -> (B,) rewards."""
+        tokens = grid.flatten(2).transpose(1, 2)
+        tokens = self.image_in(tokens + self.pos[: tokens.shape[1]])
+        query = self.text_in(states)
+        found, _ = self.attend(query, tokens, tokens, need_weights=False)
+        per_token = self.judge(torch.cat([query, found], -1)).squeeze(-1)
+        m = mask.to(per_token.dtype)
+        return (per_token * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class RewardModel:
+    """The frozen backbone with a head: score images for prompts."""
+
+    def __init__(self, head: RewardHead, encoder: Any = None, text_encoder: TextEncoder | None = None, device: str = "cpu"):
+        from backend.world.pretrained import load_encoder
+
+        self.head = head.to(device)
+        self.encoder = encoder or load_encoder(device=device)
+        self.text = text_encoder or load_text_encoder(device=device)
+        self.device = device
+
+    @torch.no_grad()
+    def grids(self, images: list[Image.Image], batch: int = 128) -> torch.Tensor:
+        """The encoder's patch grids (what the head reads; computed once per image for training)."""
+        from backend.world.arrays import square_batch
+        from backend.world.encoder import INPUT
+
+        out = [self.encoder.tensors(square_batch(images[i: i + batch], INPUT))[0].cpu() for i in range(0, len(images), batch)]
+        return torch.cat(out) if out else torch.zeros(0, self.encoder.dim, 16, 16)
+
+    def prompt_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask, _ = self.text.encode(prompts)
+        return states, mask.bool()
+
+    def score_pixels(self, x: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Rewards of images in [-1, 1] (B, 3, H, W), differentiable in ``x``."""
+        grid = self.encoder.tensors(x)[0]
+        states, mask = self.prompt_states(prompts)
+        return self.head(grid, states.to(x.device), mask.to(x.device))
+
+    @torch.no_grad()
+    def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+        self.head.eval()
+        states, mask = self.prompt_states(prompts)
+        return self.head(self.grids(images).to(self.device), states.to(self.device), mask.to(self.device)).tolist()
+
+
+def save_reward(head: RewardHead, folder: Path, card: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(folder / HEAD_FILE))
+    (folder / "config.json").write_text(json.dumps({"kind": "reward", "backbone": "shapesworld-encoder+minilm", **head.config}, indent=2))
+    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    return folder
+
+
+def is_reward_folder(folder: Path) -> bool:
+    return (folder / HEAD_FILE).exists() and (folder / "config.json").exists()
+
+
+def load_reward(folder: str | Path, device: str = "cpu") -> RewardModel:
+    folder = Path(folder)
+    if not is_reward_folder(folder):
+        raise FileNotFoundError(f"{folder} is not a reward model (no {HEAD_FILE} and config.json)")
+    config = json.loads((folder / "config.json").read_text())
+    head = RewardHead(**{k: config[k] for k in ("image_dim", "text_dim", "width", "heads", "grid")})
+    head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    return RewardModel(head.eval(), device=device)

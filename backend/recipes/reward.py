@@ -1,0 +1,25 @@
+"""Recipe for training a reward model on the project's ratings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import RecipeBase
+
+
+class RewardRecipe(RecipeBase):
+    """Train a reward model on the project's judgements (Bradley-Terry; ties count half to each side)."""
+
+    kind: Literal["reward"] = "reward"
+    rater: str | None = Field(None, description="Only this rater's judgements; empty = every rater's")
+    heldout: float = Field(0.2, ge=0.05, le=0.5, description="Share of prompts held out (every pair of a prompt on the same side of the split)")
+    steps: int = Field(600, ge=1, le=1_000_000, description="Optimizer steps")
+    batch_size: int = Field(64, ge=1, le=4096, description="Pairs per step")
+    lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (AdamW, cosine after warm-up)")
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    width: int = Field(32, ge=8, le=1024, description="Width of the head's attention (32 overfits less than 64 on a few hundred judgements)")
+    eval_every: int = Field(50, ge=1, description="Held-out accuracy and calibration every N steps")
+    seed: int = Field(0, ge=0, description="Seed of the split, the head's weights and the batches")
+    min_pairs: int = Field(20, ge=2, description="Refuse to train on fewer decisive judgements than this")

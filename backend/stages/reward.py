@@ -1,0 +1,163 @@
+"""The ``reward`` stage: a reward model from the project's judgements, trained by the one loop.
+
+Bradley-Terry on reward differences, ``-log σ(r_w − r_l)``, with a tie counted half to each side;
+"both bad" and skips say nothing about which is better and are left out (and counted). The split
+is by prompt, so the held-out accuracy measures judging prompts the head has not seen. Images are
+read through the frozen backbone once; the head then trains on those features (exact resume,
+pause and stop come from the loop like every other run). Held-out pairwise accuracy on decisive
+pairs, the held-out loss and the calibration error (ECE over ten bins of predicted probability)
+are logged as it trains; the head is saved as a model with a card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend.recipes.reward import RewardRecipe
+from backend.store import Project, ratings
+from backend.train.method import Method
+
+LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
+
+
+def heldout_prompt(prompt: str, share: float, seed: int) -> bool:
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[:8], "big")
+    return h / 2**64 < share
+
+
+def bt_loss(diff: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry with soft labels: label 1 = a preferred, 0 = b, 0.5 = a tie."""
+    return -(label * torch.nn.functional.logsigmoid(diff) + (1 - label) * torch.nn.functional.logsigmoid(-diff)).mean()
+
+
+def pair_metrics(diff: torch.Tensor, label: torch.Tensor, bins: int = 10) -> dict[str, float]:
+    """Accuracy on decisive pairs, BT loss, and expected calibration error of σ(diff) against the labels."""
+    p = torch.sigmoid(diff)
+    decisive = label != 0.5
+    acc = float(((p > 0.5) == (label > 0.5))[decisive].float().mean()) if bool(decisive.any()) else float("nan")
+    ece = 0.0
+    for b in range(bins):
+        inside = (p >= b / bins) & (p < (b + 1) / bins if b < bins - 1 else p <= 1)
+        if bool(inside.any()):
+            ece += float(inside.float().mean()) * abs(float(p[inside].mean()) - float(label[inside].mean()))
+    return {"accuracy": acc, "loss": float(bt_loss(diff, label)), "ece": ece}
+
+
+class Features:
+    """The judgements as tensors: per pair the two images' grids, the prompt's token states and its label."""
+
+    def __init__(self, grid_a: torch.Tensor, grid_b: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, label: torch.Tensor):
+        self.grid_a, self.grid_b, self.states, self.mask, self.label = grid_a, grid_b, states, mask, label
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return tuple(t[idx].to(device) for t in (self.grid_a, self.grid_b, self.states, self.mask, self.label))
+
+
+def gather(project: Project, recipe: RewardRecipe, model: Any, log=print) -> tuple[Features, Features, dict[str, Any]]:
+    """Read the judgements, split them by prompt and turn them into features."""
+    from PIL import Image
+
+    rows = [r for r in ratings.history(project.db, rater=recipe.rater, limit=10_000_000) if not r["is_repeat"]]
+    left_out = {c: sum(1 for r in rows if r["choice"] == c) for c in ("both_bad", "skip")}
+    rows = [r for r in rows if r["choice"] in LABEL]
+    decisive = sum(1 for r in rows if r["choice"] != "tie")
+    if decisive < recipe.min_pairs:
+        raise ValueError(f"only {decisive} decisive judgements (a or b) to learn from; rate at least {recipe.min_pairs} pairs first")
+    hashes = sorted({h for r in rows for h in (r["image_a"], r["image_b"])})
+    images = [Image.open(io.BytesIO(project.blob_path(h, "png").read_bytes())).convert("RGB") for h in hashes]
+    grids = dict(zip(hashes, model.grids(images)))
+    prompts = sorted({r["prompt"] for r in rows})
+    states, mask = model.prompt_states(prompts)
+    by_prompt = {p: i for i, p in enumerate(prompts)}
+
+    def build(subset: list[dict]) -> Features:
+        idx = torch.tensor([by_prompt[r["prompt"]] for r in subset], dtype=torch.long)
+        return Features(torch.stack([grids[r["image_a"]] for r in subset]) if subset else torch.zeros(0),
+                        torch.stack([grids[r["image_b"]] for r in subset]) if subset else torch.zeros(0),
+                        states[idx], mask[idx], torch.tensor([LABEL[r["choice"]] for r in subset]))
+
+    held = [r for r in rows if heldout_prompt(r["prompt"], recipe.heldout, recipe.seed)]
+    train = [r for r in rows if not heldout_prompt(r["prompt"], recipe.heldout, recipe.seed)]
+    if not train or not held:
+        raise ValueError(f"the split by prompt left {len(train)} training and {len(held)} held-out judgements; rate more prompts")
+    info = {"judgements": len(rows), "train_judgements": len(train), "heldout_judgements": len(held), "prompts": len(prompts), "left_out": left_out,
+            "ties": sum(1 for r in rows if r["choice"] == "tie")}
+    log(f"{len(rows)} judgements on {len(prompts)} prompts: {len(train)} to train on, {len(held)} held out "
+        f"({info['ties']} ties counted half; left out: {left_out['both_bad']} both bad, {left_out['skip']} skipped)")
+    return build(train), build(held), info
+
+
+class BradleyTerry(Method):
+    """One step: a batch of judged pairs, the head's reward difference, the BT loss."""
+
+    def __init__(self, train: Features, batch_size: int, seed: int):
+        self.train, self.batch_size, self.seed = train, batch_size, seed
+
+    def step(self, run) -> None:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + run.step)  # the batch depends only on the step: exact resume
+        idx = torch.randint(len(self.train), (min(self.batch_size, len(self.train)),), generator=gen)
+        grid_a, grid_b, states, mask, label = self.train.take(idx, run.device)
+        head = run.model
+        diff = head(grid_a, states, mask) - head(grid_b, states, mask)
+        loss = bt_loss(diff, label)
+        run.update("main", loss)
+        run.log("loss", loss)
+        decisive = label != 0.5
+        if bool(decisive.any()):
+            run.log("reward/train_accuracy", ((diff > 0) == (label > 0.5))[decisive].float().mean())
+
+
+@torch.no_grad()
+def evaluate_head(head: torch.nn.Module, data: Features, device: torch.device) -> dict[str, float]:
+    head.eval()
+    idx = torch.arange(len(data))
+    grid_a, grid_b, states, mask, label = data.take(idx, device)
+    diff = head(grid_a, states, mask) - head(grid_b, states, mask)
+    return pair_metrics(diff.float().cpu(), label.float().cpu())
+
+
+def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
+    from backend.models.reward import RewardHead, RewardModel, save_reward
+    from backend.train.loop import LoopConfig, Trainer
+
+    torch.manual_seed(recipe.seed)
+    model = RewardModel(RewardHead(width=recipe.width))
+    train, held, info = gather(project, recipe, model, log=reporter.log)
+    cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=min(50, recipe.steps // 10), ema=0.0,
+                     seed=recipe.seed, log_every=10, checkpoint_every=max(50, recipe.eval_every), sample_every=0, eval_every=recipe.eval_every,
+                     loss_bins=1, device="cpu")
+    last: dict[str, float] = {}
+
+    def evaluate(step: int, head: torch.nn.Module) -> dict[str, float]:
+        m = evaluate_head(head, held, torch.device("cpu"))
+        last.update(m)
+        if step % (recipe.eval_every * 5) == 0 or step == recipe.steps:
+            reporter.log(f"step {step}: held-out accuracy {m['accuracy']:.3f}, loss {m['loss']:.4f}, ECE {m['ece']:.3f}")
+        return {f"reward/heldout_{k}": v for k, v in m.items()}
+
+    trainer = Trainer(None, BradleyTerry(train, recipe.batch_size, recipe.seed), lambda *a: None, cfg, run_dir, reporter,
+                      evaluate=evaluate, trainable=model.head)
+    result = trainer.run(resume=resume)
+    if result.state != "done":
+        return {"state": result.state, "step": result.step}
+    head = trainer.accelerator.unwrap_model(trainer.model).cpu().eval()
+    chance = pair_metrics(torch.zeros(len(held)), held.label.float())
+    card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "heldout": last, "chance": {"accuracy": 0.5, "loss": chance["loss"]},
+            "data": info, "rater": recipe.rater, "steps": recipe.steps, "job": getattr(reporter, "job_id", None)}
+    name = recipe.name or f"reward-{getattr(reporter, 'job_id', 0)}"
+    folder = save_reward(head, project.root / "models" / name, card)
+    with project.transaction():
+        model_id = int(project.db["models"].insert({"kind": "reward", "name": name, "path": str(folder.relative_to(project.root)), "parent_id": None,
+                                                    "job_id": getattr(reporter, "job_id", None), "card": json.dumps(card)}).last_pk)
+    reporter.log(f"saved reward model #{model_id} to {folder.relative_to(project.root)}: held-out accuracy {last.get('accuracy', float('nan')):.3f} "
+                 f"on {info['heldout_judgements']} judgements (chance 0.5)")
+    return {"state": "done", "step": result.step, "model_id": model_id, "path": str(folder.relative_to(project.root)), "heldout": last, **info}

@@ -1,0 +1,89 @@
+"""The reward stage learns a rater's preference: on judgements where the rater always prefers the
+render of the prompt's scene over the same scene with another shape, the head trained through a
+real job ranks held-out prompts (never seen in training) above chance by more than two standard
+errors, and so does the saved model on fresh scenes; ties count half, both-bad and skipped pairs
+are left out and counted. (Measured 2026-12-02: about 0.75 held out from 300-400 such pairs; the
+issue's target of 0.85 from 500 noisy ratings is not reached yet.)"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import pytest
+
+from backend.jobs import create_job, execute_job
+from backend.models.reward import load_reward
+from backend.recipes.reward import RewardRecipe
+from backend.store import Project, ratings
+from backend.world.captions import caption
+from backend.world.generate import make_scene
+from backend.world.render import render
+from backend.world.spec import SHAPES, Scene
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _swapped(scene: Scene, k: int) -> Scene:
+    other = Scene.from_json(scene.to_json())
+    for g in other.groups:
+        g.shape = SHAPES[(SHAPES.index(g.shape) + k) % len(SHAPES)]
+    for o in other.objects:
+        o.shape = other.groups[o.group].shape
+    return other
+
+
+def _good_and_bad(seed: int, index: int) -> tuple[str, object, object]:
+    scene = make_scene(seed, index, category="single_object", resolution=(64, 64))
+    return caption(scene), render(scene), render(_swapped(scene, 1 + index % (len(SHAPES) - 1)))
+
+
+def test_reward_model_learns_the_raters_preference(tmp_path: Path):
+    rng = random.Random(0)
+    with Project.init(tmp_path / "p") as project:
+        for i in range(320):
+            prompt, good, bad = _good_and_bad(5, i)
+            hg, hb = project.put_blob(_png(good), "png"), project.put_blob(_png(bad), "png")
+            good_is_a = rng.random() < 0.5
+            cid = ratings.queue_pair(project.db, prompt, *((hg, hb) if good_is_a else (hb, hg)))
+            choice = "a" if good_is_a else "b"
+            if i % 80 == 0:
+                choice = "both_bad"
+            elif i % 80 == 1:
+                choice = "skip"
+            elif i % 80 == 2:
+                choice = "tie"
+            ratings.record(project.db, cid, choice, rng.choice("ab"), "rater", 400)
+        job = create_job(project, RewardRecipe(name="reward-test", steps=200, eval_every=50, heldout=0.25))
+        summary = execute_job(project, job, echo=False)
+        assert summary["state"] == "done"
+        assert summary["left_out"] == {"both_bad": 4, "skip": 4} and summary["ties"] == 4
+        n_held = summary["heldout_judgements"] - summary["ties"]  # at most; ties are left out of the accuracy
+        assert summary["heldout"]["accuracy"] >= 0.5 + 2 * (0.25 / n_held) ** 0.5, summary
+        held = project.db.execute("SELECT value FROM metrics WHERE job_id = ? AND key = 'reward/heldout_accuracy' ORDER BY step", [job]).fetchall()
+        assert len(held) >= 3  # the curve the Runs view plots
+        card_row = project.db.execute("SELECT kind, path FROM models WHERE job_id = ?", [job]).fetchone()
+        assert card_row[0] == "reward"
+        model = load_reward(project.root / card_row[1])
+    wins = 0
+    for i in range(1000, 1100):  # fresh scenes of another world seed
+        prompt, good, bad = _good_and_bad(9, i)
+        sg, sb = model.score([good, bad], [prompt, prompt])
+        wins += sg > sb
+    assert wins / 100 >= 0.65  # chance 0.5, standard error 0.05
+
+
+def test_reward_refuses_too_few_judgements(tmp_path: Path):
+    with Project.init(tmp_path / "p") as project:
+        prompt, good, bad = _good_and_bad(5, 0)
+        cid = ratings.queue_pair(project.db, prompt, project.put_blob(_png(good), "png"), project.put_blob(_png(bad), "png"))
+        ratings.record(project.db, cid, "a", "a", "r")
+        job = create_job(project, RewardRecipe(steps=5))
+        with pytest.raises(ValueError, match="only 1 decisive judgements"):
+            execute_job(project, job, echo=False)
+        assert project.db.execute("SELECT state FROM jobs WHERE id = ?", [job]).fetchone()[0] == "failed"
