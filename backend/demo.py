@@ -38,6 +38,37 @@ def ensure_demo_project(root: Path | None = None, n: int = DEMO_IMAGES, log=prin
     return project
 
 
+def rate_and_reward(project: Project, prompts: int = 240, per_prompt: int = 3, noise: float = 0.1) -> dict:
+    """The front half of the closed loop on the shipped base: pairs, ratings by the scripted rater
+    through the service's API (the path a person's ratings take), a reward model on them."""
+    from backend.jobs import create_job, execute_job
+    from backend.recipes.pairs import PairsRecipe
+    from backend.recipes.reward import RewardRecipe
+    from backend.scripted_rater import ScriptedRater
+    from backend.service.client import start_backend
+
+    pairs = PairsRecipe(model="models/shapes-base", max_prompts=prompts, images_per_prompt=per_prompt)
+    job = create_job(project, pairs, "demo-pairs")
+    print(f"[demo] pairs: {prompts} ShapesEval prompts x {per_prompt} images from the shipped base, every pair of each prompt (job {job})")
+    made = execute_job(project, job, echo=False)
+    proc, client = start_backend(project.root)
+    try:
+        rater = ScriptedRater(client, "scripted", noise=noise)
+        report = rater.rate(made["pairs"])
+        print(f"[demo] scripted rater (prefers what the detector reads as faithful to the prompt, {noise:.0%} of decisions flipped): {report.summary()}")
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    job = create_job(project, RewardRecipe(name="demo-reward", rater="scripted"), "demo-reward")
+    summary = execute_job(project, job, echo=False)
+    held = summary["heldout"]
+    print(f"[demo] reward model models/demo-reward: held-out pairwise accuracy {held['accuracy']:.3f} against the rater (chance 0.5), "
+          f"calibration error {held['ece']:.3f}, on {summary['heldout_judgements']} judgements of prompts it never saw "
+          f"({summary['train_judgements']} trained on)")
+    return summary
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=Path, default=None, help="project folder (default: the per-user demo project)")
     p.add_argument("--recipe", type=Path, default=None, help="pretrain recipe (default: resources/recipes/demo_pretrain.toml)")
@@ -73,6 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"[demo] beside it, the shipped base (models/shapes-base: {card.get('params', 0) / 1e6:.2f}M parameters, {card.get('steps')} steps,"
                   f" {card.get('train_seconds', 0) / 3600:.1f} h on {card.get('machine')}), which later stages start from:")
             print("    " + format_table(card["shapes_eval"]).replace("\n", "\n    "))
-        print("[demo] not in the headless demo yet: rating, preference tuning, DreamBooth, distillation")
+            rate_and_reward(project)
+        print("[demo] not in the headless demo yet: preference tuning, DreamBooth, distillation")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -4,7 +4,8 @@ take (``GET /api/comparisons/queue``, the images, ``POST .../choice``).
 
 Its taste is the detector's reading of each image against the prompt's ShapesEval spec: an image
 that holds exactly the promised objects beats one that does not; between two that are equally
-faithful, more of the prompt's checks kept wins; with the ``larger`` taste, larger objects also
+faithful, more of the prompt's checks kept wins, then the nearer miss (the promised shape and
+colour found with more confidence, the count closer); with the ``larger`` taste, larger objects also
 count. Equal images are a tie when they are faithful and "both bad" when neither is. With
 probability ``noise`` a decisive judgement is flipped, as a tired person's would be. Pairs whose
 prompt has no spec are skipped: there is nothing to judge them by.
@@ -64,6 +65,14 @@ class ScriptedRater:
         checks = check_image(scene, det)
         faithful = strict_pass(scene, det)
         value = 4.0 * faithful + 1.0 * exact_objects(scene, det) + sum(checks.values()) / max(1, len(checks))
+        # partial credit, as a person gives it to a near miss: per promised group the best object found
+        # (right shape and colour 1, right colour 0.5, right shape 0.3, weighted by the detector's confidence),
+        # less a little for every object too many or too few
+        credit = 0.0
+        for g in scene.groups:
+            credit += max((o.score * (1.0 if (o.shape, o.color) == (g.shape, g.color) else 0.5 if o.color == g.color else 0.3 if o.shape == g.shape else 0.0)
+                           for o in det.objects), default=0.0)
+        value += 0.5 * credit / max(1, len(scene.groups)) - 0.1 * abs(len(det.objects) - sum(g.count for g in scene.groups))
         if "larger" in self.tastes and det.objects:
             value += 0.5 * sum(o.size == "large" for o in det.objects) / len(det.objects)
         return value, faithful

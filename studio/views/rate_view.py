@@ -217,9 +217,10 @@ class RateView(QWidget):
             filters.addWidget(w)
         lay.addLayout(filters)
         self.history = QTableWidget(0, 5)
-        self.history.setHorizontalHeaderLabels(["#", "Prompt", "Choice", "Shown left", "Decision"])
+        self.history.setHorizontalHeaderLabels(["#", "Prompt", "Choice", "Image shown left", "Decision"])
         self.history.horizontalHeader().setStretchLastSection(True)
-        self.history.setColumnWidth(1, 360)
+        for col, width in ((0, 60), (1, 360), (2, 150), (3, 140)):
+            self.history.setColumnWidth(col, width)
         self.history.setSelectionBehavior(QTableWidget.SelectRows)
         self.history.setEditTriggers(QTableWidget.NoEditTriggers)
         self.history.setMaximumHeight(170)
@@ -384,10 +385,11 @@ class RateView(QWidget):
 
     def reload_stats(self) -> None:
         if self.link.client is not None:
-            self.link.call("rating_stats", self.rater_name(), done=self._stats)
+            who = self.rater_name()
+            self.link.call("rating_stats", who, done=lambda s: self._stats(s, who))
 
-    def _stats(self, s: dict) -> None:
-        if not alive(self):
+    def _stats(self, s: dict, who: str) -> None:
+        if not alive(self) or who != self.rater_name():  # an answer for the rater before a rename
             return
         self.progress.setMaximum(max(1, s["pairs"]))
         self.progress.setValue(s["rated"])
@@ -411,7 +413,10 @@ class RateView(QWidget):
             return
         self.history.setRowCount(len(rows))
         for r, row in enumerate(rows):
-            cells = [str(row["id"]), row["prompt"], CHOICE_LABEL[row["choice"]] + (" (repeat)" if row["is_repeat"] else ""),
+            picked = row["choice"]
+            if picked in ("a", "b"):  # the side the rater saw it on, and which image it was
+                picked = f"{'left' if picked == row['shown_left'] else 'right'} (image {picked})"
+            cells = [str(row["id"]), row["prompt"], CHOICE_LABEL.get(picked, picked) + (" (repeat)" if row["is_repeat"] else ""),
                      row["shown_left"], f"{row['decision_ms'] or 0} ms"]
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
