@@ -304,3 +304,31 @@ def test_declaring_a_module_twice_or_an_empty_optimizer_is_refused(tmp_path: Pat
 
     with pytest.raises(ValueError, match="no trainable parameters"):
         Trainer(make_bundle(), Bad(), toy_batches, config(1), tmp_path / "bad", Quiet())
+
+
+class SelfEvaluating(Method):
+    """A method with an evaluation of its own: the loop logs it at eval_every and at the end, with the sampling weights."""
+
+    name = "self-evaluating"
+
+    def step(self, run) -> None:
+        loss = flow_loss(run, run.model, run.batch(0))
+        run.update("main", loss)
+        run.log("loss", loss)
+
+    def evaluate(self, run, step: int, net: nn.Module) -> dict[str, float]:
+        self.calls = getattr(self, "calls", []) + [(step, net.training)]
+        return {"toy/evaluated_at": float(step)}
+
+
+def test_a_methods_own_evaluation_is_logged_at_eval_every_and_at_the_end(tmp_path: Path):
+    rows: list[tuple[int, dict]] = []
+
+    class Recording(Quiet):
+        def metrics(self, step: int, values: dict) -> None:
+            rows.append((step, values))
+
+    method = SelfEvaluating()
+    Trainer(make_bundle(), method, toy_batches, config(5, eval_every=2), tmp_path / "e", Recording()).run(resume=False)
+    assert method.calls == [(2, False), (4, False), (5, False)]  # evaluated in eval mode, at 2, 4 and the end
+    assert [s for s, v in rows if "toy/evaluated_at" in v] == [2, 4, 5]

@@ -97,10 +97,14 @@ def gather(project: Project, recipe: RewardRecipe, model: Any, log=print) -> tup
 
 
 class BradleyTerry(Method):
-    """One step: a batch of judged pairs, the head's reward difference, the BT loss."""
+    """One step: a batch of judged pairs, the head's reward difference, the BT loss; at each
+    evaluation, accuracy, loss and calibration on the held-out prompts."""
 
-    def __init__(self, train: Features, batch_size: int, seed: int):
-        self.train, self.batch_size, self.seed = train, batch_size, seed
+    name = "bradley-terry"
+
+    def __init__(self, train: Features, held: Features, batch_size: int, seed: int):
+        self.train, self.held, self.batch_size, self.seed = train, held, batch_size, seed
+        self.last: dict[str, float] = {}
 
     def step(self, run) -> None:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + run.step)  # the batch depends only on the step: exact resume
@@ -115,10 +119,13 @@ class BradleyTerry(Method):
         if bool(decisive.any()):
             run.log("reward/train_accuracy", ((diff > 0) == (label > 0.5))[decisive].float().mean())
 
+    def evaluate(self, run, step: int, net: torch.nn.Module) -> dict[str, float]:
+        self.last = evaluate_head(net, self.held, run.device)
+        return {f"reward/heldout_{k}": v for k, v in self.last.items()}
+
 
 @torch.no_grad()
 def evaluate_head(head: torch.nn.Module, data: Features, device: torch.device) -> dict[str, float]:
-    head.eval()
     idx = torch.arange(len(data))
     grid_a, grid_b, states, mask, label = data.take(idx, device)
     diff = head(grid_a, states, mask) - head(grid_b, states, mask)
@@ -135,18 +142,10 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
     cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=min(50, recipe.steps // 10), ema=0.0,
                      seed=recipe.seed, log_every=10, checkpoint_every=max(50, recipe.eval_every), sample_every=0, eval_every=recipe.eval_every,
                      loss_bins=1, device="cpu")
-    last: dict[str, float] = {}
-
-    def evaluate(step: int, head: torch.nn.Module) -> dict[str, float]:
-        m = evaluate_head(head, held, torch.device("cpu"))
-        last.update(m)
-        if step % (recipe.eval_every * 5) == 0 or step == recipe.steps:
-            reporter.log(f"step {step}: held-out accuracy {m['accuracy']:.3f}, loss {m['loss']:.4f}, ECE {m['ece']:.3f}")
-        return {f"reward/heldout_{k}": v for k, v in m.items()}
-
-    trainer = Trainer(None, BradleyTerry(train, recipe.batch_size, recipe.seed), lambda *a: None, cfg, run_dir, reporter,
-                      evaluate=evaluate, trainable=model.head)
+    method = BradleyTerry(train, held, recipe.batch_size, recipe.seed)
+    trainer = Trainer(None, method, lambda *a: None, cfg, run_dir, reporter, trainable=model.head)
     result = trainer.run(resume=resume)
+    last = method.last
     if result.state != "done":
         return {"state": result.state, "step": result.step}
     head = trainer.accelerator.unwrap_model(trainer.model).cpu().eval()

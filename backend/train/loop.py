@@ -425,7 +425,7 @@ class Trainer:
             flag = self._control()
             if flag == "sample" or (self.preview and cfg.sample_every and step % cfg.sample_every == 0):
                 self._preview(step)
-            if self.evaluate and cfg.eval_every and step % cfg.eval_every == 0:
+            if self._evaluates() and cfg.eval_every and step % cfg.eval_every == 0:
                 self._evaluate(step)
             if flag in ("stop", "pause"):
                 self.save()
@@ -436,7 +436,7 @@ class Trainer:
         if state == "done":
             if self.step % cfg.checkpoint_every != 0:
                 self.save()
-            if self.evaluate:
+            if self._evaluates():
                 self._evaluate(self.step)
         logs = self._replica_check() if acc.num_processes > 1 else {}
         return LoopResult(state, self.step, time.perf_counter() - t0, logs)
@@ -489,10 +489,15 @@ class Trainer:
                 self.preview(step, net)
         self.accelerator.wait_for_everyone()
 
+    def _evaluates(self) -> bool:
+        """Whether anything evaluates: the run's evaluator, or a method with an evaluation of its own."""
+        return self.evaluate is not None or type(self.method).evaluate is not Method.evaluate
+
     def _evaluate(self, step: int) -> None:
-        if self.evaluate is not None and self.accelerator.is_main_process:
+        if self.accelerator.is_main_process:
             with self.sampling() as net:
-                values = self.evaluate(step, net)
+                values = dict(self.evaluate(step, net)) if self.evaluate is not None else {}
+                values.update(self.method.evaluate(self, step, net))
             if values:
                 self.reporter.metrics(step, values)
         self.accelerator.wait_for_everyone()

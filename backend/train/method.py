@@ -57,6 +57,11 @@ class Method:
     def after_step(self, run: Run) -> None:
         pass
 
+    def evaluate(self, run: Run, step: int, net: torch.nn.Module) -> dict[str, float]:
+        """Figures of the method's own at each evaluation (e.g. held-out accuracy), logged as metrics
+        beside those of the run's evaluator; ``net`` carries the sampling weights (EMA when on)."""
+        return {}
+
     def state(self) -> dict[str, Any]:
         """JSON-able state kept in checkpoints (tensors go in modules)."""
         return {}
