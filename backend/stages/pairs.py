@@ -2,8 +2,8 @@
 
 Each image is stored content-addressed with its generation record (model, seed, sampler
 settings, the prompt as written and as given to the sampler, and the prompt's ShapesEval spec
-when it has one, which lets the detector judge it). Pairs are queued one prompt at a time in one
-transaction, so a job killed half-way resumes after the last prompt it finished.
+when it has one, which lets the detector judge it). Pairs are queued a batch of prompts at a time,
+each batch in one transaction, so a job killed half-way resumes after the last batch it finished.
 """
 
 from __future__ import annotations
