@@ -55,13 +55,14 @@ class ScriptedRater:
             detector = load_detector()
         self.detector = detector
 
-    def utility(self, spec: dict[str, Any], image) -> tuple[float, bool]:
-        """(how much this rater likes the image, whether it is faithful to the prompt)."""
+    def utility(self, spec: dict[str, Any], image, det: Any = None) -> tuple[float, bool]:
+        """(how much this rater likes the image, whether it is faithful to the prompt); ``det`` is the
+        detector's reading when already made."""
         from backend.eval.shapes_eval import check_image, exact_objects, strict_pass
         from backend.world.spec import Scene
 
         scene = Scene.from_json(spec)
-        det = self.detector([image])[0]
+        det = det if det is not None else self.detector([image])[0]
         checks = check_image(scene, det)
         faithful = strict_pass(scene, det)
         value = 4.0 * faithful + 1.0 * exact_objects(scene, det) + sum(checks.values()) / max(1, len(checks))
@@ -85,7 +86,7 @@ class ScriptedRater:
         if not spec:
             return "skip", False
         images = [Image.open(io.BytesIO(self.client.image(pair[key]))).convert("RGB") for key in ("image_a", "image_b")]
-        (ua, fa), (ub, _) = (self.utility(spec, im) for im in images)
+        (ua, fa), (ub, _) = (self.utility(spec, im, det) for im, det in zip(images, self.detector(images)))  # both read in one call
         if abs(ua - ub) < 1e-9:
             return ("tie" if fa else "both_bad"), False
         choice = "a" if ua > ub else "b"

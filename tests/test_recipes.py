@@ -79,3 +79,14 @@ def test_buckets_must_split_into_whole_tokens_for_the_patch_size():
     with pytest.raises(RecipeError):
         loads_recipe(ok.replace("patch = 4", "patch = 3"))
     assert loads_recipe(ok.replace("patch = 4", "patch = 2").replace("[64, 48]", "[72, 72]")).model.patch == 2
+
+
+def test_a_pairs_recipe_refuses_a_model_against_itself_and_a_list_without_prompts():
+    import backend.stages  # noqa: F401  (registers the pairs kind)
+    from backend.recipes import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError, match="model_b"):
+        parse_recipe({"kind": "pairs", "model": "models/a", "model_b": "models/a/"})
+    with pytest.raises(RecipeError, match="at least one prompt"):
+        parse_recipe({"kind": "pairs", "prompts_from": "list", "prompts": ["  "]})
+    assert parse_recipe({"kind": "pairs", "model": "models/a", "model_b": "models/b"}).pairs_per_prompt() == 2

@@ -36,6 +36,8 @@ class PairsRecipe(RecipeBase):
             raise ValueError("prompts_from = 'dataset' needs 'dataset'")
         if not self.model:
             raise ValueError("'model' is empty: name a model folder, a run or a checkpoint")
+        if self.model_b and self.model_b.rstrip("/") == self.model.rstrip("/"):
+            raise ValueError("'model_b' is 'model' again: at the same seeds its pairs would be identical images; leave model_b empty")
         return self
 
     def pairs_per_prompt(self) -> int:

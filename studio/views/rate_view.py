@@ -122,6 +122,7 @@ class RateView(QWidget):
         self.current: dict | None = None
         self.shown_at = 0.0
         self.submitted: list[dict] = []  # {"pair", "rating_id", "undo"} newest last
+        self.broken: set[int] = set()  # pairs whose images did not load: not fetched again this session
         self.fetching = False
         self.exhausted = False
         self.setFocusPolicy(Qt.StrongFocus)  # the arrow keys are the rating keys
@@ -250,6 +251,7 @@ class RateView(QWidget):
             return
         self.queue.clear()
         self.loading.clear()
+        self.broken.clear()
         self.current = None
         self.exhausted = False
         self._show(None)
@@ -260,6 +262,7 @@ class RateView(QWidget):
     def _held(self) -> list[int]:
         """Pairs the backend must not hand out again: shown, waiting, loading, or judged with the judgement still on its way."""
         ids = [p["id"] for p in self.queue] + list(self.loading) + [e["pair"]["id"] for e in self.submitted if e["rating_id"] is None]
+        ids += sorted(self.broken)
         if self.current:
             ids.append(self.current["id"])
         return ids
@@ -303,6 +306,7 @@ class RateView(QWidget):
 
     def _image_failed(self, pair: dict, exc) -> None:
         self.loading.pop(pair["id"], None)
+        self.broken.add(pair["id"])
         self.status.setText(f"Pair #{pair['id']}: an image could not be loaded ({exc}); it stays in the queue.")
 
     def _advance(self) -> None:
