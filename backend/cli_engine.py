@@ -176,3 +176,18 @@ def _curate(args: argparse.Namespace) -> int:
         report = curate(project, args.dataset, CurationSettings(**base))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.summary())
     return 0
+
+
+def _add_shipped_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", type=Path, required=True)
+
+
+@command("models add-shipped", "list the shipped base model and reward prior in a project (copied into its models/)", _add_shipped_args)
+def _add_shipped(args: argparse.Namespace) -> int:
+    from backend.stages.world import install_shipped_base, install_shipped_reward_prior
+    from backend.store import Project
+
+    with Project.open(args.project) as project:
+        install_shipped_base(project)
+        install_shipped_reward_prior(project)
+    return 0

@@ -69,3 +69,21 @@ def _score(args: argparse.Namespace) -> int:
     for path, score in zip(args.images, model.score(images, [args.prompt] * len(images))):
         print(json.dumps({"image": str(path), "prompt": args.prompt, "reward": round(score, 4)}))
     return 0
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    from backend.paths import shipped_reward_prior_dir
+
+    p.add_argument("--out", type=Path, default=shipped_reward_prior_dir(), help="folder to write the prior into (default: the shipped one)")
+    p.add_argument("--scenes", type=int, default=6000, help="scenes rendered (each beside a copy with one promise broken)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("reward pretrain", "pretrain the reward prior: the reward head matched to ShapesWorld captions, no ratings", _pretrain_args)
+def _pretrain(args: argparse.Namespace) -> int:
+    from backend.models.reward_prior import pretrain_prior
+
+    card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, seed=args.seed)
+    print(json.dumps(card["zero_shot"]))
+    return 0

@@ -53,3 +53,8 @@ def resources_dir() -> Path:
 def shipped_base_dir() -> Path:
     """The shipped ShapesWorld base model (``make base`` trains it; later stages start from it)."""
     return resources_dir() / "models" / "shapes-base"
+
+
+def shipped_reward_prior_dir() -> Path:
+    """The shipped reward prior (``signal-backend reward pretrain``): where reward models start from."""
+    return resources_dir() / "models" / "shapes-reward-prior"

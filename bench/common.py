@@ -52,3 +52,49 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in [h] + [r[i] for r in rows]) for i, h in enumerate(header)]
     line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def chart(series: dict[str, list[tuple[float, float, float]]], out: Path, *, xlabel: str, ylabel: str, hlines: list[tuple[float, str]] = (),
+          logx: bool = False, ylim: tuple[float, float] = (0.0, 1.0), size: tuple[int, int] = (720, 440)) -> None:
+    """A line chart with error bars, drawn with PIL (the benches need one PNG, not a plotting library)."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+    W, H = size
+    left, right, top, bottom = 70, 20, 20, 110
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    xs = [x for pts in series.values() for x, _, _ in pts]
+    fx = (lambda v: math.log10(v)) if logx else (lambda v: v)
+    x0, x1 = fx(min(xs)), fx(max(xs))
+    x0, x1 = (x0 - 0.05 * (x1 - x0 or 1), x1 + 0.05 * (x1 - x0 or 1))
+    px = lambda v: left + (fx(v) - x0) / (x1 - x0) * (W - left - right)  # noqa: E731
+    py = lambda v: top + (ylim[1] - v) / (ylim[1] - ylim[0]) * (H - top - bottom)  # noqa: E731
+    d.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
+    for k in range(11):
+        v = ylim[0] + k * (ylim[1] - ylim[0]) / 10
+        d.line([left - 4, py(v), left, py(v)], fill=(0, 0, 0))
+        d.text((8, py(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
+    for x in sorted(set(xs)):
+        d.line([px(x), H - bottom, px(x), H - bottom + 4], fill=(0, 0, 0))
+        d.text((px(x) - 10, H - bottom + 8), f"{x:g}", fill=(0, 0, 0))
+    d.text(((W - len(xlabel) * 6) // 2, H - bottom + 26), xlabel, fill=(0, 0, 0))
+    d.text((8, 4), ylabel, fill=(0, 0, 0))
+    legend_y = H - bottom + 44
+    for i, (y, label) in enumerate(hlines):
+        grey = (120, 120, 120)
+        for xx in range(left, W - right, 8):
+            d.line([xx, py(y), xx + 4, py(y)], fill=grey)
+        d.text((left + 4, py(y) - 12), label, fill=grey)
+    for i, (name, pts) in enumerate(series.items()):
+        c = colours[i % len(colours)]
+        pts = sorted(pts)
+        d.line([(px(x), py(y)) for x, y, _ in pts], fill=c, width=2)
+        for x, y, e in pts:
+            d.line([px(x), py(y - e), px(x), py(y + e)], fill=c)
+            d.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=c)
+        d.rectangle([left + 180 * i, legend_y + 24, left + 180 * i + 12, legend_y + 32], fill=c)
+        d.text((left + 180 * i + 16, legend_y + 22), name, fill=(0, 0, 0))
+    img.save(out)

@@ -61,6 +61,7 @@ def build_project(root: Path) -> Path:
     backend("curate", "--project", str(project), "--dataset", "shapesworld")
     (root / "run.toml").write_text(RUN)
     backend("run", str(root / "run.toml"), "--project", str(project))
+    backend("models", "add-shipped", "--project", str(project))
     return project
 
 
@@ -153,9 +154,35 @@ def main() -> int:
     pg.prompts.setPlainText("a red circle\na blue square")
     pg.seeds.setText("0")
     pg.steps.setValue(8)
+    until(lambda: pg.scorer.count() > 1, 20)
+    pg.scorer.setCurrentIndex(1)
     pg.generate()
     until(lambda: pg.shown_images() >= 4, 240)
+    until(lambda: bool(pg.rewards.get("B")), 60)
     shot("08-playground-compare")
+    run_dir = next(j["run_dir"] for j in win.link.client.jobs() if j["kind"] == "pretrain")
+    prompts = '["a red circle", "a blue square", "a yellow star", "two green triangles"]'
+    job = win.link.client.create_job(f'kind = "pairs"\nmodel = "{run_dir}"\nprompts_from = "list"\nprompts = {prompts}\nimages_per_prompt = 4\n'
+                                     '[sampler]\nsteps = 6\nwidth = 32\nheight = 32\n', "pairs")
+    win.link.client.wait_job(job["id"], timeout=300)
+    win.show_stage("Rate")
+    rate = win.rate
+    until(lambda: rate.current is not None, 60)
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    for key in (Qt.Key_Left, Qt.Key_Right, Qt.Key_Down):
+        QTest.keyClick(rate, key)
+        until(lambda: rate.current is not None, 20)
+    pump(1.0)
+    rate.reload_history()
+    shot("09-rate-pairs")
+    rate.mode.setCurrentIndex(rate.mode.findData("rank"))
+    until(lambda: rate.rank.current is not None, 60)
+    QTest.keyClick(rate, Qt.Key_3)
+    shot("09-rate-ranking")
+    win.show_stage("Align")
+    shot("11-align")
     win.resize(2560, 1440)
     win.show_stage("Runs")
     win.runs.tabs.setCurrentIndex(0)

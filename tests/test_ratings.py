@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from backend.store import Project, ratings
 from backend.store.project import DB_NAME, connect
 from backend.store.schema import MIGRATIONS
@@ -49,6 +51,54 @@ def test_queue_is_per_rater_and_undo_is_soft(tmp_path: Path):
         assert [p["id"] for p in ratings.next_pairs(db, "ann", 4)] == ids
         assert ratings.history(db, rater="ann") == []
         assert len(ratings.history(db, rater="ann", include_undone=True)) == 2
+
+
+def _group(db, name: str, k: int) -> list[str]:
+    """A pairs-stage group: k images of one prompt, all k(k-1)/2 pairs queued."""
+    images = [f"{name}{i}".encode().hex().ljust(64, "0") for i in range(k)]
+    for x in range(k):
+        for y in range(x + 1, k):
+            ratings.queue_pair(db, f"prompt {name}", images[x], images[y], {"a": {"seed": x}, "b": {"seed": y}, "group": name})
+    return images
+
+
+def test_a_ranking_is_one_judgement_expanded_into_its_pairs(tmp_path: Path):
+    with Project.init(tmp_path / "p") as project:
+        db = project.db
+        g1, g2 = _group(db, "g1", 4), _group(db, "g2", 3)
+        _pairs(db, 2)  # plain pairs never form a group
+        queue = ratings.next_rankings(db, "ann", 5)
+        assert [q["group"] for q in queue] == ["g1", "g2"]
+        assert sorted(im["image"] for im in queue[0]["images"]) == sorted(g1) and queue[0]["pairs"] == 6
+        assert ratings.next_rankings(db, "ann", 5)[0]["images"] == queue[0]["images"]  # the shown order is stable per rater
+        assert [q["group"] for q in ratings.next_rankings(db, "ann", 5, exclude=["g1"])] == ["g2"]
+        best_first = [g1[2], g1[0], g1[3], g1[1]]
+        shown = [im["image"] for im in queue[0]["images"]]
+        for bad in ([g1[0], g1[1], g1[2]], [g1[0]] * 4, [*g1[:3], g2[0]]):
+            with pytest.raises(ValueError, match="exactly once"):
+                ratings.record_ranking(db, "g1", bad, shown, "ann")
+        assert ratings.history(db) == []  # a refused ranking wrote nothing
+        out = ratings.record_ranking(db, "g1", best_first, shown, "ann", 2500)
+        rows = ratings.history(db, rater="ann")
+        assert len(out["ratings"]) == 6 and len(rows) == 6
+        place = {im: n for n, im in enumerate(best_first)}
+        for r in rows:  # the image ranked higher wins every pair, and the side it was shown on is recorded
+            assert r["choice"] == ("a" if place[r["image_a"]] < place[r["image_b"]] else "b")
+            assert r["shown_left"] == ("a" if shown.index(r["image_a"]) < shown.index(r["image_b"]) else "b")
+        with pytest.raises(ValueError, match="already judged"):
+            ratings.record_ranking(db, "g1", best_first, shown, "ann")
+        assert [q["group"] for q in ratings.next_rankings(db, "ann", 5)] == ["g2"]
+        assert ratings.stats(db, "ann")["rankings"] == 1 and ratings.stats(db, "ann")["tally"]["a"] + ratings.stats(db, "ann")["tally"]["b"] == 6
+        # a pair of g2 judged on its own takes g2 out of the ranking queue (its other pairs are rated as pairs)
+        ratings.record(db, db.execute("SELECT id FROM comparisons WHERE json_extract(meta, '$.group') = 'g2'").fetchone()[0], "a", "a", "ann")
+        assert ratings.next_rankings(db, "ann", 5) == []
+        undone = ratings.undo(db, rating_id=out["ratings"][3])  # one pair of a ranking takes the whole ranking back
+        assert undone["undone_ratings"] == 6
+        assert [q["group"] for q in ratings.next_rankings(db, "ann", 5)] == ["g1"]
+        assert db.execute("SELECT undone IS NOT NULL FROM rankings WHERE id = ?", [out["id"]]).fetchone()[0] == 1
+        skipped = ratings.record_ranking(db, "g1", [], shown, "ann", skip=True)
+        assert {r["choice"] for r in ratings.history(db, rater="ann") if r["id"] in skipped["ratings"]} == {"skip"}
+        assert ratings.stats(db, "ann")["rankings"] == 0
 
 
 def test_history_filters_and_figures(tmp_path: Path):

@@ -40,8 +40,14 @@ class RewardHead(nn.Module):
 
     def forward(self, grid: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """grid (B, C, h, w) image features, states (B, L, D) prompt tokens, mask (B, L) True on real tokens -> (B,) rewards."""
+        return self.judge_tokens(self.image_tokens(grid), states, mask)
+
+    def image_tokens(self, grid: torch.Tensor) -> torch.Tensor:
+        """The image half of the head, (B, h*w, width): computed once per image when one image meets many prompts."""
         tokens = grid.flatten(2).transpose(1, 2)
-        tokens = self.image_in(tokens + self.pos[: tokens.shape[1]])
+        return self.image_in(tokens + self.pos[: tokens.shape[1]])
+
+    def judge_tokens(self, tokens: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         query = self.text_in(states)
         found, _ = self.attend(query, tokens, tokens, need_weights=False)
         per_token = self.judge(torch.cat([query, found], -1)).squeeze(-1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from .base import RecipeBase
 
@@ -19,7 +19,24 @@ class RewardRecipe(RecipeBase):
     batch_size: int = Field(64, ge=1, le=4096, description="Pairs per step")
     lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (AdamW, cosine after warm-up)")
     weight_decay: float = Field(0.01, ge=0, le=1)
-    width: int = Field(32, ge=8, le=1024, description="Width of the head's attention (32 overfits less than 64 on a few hundred judgements)")
+    init: str = Field("prior", description="Where the head starts: 'prior' = the shipped reward prior (matched to captions, no ratings), "
+                                           "'none' = from nothing, or a reward model folder to continue from")
+    anchor: float = Field(0.0, ge=0, le=1e6, description="Weight of the pull back towards the starting head (L2-SP): keeps what the prior knows "
+                                                      "when the judgements are few")
+    width: int = Field(32, ge=8, le=1024, description="Width of the head's attention with init = 'none' (a prior or a model brings its own)")
     eval_every: int = Field(50, ge=1, description="Held-out accuracy and calibration every N steps")
     seed: int = Field(0, ge=0, description="Seed of the split, the head's weights and the batches")
     min_pairs: int = Field(20, ge=2, description="Refuse to train on fewer decisive judgements than this")
+
+
+class ScoreItem(BaseModel):
+    image: str = Field(..., min_length=1, description="A project file (project-relative path) or a stored image's content hash")
+    prompt: str = Field(..., min_length=1, max_length=2000)
+
+
+class ScoreRecipe(RecipeBase):
+    """Score images for their prompts with a reward model (the result lands in the job's summary and scores.json)."""
+
+    kind: Literal["score"] = "score"
+    reward: str = Field("models/shapes-reward-prior", description="Reward model folder (project-relative or absolute)")
+    items: list[ScoreItem] = Field(..., min_length=1, max_length=100_000, description="Images with the prompt each was drawn for")

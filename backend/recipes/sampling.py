@@ -26,3 +26,4 @@ class SampleRecipe(RecipeBase):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="One image per prompt and seed")
     sampler: SamplerSettings = Field(default_factory=SamplerSettings)
     out: str = Field("samples", description="Output folder (project-relative or absolute)")
+    reward: str = Field("", description="A reward model folder to score every image with (its score goes into metadata.jsonl); empty = none")

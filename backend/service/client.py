@@ -191,6 +191,13 @@ class Client:
         return self.post(f"/api/comparisons/{cid}/choice", {"choice": choice, "shown_left": shown_left, "rater": rater, "decision_ms": decision_ms,
                                                             "repeat": repeat})
 
+    def ranking_queue(self, rater: str = "", count: int = 4, exclude: list[str] | None = None) -> list[dict[str, Any]]:
+        return self.get("/api/rankings/queue", rater=rater, count=count, exclude=list(exclude or []))
+
+    def submit_ranking(self, group: str, ranked: list[str], shown: list[str], rater: str = "", decision_ms: int | None = None,
+                       skip: bool = False) -> dict[str, Any]:
+        return self.post("/api/rankings", {"group": group, "ranked": ranked, "shown": shown, "rater": rater, "decision_ms": decision_ms, "skip": skip})
+
     def undo(self, rater: str = "") -> dict[str, Any]:
         return self.post("/api/comparisons/undo", {"rater": rater})
 

@@ -44,6 +44,15 @@ class Choice(BaseModel):
     repeat: bool = False
 
 
+class Ranking(BaseModel):
+    group: str = Field(..., min_length=1, max_length=200)
+    ranked: list[str] = Field(default_factory=list, max_length=64, description="the group's images, best first (empty when skipped)")
+    shown: list[str] = Field(..., min_length=3, max_length=64, description="the group's images in the order they were shown")
+    rater: str = Field("", max_length=100)
+    decision_ms: int | None = Field(None, ge=0, le=86_400_000)
+    skip: bool = False
+
+
 class Undo(BaseModel):
     rater: str = Field("", max_length=100)
 
@@ -87,6 +96,28 @@ def submit(request: Request, cid: Id, body: Choice) -> dict[str, Any]:
     except KeyError:
         raise HTTPException(404, f"no comparison {cid}") from None
     return {"id": rid, "comparison_id": cid, "choice": body.choice}
+
+
+@router.get("/rankings/queue")
+def ranking_queue(
+    request: Request,
+    rater: str = Query("", max_length=100),
+    count: int = Query(4, ge=1, le=50),
+    exclude: list[str] = Query([], description="groups the caller already holds"),
+) -> list[dict[str, Any]]:
+    """The next groups of three or more images of one prompt that this rater has not judged, to rank at once."""
+    return ratings.next_rankings(_state(request).db(), rater, count, exclude)
+
+
+@router.post("/rankings", status_code=201)
+def submit_ranking(request: Request, body: Ranking) -> dict[str, Any]:
+    """Record a ranking: one transaction, one judgement per pair it implies (409 when some are judged already)."""
+    try:
+        return ratings.record_ranking(_state(request).db(), body.group, body.ranked, body.shown, body.rater, body.decision_ms, body.skip)
+    except KeyError:
+        raise HTTPException(404, f"no group {body.group!r}") from None
+    except ValueError as exc:
+        raise HTTPException(409 if "already judged" in str(exc) else 422, str(exc)) from None
 
 
 @router.post("/comparisons/undo")

@@ -6,8 +6,9 @@ the runner a worker calls. Importing this package registers them, then any plugi
 """
 
 from backend.recipes import ImportRecipe, PretrainRecipe, SampleRecipe, WorldRecipe
+from backend.recipes.align import AlignRecipe
 from backend.recipes.pairs import PairsRecipe
-from backend.recipes.reward import RewardRecipe
+from backend.recipes.reward import RewardRecipe, ScoreRecipe
 
 from .registry import Stage, all_stages, get_stage, load_plugins, register_stage
 
@@ -35,6 +36,16 @@ register_stage(Stage(
     kind="reward", title="Train a reward model", page="Rate", order=31, recipe=RewardRecipe, runner="backend.stages.reward:run",
     produces="a reward model", summary="A Bradley-Terry reward head on the frozen image encoder and MiniLM, learned from the ratings.",
     evaluation="held-out pairwise accuracy (split by prompt) and calibration error, against chance 0.5",
+))
+register_stage(Stage(
+    kind="align", title="Align", page="Align", order=40, recipe=AlignRecipe, runner="backend.stages.align:run",
+    produces="a tuned model", summary="Tune a model on your ratings: Diffusion-DPO against the starting model as the reference.",
+    evaluation="held-out implicit accuracy (split by prompt) as it trains, against chance 0.5",
+))
+register_stage(Stage(
+    kind="score", title="Score images", page="Playground", order=91, recipe=ScoreRecipe, runner="backend.stages.score:run",
+    produces="rewards", summary="Score images for their prompts with a reward model (the shipped prior or one trained on your ratings).",
+    evaluation="the scores, in the job's summary and scores.json",
 ))
 register_stage(Stage(
     kind="sample", title="Sample", page="Playground", order=90, recipe=SampleRecipe, runner="backend.stages.sample:run",

@@ -87,9 +87,11 @@ def run(project: Project, recipe: PairsRecipe, run_dir: Path, reporter: Any, res
                     pairs = [((imgs_a[j], {**rec[j], "model": what_a}), (imgs_b[j], {**rec[j], "model": what_b})) for j in range(k)]
                 else:
                     pairs = [((imgs_a[x], {**rec[x], "model": what_a}), (imgs_a[y], {**rec[y], "model": what_a})) for x, y in itertools.combinations(range(k), 2)]
+                # one model: the prompt's k images form a group the Rate page can show at once for ranking
+                group = {} if recipe.model_b else {"group": f"{job_id if job_id is not None else run_dir.name}:{i}"}
                 for (img_a, meta_a), (img_b, meta_b) in pairs:
                     ha, hb = project.put_blob(_png(img_a), "png"), project.put_blob(_png(img_b), "png")
-                    ratings.queue_pair(project.db, prompt, ha, hb, {"a": meta_a, "b": meta_b}, job_id)
+                    ratings.queue_pair(project.db, prompt, ha, hb, {"a": meta_a, "b": meta_b, **group}, job_id)
         reporter.progress(min(start + chunk, len(prompts)), len(prompts))
     total = project.db.execute("SELECT count(*) FROM comparisons WHERE job_id = ?", [job_id]).fetchone()[0] if job_id is not None else len(prompts) * per
     reporter.log(f"queued {total} pairs for rating")

@@ -11,7 +11,6 @@ are logged as it trains; the head is saved as a model with a card.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -21,14 +20,12 @@ import torch
 
 from backend.recipes.reward import RewardRecipe
 from backend.store import Project, ratings
+from backend.store.ratings import heldout_prompt
 from backend.train.method import Method
 
 LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 
-def heldout_prompt(prompt: str, share: float, seed: int) -> bool:
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[:8], "big")
-    return h / 2**64 < share
 
 
 def bt_loss(diff: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -102,8 +99,9 @@ class BradleyTerry(Method):
 
     name = "bradley-terry"
 
-    def __init__(self, train: Features, held: Features, batch_size: int, seed: int):
+    def __init__(self, train: Features, held: Features, batch_size: int, seed: int, anchor: float = 0.0, start: dict[str, torch.Tensor] | None = None):
         self.train, self.held, self.batch_size, self.seed = train, held, batch_size, seed
+        self.anchor, self.start = anchor, start or {}
         self.last: dict[str, float] = {}
 
     def step(self, run) -> None:
@@ -113,8 +111,12 @@ class BradleyTerry(Method):
         head = run.model
         diff = head(grid_a, states, mask) - head(grid_b, states, mask)
         loss = bt_loss(diff, label)
-        run.update("main", loss)
         run.log("loss", loss)
+        if self.anchor > 0 and self.start:  # L2-SP: stay near the starting head where the judgements do not say otherwise
+            drift = sum(((p - self.start[n].to(p.device)) ** 2).sum() for n, p in _unwrapped(head).named_parameters())
+            run.log("reward/drift", drift)
+            loss = loss + self.anchor * drift
+        run.update("main", loss)
         decisive = label != 0.5
         if bool(decisive.any()):
             run.log("reward/train_accuracy", ((diff > 0) == (label > 0.5))[decisive].float().mean())
@@ -122,6 +124,26 @@ class BradleyTerry(Method):
     def evaluate(self, run, step: int, net: torch.nn.Module) -> dict[str, float]:
         self.last = evaluate_head(net, self.held, run.device)
         return {f"reward/heldout_{k}": v for k, v in self.last.items()}
+
+
+def _unwrapped(net: torch.nn.Module) -> torch.nn.Module:
+    return getattr(net, "module", net)
+
+
+def starting_head(recipe: RewardRecipe, project: Project) -> tuple[Any, str]:
+    """The head a reward run starts from: the shipped prior, a fresh one, or a reward model folder."""
+    from backend.models.reward import RewardHead, load_reward
+    from backend.paths import shipped_reward_prior_dir
+    from backend.train.resolve import locate
+
+    if recipe.init == "none":
+        return RewardHead(width=recipe.width), "a fresh head"
+    folder = shipped_reward_prior_dir() if recipe.init == "prior" else locate(project, recipe.init)
+    try:
+        return load_reward(folder).head, ("the shipped reward prior" if recipe.init == "prior" else f"reward model {recipe.init}")
+    except FileNotFoundError as exc:
+        hint = " (rebuild it with 'signal-backend reward pretrain', or set init = \"none\")" if recipe.init == "prior" else ""
+        raise FileNotFoundError(f"{exc}{hint}") from None
 
 
 @torch.no_grad()
@@ -133,16 +155,21 @@ def evaluate_head(head: torch.nn.Module, data: Features, device: torch.device) -
 
 
 def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
-    from backend.models.reward import RewardHead, RewardModel, save_reward
+    from backend.models.reward import RewardModel, save_reward
     from backend.train.loop import LoopConfig, Trainer
 
     torch.manual_seed(recipe.seed)
-    model = RewardModel(RewardHead(width=recipe.width))
+    head, origin = starting_head(recipe, project)
+    reporter.log(f"the head starts from {origin}" + (f", pulled back towards it with weight {recipe.anchor:g}" if recipe.anchor else ""))
+    model = RewardModel(head)
     train, held, info = gather(project, recipe, model, log=reporter.log)
+    start_metrics = evaluate_head(head, held, torch.device("cpu"))
+    reporter.log(f"before training: held-out accuracy {start_metrics['accuracy']:.3f}, loss {start_metrics['loss']:.3f}")
+    start = {n: p.detach().clone() for n, p in head.named_parameters()}
     cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=min(50, recipe.steps // 10), ema=0.0,
                      seed=recipe.seed, log_every=10, checkpoint_every=max(50, recipe.eval_every), sample_every=0, eval_every=recipe.eval_every,
                      loss_bins=1, device="cpu")
-    method = BradleyTerry(train, held, recipe.batch_size, recipe.seed)
+    method = BradleyTerry(train, held, recipe.batch_size, recipe.seed, recipe.anchor, start)
     trainer = Trainer(None, method, lambda *a: None, cfg, run_dir, reporter, trainable=model.head)
     result = trainer.run(resume=resume)
     last = method.last
@@ -150,7 +177,8 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
         return {"state": result.state, "step": result.step}
     head = trainer.accelerator.unwrap_model(trainer.model).cpu().eval()
     chance = pair_metrics(torch.zeros(len(held)), held.label.float())
-    card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "heldout": last, "chance": {"accuracy": 0.5, "loss": chance["loss"]},
+    card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "init": recipe.init, "anchor": recipe.anchor,
+            "heldout": last, "heldout_before": start_metrics, "chance": {"accuracy": 0.5, "loss": chance["loss"]},
             "data": info, "rater": recipe.rater, "steps": recipe.steps, "job": getattr(reporter, "job_id", None)}
     name = recipe.name or f"reward-{getattr(reporter, 'job_id', 0)}"
     folder = save_reward(head, project.root / "models" / name, card)

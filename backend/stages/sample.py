@@ -15,8 +15,10 @@ from backend.store import Project
 from backend.train.resolve import locate, resolve_model
 
 
-def write_images(out: Path, images: list[Image.Image], prompts: list[str], seeds: list[int], names: list[str], info: dict[str, Any], specs: list[dict] | None = None) -> None:
-    """PNGs plus metadata.jsonl lines (with the prompt spec when known, so ``eval shapes`` can score them)."""
+def write_images(out: Path, images: list[Image.Image], prompts: list[str], seeds: list[int], names: list[str], info: dict[str, Any],
+                 specs: list[dict] | None = None, rewards: list[float] | None = None) -> None:
+    """PNGs plus metadata.jsonl lines (with the prompt spec when known, so ``eval shapes`` can score them,
+    and the reward when a reward model scored them)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metadata.jsonl", "a", encoding="utf-8") as meta:
         for i, (img, prompt, seed, name) in enumerate(zip(images, prompts, seeds, names)):
@@ -24,7 +26,16 @@ def write_images(out: Path, images: list[Image.Image], prompts: list[str], seeds
             rec: dict[str, Any] = {"file": name, "prompt": prompt, "seed": seed, **info}
             if specs:
                 rec["spec"] = specs[i]
+            if rewards:
+                rec["reward"] = round(rewards[i], 4)
             meta.write(json.dumps(rec) + "\n")
+
+
+def score_with(project: Project | None, reward: str, images: list[Image.Image], prompts: list[str]) -> list[float]:
+    """Rewards of ``images`` for their prompts from the reward model folder ``reward``."""
+    from backend.models.reward import load_reward
+
+    return load_reward(locate(project, reward)).score(images, prompts)
 
 
 def _settings(recipe: SampleRecipe) -> SampleSettings:
@@ -41,10 +52,12 @@ def run_sample_recipe(project: Project | None, recipe: SampleRecipe, reporter: A
     images = generate(bundle, prompts, seeds, settings)
     out = locate(project, recipe.out)
     names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(seeds)]
-    write_images(out, images, prompts, seeds, names, {"model": what, "settings": settings.__dict__})
+    rewards = score_with(project, recipe.reward, images, prompts) if recipe.reward else None
+    info = {"model": what, "settings": settings.__dict__, **({"reward_model": recipe.reward} if recipe.reward else {})}
+    write_images(out, images, prompts, seeds, names, info, rewards=rewards)
     if reporter is not None:
         reporter.progress(len(images), len(images))
-    return {"state": "done", "model": what, "images": len(images), "out": str(out)}
+    return {"state": "done", "model": what, "images": len(images), "out": str(out), **({"rewards": rewards} if rewards else {})}
 
 
 def sample_eval_set(project: Project | None, recipe: SampleRecipe, seeds_per_prompt: int | None = None) -> dict[str, Any]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
-from backend.paths import shipped_base_dir
+from backend.paths import shipped_base_dir, shipped_reward_prior_dir
 from backend.recipes import WorldRecipe
 from backend.store import Project
 
@@ -37,28 +38,40 @@ def add_world_data(project: Project, recipe: WorldRecipe, log=print, progress=No
         log("imported the DreamBooth subject's 5 renders as dataset 'subject'")
     if recipe.base_model:
         install_shipped_base(project, log)
+        install_shipped_reward_prior(project, log)
     return {"state": "done", "import": report.to_json(), "curation": {k: v for k, v in cur.to_json().items() if not k.endswith("clusters")}}
 
 
 def install_shipped_base(project: Project, log=print) -> int | None:
     """Copy the shipped base into ``project/models`` and list it, so the Playground and later stages
     find it there (no route serves files outside a project). Once per project."""
-    src = shipped_base_dir()
+    return install_shipped(project, shipped_base_dir(), "base", log, missing="`make base` trains it")
+
+
+def install_shipped_reward_prior(project: Project, log=print) -> int | None:
+    """The shipped reward prior, listed as a reward model: the Playground scores with it before any rating."""
+    return install_shipped(project, shipped_reward_prior_dir(), "reward", log, missing="`signal-backend reward pretrain` trains it")
+
+
+def install_shipped(project: Project, src: Path, kind: str, log=print, missing: str = "") -> int | None:
+    name = src.name
     if not (src / "card.json").exists():
-        log("no shipped base model yet (resources/models/shapes-base); `make base` trains it")
+        log(f"no shipped {name} yet (resources/models/{name}); {missing}")
         return None
-    row = project.db.execute("SELECT id FROM models WHERE name = 'shapes-base'").fetchone()
+    row = project.db.execute("SELECT id FROM models WHERE name = ?", [name]).fetchone()
     if row:
         return int(row[0])
-    dest = project.root / "models" / "shapes-base"
+    dest = project.root / "models" / name
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest)
     card = json.loads((src / "card.json").read_text())
     with project.transaction():
-        model_id = int(project.db["models"].insert({"kind": "base", "name": "shapes-base", "path": "models/shapes-base", "parent_id": None,
+        model_id = int(project.db["models"].insert({"kind": kind, "name": name, "path": f"models/{name}", "parent_id": None,
                                                     "job_id": None, "card": json.dumps(card)}).last_pk)
-    log(f"added the shipped base model as model #{model_id} (strict ShapesEval {card['shapes_eval']['overall']:.3f})")
+    figure = (f"strict ShapesEval {card['shapes_eval']['overall']:.3f}" if "shapes_eval" in card else
+              f"zero-shot accuracy {card['zero_shot']['accuracy']:.3f}" if "zero_shot" in card else "")
+    log(f"added the shipped {name} as model #{model_id}" + (f" ({figure})" if figure else ""))
     return model_id
 
 

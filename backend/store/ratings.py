@@ -27,6 +27,12 @@ def _now() -> str:
     return "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
+def heldout_prompt(prompt: str, share: float, seed: int) -> bool:
+    """Whether a prompt falls in the held-out share (every judgement of a prompt on one side of a split)."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[:8], "big")
+    return h / 2**64 < share
+
+
 def queue_pair(db: Database, prompt: str, image_a: str, image_b: str, meta: dict[str, Any] | None = None, job_id: int | None = None) -> int:
     with write_transaction(db):
         cur = db.execute("INSERT INTO comparisons (prompt, image_a, image_b, meta, job_id) VALUES (?, ?, ?, ?, ?)",
@@ -102,17 +108,91 @@ def record(db: Database, comparison_id: int, choice: str, shown_left: str, rater
 
 
 def undo(db: Database, rating_id: int | None = None, rater: str = "") -> dict[str, Any] | None:
-    """Mark a judgement undone (``rating_id``, or the rater's latest); returns it, or None when there is none."""
+    """Mark a judgement undone (``rating_id``, or the rater's latest); returns it, or None when there is none.
+    A judgement that came from a ranking takes the whole ranking with it (``undone_ratings`` says how many)."""
     with write_transaction(db):
         if rating_id is None:
             row = db.execute("SELECT id FROM ratings WHERE rater = ? AND undone IS NULL ORDER BY id DESC LIMIT 1", [rater]).fetchone()
             if row is None:
                 return None
             rating_id = int(row[0])
-        cur = db.execute(f"UPDATE ratings SET undone = {_now()} WHERE id = ? AND undone IS NULL", [rating_id])
-        if cur.rowcount == 0:
+        found = db.execute("SELECT ranking_id FROM ratings WHERE id = ? AND undone IS NULL", [rating_id]).fetchone()
+        if found is None:
             return None
-    return history(db, rating_id=rating_id, include_undone=True)[0]
+        if found[0] is None:
+            n = db.execute(f"UPDATE ratings SET undone = {_now()} WHERE id = ?", [rating_id]).rowcount
+        else:
+            db.execute(f"UPDATE rankings SET undone = {_now()} WHERE id = ? AND undone IS NULL", [found[0]])
+            n = db.execute(f"UPDATE ratings SET undone = {_now()} WHERE ranking_id = ? AND undone IS NULL", [found[0]]).rowcount
+    return {**history(db, rating_id=rating_id, include_undone=True)[0], "undone_ratings": n}
+
+
+# --- rankings: k images of one prompt ordered at once ------------------------------------------------
+
+def _group_rows(db: Database, group: str) -> list[dict[str, Any]]:
+    return _rows(db, "SELECT id, prompt, image_a, image_b, meta, job_id FROM comparisons WHERE json_extract(meta, '$.group') = ? ORDER BY id", [group])
+
+
+def _group_images(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The group's images in the order the pairs stage made them, each with its generation record."""
+    images: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        meta = json.loads(row["meta"] or "{}")
+        for side in ("a", "b"):
+            images.setdefault(row[f"image_{side}"], {"image": row[f"image_{side}"], "record": meta.get(side, {})})
+    return list(images.values())
+
+
+def next_rankings(db: Database, rater: str = "", count: int = 1, exclude: list[str] | None = None) -> list[dict[str, Any]]:
+    """Up to ``count`` groups (one prompt's images from one pairs job, three or more) that this rater
+    has judged none of, oldest first, leaving out the groups in ``exclude``. Each comes with its images
+    in the order to show them: shuffled per rater and group, the same on every fetch."""
+    exclude = list(exclude or [])
+    held = f"g NOT IN ({','.join('?' for _ in exclude)})" if exclude else "1"
+    groups = _rows(db, f"""SELECT g, min(id) AS first FROM (
+                               SELECT c.id, json_extract(c.meta, '$.group') AS g,
+                                      EXISTS (SELECT 1 FROM ratings r WHERE r.comparison_id = c.id AND r.rater = ? AND r.undone IS NULL) AS judged
+                               FROM comparisons c)
+                           WHERE g IS NOT NULL AND {held} GROUP BY g HAVING count(*) >= 3 AND sum(judged) = 0
+                           ORDER BY first LIMIT ?""", [rater, *exclude, count])
+    out: list[dict[str, Any]] = []
+    for g in groups:
+        rows = _group_rows(db, g["g"])
+        images = _group_images(rows)
+        random.Random(f"{g['g']}:{rater}").shuffle(images)
+        out.append({"group": g["g"], "prompt": rows[0]["prompt"], "images": images, "pairs": len(rows), "job_id": rows[0]["job_id"]})
+    return out
+
+
+def record_ranking(db: Database, group: str, ranked: list[str], shown: list[str], rater: str = "", decision_ms: int | None = None,
+                   skip: bool = False) -> dict[str, Any]:
+    """One ranking, one transaction: the ranking row and a pair judgement for each of the group's pairs
+    (the image ranked higher wins; a skipped ranking skips every pair). ``ranked`` lists the group's
+    images best first, ``shown`` the order they were shown in (left to right)."""
+    with write_transaction(db):
+        rows = _group_rows(db, group)
+        if not rows:
+            raise KeyError(f"no group {group!r}")
+        images = {im["image"] for im in _group_images(rows)}
+        for name, order in (("shown", shown), *(() if skip else (("ranked", ranked),))):
+            if sorted(order) != sorted(images):
+                raise ValueError(f"'{name}' must list each of the group's {len(images)} images exactly once")
+        judged = db.execute(f"""SELECT count(*) FROM ratings WHERE rater = ? AND undone IS NULL
+                                AND comparison_id IN ({','.join('?' for _ in rows)})""", [rater, *[r["id"] for r in rows]]).fetchone()[0]
+        if judged:
+            raise ValueError(f"{judged} of this group's pairs are already judged by {rater or 'the anonymous rater'}; undo them first")
+        rid = int(db.execute("INSERT INTO rankings (prompt, grp, ranked, shown, rater, decision_ms, skipped) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             [rows[0]["prompt"], group, json.dumps([] if skip else ranked), json.dumps(shown), rater, decision_ms, int(skip)]).lastrowid)
+        place = {im: n for n, im in enumerate(ranked)}
+        pos = {im: n for n, im in enumerate(shown)}
+        ids = []
+        for r in rows:
+            a, b = r["image_a"], r["image_b"]
+            choice = "skip" if skip else ("a" if place[a] < place[b] else "b")
+            cur = db.execute("INSERT INTO ratings (comparison_id, choice, shown_left, rater, decision_ms, ranking_id) VALUES (?, ?, ?, ?, ?, ?)",
+                             [r["id"], choice, "a" if pos[a] < pos[b] else "b", rater, decision_ms, rid])
+            ids.append(int(cur.lastrowid))
+    return {"id": rid, "group": group, "ratings": ids}
 
 
 def history(db: Database, *, rater: str | None = None, prompt: str | None = None, model: str | None = None, choice: str | None = None,
@@ -159,8 +239,9 @@ def stats(db: Database, rater: str | None = None) -> dict[str, Any]:
                            JOIN ratings first ON first.comparison_id = again.comparison_id AND first.rater = again.rater
                              AND first.is_repeat = 0 AND first.undone IS NULL
                            WHERE again.is_repeat = 1 AND again.undone IS NULL {who.replace('rater', 'again.rater')}""", params).fetchall()
+    ranked = db.execute(f"SELECT count(*) FROM rankings WHERE undone IS NULL AND skipped = 0 {who}", params).fetchone()[0]
     return {
-        "pairs": total, "rated": rated, "queued": total - rated if rater is not None else None, "tally": {c: int(tally.get(c, 0)) for c in CHOICES},
+        "rankings": int(ranked), "pairs": total, "rated": rated, "queued": total - rated if rater is not None else None, "tally": {c: int(tally.get(c, 0)) for c in CHOICES},
         "left_share": (picks[0] / picks[1]) if picks[1] else None, "left_n": int(picks[1] or 0),
         "repeats": len(pairs), "agreement": (sum(int(a) for (a,) in pairs) / len(pairs)) if pairs else None,
     }

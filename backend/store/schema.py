@@ -195,6 +195,32 @@ def m004_ratings(db: Database) -> None:
     )
 
 
+@MIGRATIONS()
+def m005_rankings(db: Database) -> None:
+    """A ranking of k images of one prompt is one judgement of the rater, stored whole (the order,
+    and the order the images were shown in) and expanded into the k(k-1)/2 pair judgements it
+    implies, which point back to it: the reward model and the export read pairs only, an undo
+    takes the whole ranking back."""
+    db.executescript(
+        """
+        CREATE TABLE rankings (
+            id INTEGER PRIMARY KEY,
+            prompt TEXT NOT NULL,
+            grp TEXT NOT NULL,
+            ranked TEXT NOT NULL,
+            shown TEXT NOT NULL,
+            rater TEXT NOT NULL DEFAULT '',
+            decision_ms INTEGER,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            undone TEXT
+        );
+        ALTER TABLE ratings ADD COLUMN ranking_id INTEGER REFERENCES rankings(id);
+        CREATE INDEX ratings_by_ranking ON ratings(ranking_id) WHERE ranking_id IS NOT NULL;
+        """
+    )
+
+
 def latest_version() -> str:
     """Name of the newest migration this code knows."""
     return MIGRATIONS._migrations[-1].name

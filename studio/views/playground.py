@@ -1,5 +1,5 @@
 """Playground: generate from any saved model or run checkpoint; compare two side by side on
-the same prompts and seeds; save the images.
+the same prompts and seeds; score every image with a reward model (the reward column); save the images.
 
 Generation runs as a ``sample`` job in a worker process like every other job (the service
 never runs models itself), writing into the project's ``exports/playground/``.
@@ -42,7 +42,7 @@ class ModelPicker(QComboBox):
         # before the items: adding the first one already selects it and signals the change
         self.sizes = {m["path"]: "{}x{}".format(*m["card"]["size"]) for m in models if (m.get("card") or {}).get("size")}
         self.sizes.update({j["run_dir"]: "{}x{}".format(*j["size"]) for j in jobs if j.get("run_dir") and j.get("size")})
-        for m in reversed(models):
+        for m in reversed([m for m in models if m.get("kind") != "reward"]):  # reward models score images, they do not draw them
             se = (m.get("card") or {}).get("shapes_eval") or {}
             score = f" · ShapesEval strict {se['overall']:.2f}" if se else ""
             self.addItem(f"model #{m['id']} {m['name']}{score}", m["path"])
@@ -58,8 +58,9 @@ class Playground(QWidget):
     def __init__(self, link, parent: QWidget | None = None):
         super().__init__(parent)
         self.link = link
-        self.pending: dict[int, tuple[str, list[str], list[int]]] = {}
+        self.pending: dict[int, tuple[str, str, list[str], list[str], bool]] = {}  # job -> column, folder, files, captions, scored
         self.results: dict[str, list[tuple[str, bytes]]] = {}
+        self.rewards: dict[str, list[float | None]] = {}
         root = QHBoxLayout(self)
         left = QVBoxLayout()
         left.addWidget(heading("Playground"))
@@ -71,6 +72,10 @@ class Playground(QWidget):
         self.model_b.setEnabled(False)
         form.addRow("Model", self.model_a)
         form.addRow(self.compare, self.model_b)
+        self.scorer = QComboBox()
+        self.scorer.setToolTip("Score every image with a reward model: the shipped prior, or one trained on your ratings (Rate page)")
+        self.scorer.addItem("— no reward column —", "")
+        form.addRow("Score with", self.scorer)
         self.prompts = QPlainTextEdit("a red circle\na blue square\ntwo green triangles\na yellow star on a striped purple background")
         self.prompts.setToolTip("One prompt per line")
         self.prompts.setMaximumHeight(110)
@@ -137,6 +142,14 @@ class Playground(QWidget):
         self.link.call("models", done=lambda models: self.link.call("jobs", done=lambda jobs: self._fill(models, jobs)))
 
     def _fill(self, models: list[dict], jobs: list[dict]) -> None:
+        current = self.scorer.currentData()
+        self.scorer.clear()
+        self.scorer.addItem("— no reward column —", "")
+        for m in reversed([m for m in models if m.get("kind") == "reward"]):
+            card = m.get("card") or {}
+            acc = (card.get("heldout") or {}).get("accuracy") or (card.get("zero_shot") or {}).get("accuracy")
+            self.scorer.addItem(f"reward #{m['id']} {m['name']}" + (f" · accuracy {acc:.2f}" if acc is not None else ""), m["path"])
+        self.scorer.setCurrentIndex(max(0, self.scorer.findData(current)))
         self.model_a.fill(models, jobs)
         self.model_b.fill(models, jobs)
         if self.model_b.count() > 1 and self.model_b.currentIndex() == 0:
@@ -175,15 +188,16 @@ class Playground(QWidget):
         for key, box in targets:
             out = f"exports/playground/{stamp}-{key}"
             shift = f"shift = {self.shift.value()}\n" if self.shift.value() > 0 else ""
+            reward = f"reward = {json.dumps(self.scorer.currentData())}\n" if self.scorer.currentData() else ""
             recipe = (f'kind = "sample"\nmodel = {json.dumps(box.currentData())}\nprompts = {json.dumps(prompts)}\nseeds = {json.dumps(seeds)}\n'
-                      f'out = "{out}"\n[sampler]\nsteps = {self.steps.value()}\ncfg = {self.cfg.value()}\nwidth = {w}\nheight = {h}\n{shift}')
+                      f'out = "{out}"\n{reward}[sampler]\nsteps = {self.steps.value()}\ncfg = {self.cfg.value()}\nwidth = {w}\nheight = {h}\n{shift}')
             names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(sd for _ in prompts for sd in seeds)]
             labels = [f"{p} · seed {sd}" for p in prompts for sd in seeds]
             self.titles[key].setText(f"<b>{key}</b>: {box.currentText()}")
             self.grids[key].reset(labels)
 
-            def started(job: dict, key=key, out=out, names=names) -> None:
-                self.pending[job["id"]] = (key, out, names)
+            def started(job: dict, key=key, out=out, names=names, labels=labels, scored=bool(reward)) -> None:
+                self.pending[job["id"]] = (key, out, names, labels, scored)
                 self.status.setText(f"Generating in job #{job['id']}… (a worker loads the model, then samples)")
 
             self.link.call("create_job", recipe, f"playground {key}", done=started,
@@ -196,7 +210,7 @@ class Playground(QWidget):
         j = ev["job"]
         if j["id"] not in self.pending or j["state"] in ("queued", "running"):
             return
-        key, out, names = self.pending.pop(j["id"])
+        key, out, names, labels, scored = self.pending.pop(j["id"])
         if j["state"] != "done":
             show_error(self, "Generation failed.", j.get("error") or j["state"], "See the run's log in Runs for details.")
         else:
@@ -208,9 +222,28 @@ class Playground(QWidget):
                         tile.set_pixmap(pixmap_from_bytes(data))
 
                 self.link.call("file", f"{out}/{name}", done=got)
+            if scored:
+                self.link.call("file", f"{out}/metadata.jsonl", done=lambda data, key=key, labels=labels: self._rewards(key, names, labels, data))
             self.status.setText(f"Done: {len(names)} image(s) in {out}")
         if not self.pending:
             self.generate_btn.setEnabled(True)
+
+    def _rewards(self, key: str, names: list[str], labels: list[str], data: bytes) -> None:
+        """The reward column: each tile's caption gains its score, the best of each prompt marked."""
+        scores = {}
+        for line in data.decode().splitlines():
+            rec = json.loads(line)
+            if "reward" in rec:
+                scores[rec["file"]] = rec["reward"]
+        self.rewards[key] = [scores.get(n) for n in names]
+        per_prompt = max(1, len(self._seeds()))
+        for i, (tile, name, label) in enumerate(zip(self.grids[key].tiles, names, labels)):
+            r = scores.get(name)
+            if r is None or not alive(tile):
+                continue
+            group = [scores.get(n) for n in names[i - i % per_prompt: i - i % per_prompt + per_prompt]]
+            best = per_prompt > 1 and r == max(x for x in group if x is not None)
+            tile.set_caption(f"{label}\nreward {r:+.2f}" + ("  ★" if best else ""))
 
     def _save(self) -> None:
         if not any(self.results.values()):

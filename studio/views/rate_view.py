@@ -1,6 +1,7 @@
 """Rate: judge image pairs with the keyboard, the front half of rate → reward → tune.
 
 Keys: ← / → the left / right image is better, ↓ tie, ↑ both bad, space skip, Backspace undo.
+The ranking mode (``rank_panel.py``) orders three or more images of one prompt with the number keys.
 Which image is shown on which side is randomised per pair by the backend and stored with the
 judgement, with the decision time. The next pairs and their images are fetched ahead of time, so a
 key press paints the next pair at once; submissions go out in the background, and an undo of a
@@ -39,10 +40,12 @@ from PySide6.QtWidgets import (
 
 from ..widgets import alive, heading, hint, pixmap_from_bytes, show_error
 from .playground import ModelPicker
+from .rank_panel import RankPanel
 
 PREFETCH = 6  # pairs held ready (images loaded) ahead of the one shown
 CHOICE_LABEL = {"a": "a", "b": "b", "tie": "tie", "both_bad": "both bad", "skip": "skip"}
 SIDE = 384  # pixels per shown image
+RANK_KEYS = {**{getattr(Qt, f"Key_{n}"): n for n in range(1, 9)}, Qt.Key_Space: "skip", Qt.Key_Backspace: "undo"}
 
 
 class PairsDialog(QDialog):
@@ -159,13 +162,32 @@ class RateView(QWidget):
         row.addWidget(self.tally, 2)
         lay.addLayout(row)
 
+        mode = QHBoxLayout()
+        mode.addWidget(QLabel("Mode"))
+        self.mode = QComboBox()
+        self.mode.addItem("Pairs: which of two is better (← → ↓ ↑)", "pairs")
+        self.mode.addItem("Ranking: order all images of a prompt (number keys)", "rank")
+        self.mode.setFocusPolicy(Qt.NoFocus)
+        self.mode.currentIndexChanged.connect(self._mode_changed)
+        mode.addWidget(self.mode)
+        mode.addStretch(1)
+        lay.addLayout(mode)
+        self.rank = RankPanel(link, self.rater_name)
+        self.rank.ranked.connect(self._count)
+        self.rank.hide()
+        lay.addWidget(self.rank)
+        self.pair_area = QWidget()
+        pair_lay = QVBoxLayout(self.pair_area)
+        pair_lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.pair_area)
+
         self.prompt = QLabel("")
         font = self.prompt.font()
         font.setPointSize(font.pointSize() + 6)
         self.prompt.setFont(font)
         self.prompt.setAlignment(Qt.AlignCenter)
         self.prompt.setWordWrap(True)
-        lay.addWidget(self.prompt)
+        pair_lay.addWidget(self.prompt)
         images = QHBoxLayout()
         images.addStretch(1)
         self.left = ImagePanel()
@@ -174,7 +196,7 @@ class RateView(QWidget):
         images.addSpacing(16)
         images.addWidget(self.right)
         images.addStretch(1)
-        lay.addLayout(images)
+        pair_lay.addLayout(images)
 
         keys = QHBoxLayout()
         keys.addStretch(1)
@@ -189,7 +211,7 @@ class RateView(QWidget):
             self.buttons[key] = b
             self.keymap[what] = key
         keys.addStretch(1)
-        lay.addLayout(keys)
+        pair_lay.addLayout(keys)
         self.status = hint("")
         lay.addWidget(self.status)
 
@@ -230,11 +252,28 @@ class RateView(QWidget):
 
     def keyPressEvent(self, event) -> None:  # noqa: N802
         """The rating keys, while the page (not a text field or the history table) has the focus."""
-        key = self.keymap.get(event.key())
+        if self.ranking():
+            key = RANK_KEYS.get(event.key())
+        else:
+            key = self.keymap.get(event.key())
         if key is None or event.modifiers() & (Qt.ControlModifier | Qt.AltModifier):
             super().keyPressEvent(event)
             return
-        self.press(key)
+        if self.ranking():
+            self.rank.press(key)
+            if key == "undo" or len(self.rank.sent) % 10 == 0:
+                self.reload_stats()
+        else:
+            self.press(key)
+
+    def ranking(self) -> bool:
+        return self.mode.currentData() == "rank"
+
+    def _mode_changed(self) -> None:
+        self.pair_area.setVisible(not self.ranking())
+        self.rank.setVisible(self.ranking())
+        self.reload()  # neither mode keeps images the other may have judged meanwhile
+        self.setFocus()
 
     # --- the queue --------------------------------------------------------------------------------
 
@@ -255,7 +294,10 @@ class RateView(QWidget):
         self.current = None
         self.exhausted = False
         self._show(None)
-        self._fill()
+        if self.ranking():
+            self.rank.reload()
+        else:
+            self._fill()
         self.reload_stats()
         self.reload_history()
 
@@ -488,5 +530,10 @@ class RateView(QWidget):
 
     def on_event(self, ev: dict) -> None:
         """New pairs arrive while a pairs job runs: fetch them if the queue ran dry."""
-        if ev.get("type") == "comparisons" and (self.exhausted or self.current is None):
+        if ev.get("type") != "comparisons":
+            return
+        if self.ranking():
+            if self.rank.current is None:
+                self.rank.fill()
+        elif self.exhausted or self.current is None:
             self._refill()

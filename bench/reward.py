@@ -1,0 +1,209 @@
+"""How many ratings a reward model needs: held-out accuracy against the rater's hidden preference.
+
+Pairs come from the shipped base (every ShapesEval prompt, 4 images each: 6 pairs per prompt),
+queued by a real ``pairs`` job; the scripted rater judges them all through the service's API with
+10 % noise. A quarter of the prompts is held out (every pair of a prompt on one side). From the
+rest, the first N judgements (N = 100, 250, 500, 1000) go to a reward run — the product's own
+``reward`` stage, in-process — once starting from the shipped reward prior and once from a fresh
+head. Each model is then scored on the held-out pairs against the rater's *noise-free* preference
+(the pairs where it has one); N = 0 is the prior alone, 0.5 is chance. Beside the table: the
+accuracy curve (PNG) and a grid of held-out pairs with both rewards and the rater's verdict.
+
+    .venv/bin/python bench/reward.py [--json bench/results/reward.json] [--taste faithful]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from common import REPO, Collect, chart, scratch_project, table
+
+SIZES = (100, 250, 500, 1000)
+
+
+def heldout(prompt: str) -> bool:
+    return hashlib.sha256(f"bench:{prompt}".encode()).digest()[0] < 64  # a quarter of the prompts
+
+
+def make_pairs(project: Path, per_prompt: int) -> None:
+    from backend.service.client import start_backend
+
+    proc, client = start_backend(project)
+    try:
+        job = client.create_job(f'kind = "pairs"\nmodel = "models/shapes-base"\nmax_prompts = 100000\nimages_per_prompt = {per_prompt}\n', "bench pairs")
+        end = client.wait_job(job["id"], timeout=3600)
+        assert end["state"] == "done", client.log(job["id"])["text"][-2000:]
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def rate_all(project: Path, tastes: tuple[str, ...], noise: float) -> dict:
+    from backend.scripted_rater import ScriptedRater
+    from backend.service.client import start_backend
+
+    proc, client = start_backend(project)
+    try:
+        rater = ScriptedRater(client, "hidden", tastes, noise=noise, seed=0)
+        report = rater.rate(100_000)
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"rated": report.rated, "choices": report.choices, "flipped": report.flipped}
+
+
+def hidden_utilities(project, tastes: tuple[str, ...]) -> tuple[dict[str, float], dict[str, object]]:
+    """The rater's noise-free liking of every image for its prompt, read once."""
+    from PIL import Image
+
+    from backend.scripted_rater import ScriptedRater
+
+    rater = ScriptedRater(None, "hidden", tastes, noise=0.0)
+    rows = project.db.execute("SELECT prompt, image_a, image_b, meta FROM comparisons").fetchall()
+    todo = {}
+    for prompt, a, b, meta in rows:
+        spec = json.loads(meta)["a"]["spec"]
+        todo[a] = spec
+        todo[b] = spec
+    hashes = sorted(todo)
+    images = {h: Image.open(io.BytesIO(project.blob_path(h, "png").read_bytes())).convert("RGB") for h in hashes}
+    utilities = {}
+    for i in range(0, len(hashes), 256):
+        part = hashes[i: i + 256]
+        for h, det in zip(part, rater.detector([images[x] for x in part])):
+            utilities[h] = rater.utility(todo[h], images[h], det)[0]
+    return utilities, images
+
+
+def copy_judgements(project, rater: str, n: int) -> int:
+    """The first ``n`` judgements of the hidden rater on training prompts, stored again as ``rater``."""
+    rows = project.db.execute("""SELECT r.comparison_id, r.choice, r.shown_left, r.decision_ms, c.prompt FROM ratings r
+                                 JOIN comparisons c ON c.id = r.comparison_id WHERE r.rater = 'hidden' AND r.undone IS NULL ORDER BY r.id""").fetchall()
+    rows = [r for r in rows if not heldout(r[4])][:n]
+    with project.transaction():
+        for cid, choice, left, ms, _ in rows:
+            project.db.execute("INSERT INTO ratings (comparison_id, choice, shown_left, rater, decision_ms) VALUES (?, ?, ?, ?, ?)", [cid, choice, left, rater, ms])
+    return len(rows)
+
+
+def accuracy(model, pairs: list[tuple], utilities: dict[str, float], images: dict) -> dict:
+    """Share of held-out pairs with a hidden preference where the reward orders the two images the same way."""
+    prompts = [p for p, _, _ in pairs]
+    ra = model.score([images[a] for _, a, _ in pairs], prompts)
+    rb = model.score([images[b] for _, _, b in pairs], prompts)
+    right = [(x > y) == (utilities[a] > utilities[b]) for (_, a, b), x, y in zip(pairs, ra, rb)]
+    acc = sum(right) / len(right)
+    return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / len(right)), "n": len(right), "ra": ra, "rb": rb}
+
+
+def pair_grid(pairs: list[tuple], images: dict, utilities: dict, ra: list[float], rb: list[float], out: Path, n: int = 16) -> None:
+    """Held-out pairs side by side: the prompt, each image's reward, and the rater's hidden verdict
+    (green frame = the reward agrees with the rater)."""
+    from PIL import Image, ImageDraw
+
+    scale, w = 2, 64
+    cell_w, cell_h = 2 * w * scale + 16, w * scale + 44
+    cols = 4
+    sheet = Image.new("RGB", (cols * cell_w, ((n + cols - 1) // cols) * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, ((prompt, a, b), x, y) in enumerate(list(zip(pairs, ra, rb))[:n]):
+        cx, cy = (i % cols) * cell_w, (i // cols) * cell_h
+        agree = (x > y) == (utilities[a] > utilities[b])
+        draw.rectangle([cx + 1, cy + 1, cx + cell_w - 2, cy + w * scale + 6], outline=(40, 160, 60) if agree else (200, 40, 40), width=3)
+        sheet.paste(images[a].resize((w * scale, w * scale), Image.NEAREST), (cx + 4, cy + 4))
+        sheet.paste(images[b].resize((w * scale, w * scale), Image.NEAREST), (cx + 8 + w * scale, cy + 4))
+        pref = "rater: left" if utilities[a] > utilities[b] else "rater: right"
+        draw.text((cx + 4, cy + w * scale + 8), prompt[:44], fill=(0, 0, 0))
+        draw.text((cx + 4, cy + w * scale + 22), f"r {x:+.2f} | {y:+.2f}   {pref}", fill=(60, 60, 60))
+    sheet.save(out)
+
+
+def plot(rows: dict[str, list[tuple[int, float, float]]], zero_shot: float, out: Path) -> None:
+    chart(rows, out, xlabel="judgements given to the reward run (log scale)", ylabel="held-out accuracy vs the rater's hidden preference",
+          hlines=[(zero_shot, f"prior alone (0 judgements) {zero_shot:.3f}"), (0.5, "chance"), (0.85, "target 0.85")], logx=True, ylim=(0.4, 1.0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--taste", default="faithful")
+    ap.add_argument("--noise", type=float, default=0.1)
+    ap.add_argument("--per-prompt", type=int, default=4)
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--inits", nargs="+", default=["prior", "none"])
+    ap.add_argument("--anchor", type=float, default=None, help="override the recipe's anchor for runs from the prior")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--project", type=Path, default=None, help="reuse the project (pairs and judgements) of an earlier run")
+    args = ap.parse_args()
+    tastes = tuple(t for t in args.taste.split(",") if t)
+
+    from backend.models.reward import load_reward
+    from backend.paths import shipped_reward_prior_dir
+    from backend.recipes.reward import RewardRecipe
+    from backend.stages import reward as reward_stage
+    from backend.stages.world import install_shipped_base
+    from backend.store import Project
+
+    if args.project:  # a project an earlier run of this bench made: its pairs and judgements are reused
+        project_dir = args.project
+        with Project.open(project_dir) as project:
+            rated = {"rated": project.db.execute("SELECT count(*) FROM ratings WHERE rater = 'hidden'").fetchone()[0], "reused": str(project_dir)}
+    else:
+        project_dir = scratch_project(32, (64, 64))
+        print(f"bench project: {project_dir}", flush=True)
+        with Project.open(project_dir) as project:
+            install_shipped_base(project)
+        make_pairs(project_dir, args.per_prompt)
+        rated = rate_all(project_dir, tastes, args.noise)
+    print(f"scripted rater ({args.taste}, noise {args.noise}): {rated}")
+    result: dict = {"taste": args.taste, "noise": args.noise, "rated": rated, "runs": []}
+    with Project.open(project_dir) as project:
+        utilities, images = hidden_utilities(project, tastes)
+        rows = project.db.execute("SELECT prompt, image_a, image_b FROM comparisons ORDER BY id").fetchall()
+        held = [r for r in rows if heldout(r[0]) and abs(utilities[r[1]] - utilities[r[2]]) > 1e-9]
+        result["heldout_pairs"] = len(held)
+        result["heldout_prompts"] = len({r[0] for r in held})
+        prior = accuracy(load_reward(shipped_reward_prior_dir()), held, utilities, images)
+        result["zero_shot"] = {k: prior[k] for k in ("accuracy", "se", "n")}
+        print(f"prior alone: {prior['accuracy']:.3f} ± {prior['se']:.3f} on {prior['n']} held-out pairs with a hidden preference")
+        curves: dict[str, list[tuple[int, float, float]]] = {}
+        best = None
+        for init in args.inits:
+            for n in args.sizes:
+                rater = f"n{n}"
+                if not project.db.execute("SELECT 1 FROM ratings WHERE rater = ? LIMIT 1", [rater]).fetchone():
+                    copy_judgements(project, rater, n)
+                extra = {"anchor": args.anchor} if args.anchor is not None and init == "prior" else {}
+                recipe = RewardRecipe(rater=rater, init=init, heldout=0.1, name=f"bench-{init}-{n}", **extra)
+                summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
+                model = load_reward(project.root / summary["path"])
+                acc = accuracy(model, held, utilities, images)
+                row = {"init": init, "judgements": n, "accuracy": acc["accuracy"], "se": acc["se"], "n": acc["n"],
+                       "stage_heldout_accuracy_noisy": summary["heldout"].get("accuracy"), "anchor": recipe.anchor}
+                result["runs"].append(row)
+                curves.setdefault(f"from {'the prior' if init == 'prior' else 'a fresh head'}", []).append((n, acc["accuracy"], acc["se"]))
+                print(f"{init:6s} {n:5d} judgements: {acc['accuracy']:.3f} ± {acc['se']:.3f}", flush=True)
+                if init == args.inits[0] and n == 500:
+                    best = acc
+    lines = [[r["init"], r["judgements"], f"{r['accuracy']:.3f} ± {r['se']:.3f}", r["n"]] for r in result["runs"]]
+    lines.insert(0, ["prior alone", 0, f"{result['zero_shot']['accuracy']:.3f} ± {result['zero_shot']['se']:.3f}", result["zero_shot"]["n"]])
+    print(table(lines, ["start", "judgements", "held-out accuracy vs hidden preference", "pairs"]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.taste == "faithful" else "_" + args.taste.replace(",", "_")
+    plot(curves, result["zero_shot"]["accuracy"], args.out / f"reward_accuracy{suffix}.png")
+    if best is not None:
+        pair_grid(held, images, utilities, best["ra"], best["rb"], args.out / f"reward_pairs{suffix}.png")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
