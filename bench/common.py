@@ -83,7 +83,7 @@ def chart(series: dict[str, list[tuple[float, float, float]]], out: Path, *, xla
     d.text(((W - len(xlabel) * 6) // 2, H - bottom + 26), xlabel, fill=(0, 0, 0))
     d.text((8, 4), ylabel, fill=(0, 0, 0))
     legend_y = H - bottom + 44
-    for i, (y, label) in enumerate(hlines):
+    for y, label in hlines:
         grey = (120, 120, 120)
         for xx in range(left, W - right, 8):
             d.line([xx, py(y), xx + 4, py(y)], fill=grey)
@@ -98,3 +98,31 @@ def chart(series: dict[str, list[tuple[float, float, float]]], out: Path, *, xla
         d.rectangle([left + 180 * i, legend_y + 24, left + 180 * i + 12, legend_y + 32], fill=c)
         d.text((left + 180 * i + 16, legend_y + 22), name, fill=(0, 0, 0))
     img.save(out)
+
+
+def stream_recipe(name: str) -> str:
+    """A tiny pretraining job that streams a loss point every step and previews every 15 steps, for
+    as long as a bench needs (stop it through the API)."""
+    return f"""kind = "pretrain"
+name = "{name}"
+[data]
+dataset = "shapesworld"
+[model]
+size = "tiny"
+[[curriculum]]
+steps = 100000
+buckets = [[32, 32]]
+[optim]
+batch_size = 8
+[schedule]
+log_every = 1
+sample_every = 15
+checkpoint_every = 100000
+[preview]
+prompts = ["a red circle", "a blue square", "two green triangles", "a yellow star"]
+seeds = [0, 1]
+[preview.sampler]
+steps = 4
+width = 32
+height = 32
+"""

@@ -21,31 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import scratch_project
-
-TRAIN = """kind = "pretrain"
-name = "rating-bench-stream"
-[data]
-dataset = "shapesworld"
-[model]
-size = "tiny"
-[[curriculum]]
-steps = 100000
-buckets = [[32, 32]]
-[optim]
-batch_size = 8
-[schedule]
-log_every = 1
-sample_every = 15
-checkpoint_every = 100000
-[preview]
-prompts = ["a red circle", "a blue square", "two green triangles", "a yellow star"]
-seeds = [0, 1]
-[preview.sampler]
-steps = 4
-width = 32
-height = 32
-"""
+from common import scratch_project, stream_recipe
 
 
 def queue_pairs(project: Path, n: int) -> None:
@@ -136,7 +112,7 @@ def main() -> None:
 
     result: dict = {"ratings": args.ratings, "think_ms": args.think_ms}
     result["idle"] = {"key_to_paint": summary(rate_keys(args.ratings, "idle-keys")), "submit_to_commit": summary(submit_round_trips(args.ratings, "idle-api"))}
-    job = client.create_job(TRAIN, "rating-bench-stream")
+    job = client.create_job(stream_recipe("rating-bench-stream"), "rating-bench-stream")
     while len(client.metrics(job["id"]).get("loss", [])) < 3:
         pump(0.1)
     result["training"] = {"key_to_paint": summary(rate_keys(args.ratings, "busy-keys")), "submit_to_commit": summary(submit_round_trips(args.ratings, "busy-api"))}

@@ -69,7 +69,7 @@ def hidden_utilities(project, tastes: tuple[str, ...]) -> tuple[dict[str, float]
     rater = ScriptedRater(None, "hidden", tastes, noise=0.0)
     rows = project.db.execute("SELECT prompt, image_a, image_b, meta FROM comparisons").fetchall()
     todo = {}
-    for prompt, a, b, meta in rows:
+    for _, a, b, meta in rows:
         spec = json.loads(meta)["a"]["spec"]
         todo[a] = spec
         todo[b] = spec

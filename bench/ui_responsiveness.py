@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, scratch_project
+from common import REPO, scratch_project, stream_recipe
 
 COLD = r"""
 import time, sys
@@ -61,29 +61,7 @@ def stall(project: Path, seconds: float) -> dict:
     while w.stack.currentIndex() != 1 and time.time() < deadline:
         app.processEvents()
         time.sleep(0.01)
-    recipe = """kind = "pretrain"
-name = "stall-bench"
-[data]
-dataset = "shapesworld"
-[model]
-size = "tiny"
-[[curriculum]]
-steps = 100000
-buckets = [[32, 32]]
-[optim]
-batch_size = 8
-[schedule]
-log_every = 1
-sample_every = 15
-checkpoint_every = 100000
-[preview]
-prompts = ["a red circle", "a blue square", "two green triangles", "a yellow star"]
-seeds = [0, 1]
-[preview.sampler]
-steps = 4
-width = 32
-height = 32
-"""
+    recipe = stream_recipe("stall-bench")
     job = w.link.client.create_job(recipe, "stall-bench")
     w.runs.reload()
     w.show_stage("Runs")
