@@ -173,6 +173,8 @@ def main() -> None:
         result["heldout_prompts"] = len({r[0] for r in held})
         prior = accuracy(load_reward(shipped_reward_prior_dir()), held, utilities, images)
         result["zero_shot"] = {k: prior[k] for k in ("accuracy", "se", "n")}
+        args.out.mkdir(parents=True, exist_ok=True)
+        pair_grid(held, images, utilities, prior["ra"], prior["rb"], args.out / "reward_pairs_prior.png")
         print(f"prior alone: {prior['accuracy']:.3f} ± {prior['se']:.3f} on {prior['n']} held-out pairs with a hidden preference")
         curves: dict[str, list[tuple[int, float, float]]] = {}
         best = None
