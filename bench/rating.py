@@ -11,9 +11,10 @@ the round trip of ``POST /api/comparisons/{id}/choice`` (it answers after the ro
     .venv/bin/python bench/rating.py [--ratings 300] [--json bench/results/rating.json]
 
 Status (2026-12-02): not yet measured. Its first run got through the 300 idle key presses and
-failed on the queue route's 100-pair limit (fixed: it pages now); the second run stalled without
-output for ten minutes, somewhere after the idle phase (a training job starting or streaming), and
-was stopped. To be debugged before its figures can be trusted.
+failed on the queue route's 100-pair limit (fixed: it pages now); later runs stall in the phase with
+a training job: after the rater is renamed the Rate page never gets a pair (``rate_keys`` waits at
+``while rate.current is None``; a faulthandler dump shows only the event stream reading). To be
+debugged before its figures can be trusted.
 """
 
 from __future__ import annotations
