@@ -324,7 +324,10 @@ class RateView(QWidget):
         self.fetching = False
         if not alive(self):
             return
-        held = set(self._held()) | {e["pair"]["id"] for e in self.submitted}
+        # a pair this rater judged a moment ago may come back in a reply sent before the judgement landed;
+        # another rater's judgements (before a rename) do not take a pair out of this rater's queue
+        who = self.rater_name()
+        held = set(self._held()) | {e["pair"]["id"] for e in self.submitted if e["rater"] == who}
         fresh = [p for p in pairs if p["id"] not in held or p.get("repeat")]
         self.exhausted = not fresh
         for pair in fresh:
@@ -387,7 +390,7 @@ class RateView(QWidget):
         else:
             choice = key
         ms = int(1000 * (time.perf_counter() - self.shown_at))
-        entry = {"pair": pair, "rating_id": None, "undo": False, "choice": choice}
+        entry = {"pair": pair, "rating_id": None, "undo": False, "choice": choice, "rater": self.rater_name()}
         self.submitted.append(entry)
         self.link.call("submit", pair["id"], choice, pair["left"], self.rater_name(), ms, bool(pair.get("repeat")),
                        done=lambda r, e=entry: self._submitted(e, r), failed=lambda exc, d, e=entry: self._submit_failed(e, exc, d))
