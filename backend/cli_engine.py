@@ -104,6 +104,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shift", type=float, default=None)
     p.add_argument("--size", type=_size, default=(32, 32), help="WIDTHxHEIGHT")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--enhance", default="", help="rewrite prompts first: 'shapes' (the embedded rewriter) or a local language model folder")
 
 
 @command("sample", "generate images from any model, run or checkpoint", _sample_args)
@@ -116,7 +117,8 @@ def _sample(args: argparse.Namespace) -> int:
     if not args.prompt and not args.eval_prompts:
         return fail("give --prompt (repeatable) or --eval-prompts")
     sampler = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, width=args.size[0], height=args.size[1])
-    recipe = SampleRecipe(model=args.model, prompts=args.prompt or ["-"], seeds=args.seeds, sampler=sampler, out=str(args.out.resolve()))
+    recipe = SampleRecipe(model=args.model, prompts=args.prompt or ["-"], seeds=args.seeds, sampler=sampler, out=str(args.out.resolve()),
+                          enhance=args.enhance)
     project = Project.open(args.project) if args.project else None
     try:
         summary = sample_eval_set(project, recipe) if args.eval_prompts else run_sample_recipe(project, recipe)

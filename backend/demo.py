@@ -69,10 +69,32 @@ def rate_and_reward(project: Project, prompts: int = 240, per_prompt: int = 3, n
     return summary
 
 
+def align_on_reward(project: Project, reward: str, steps: int = 60) -> dict:
+    """The back half of the loop: Flow-GRPO from the shipped base on the detector rule plus the reward
+    model the ratings trained, then strict ShapesEval of the tuned model on every eval image, printed
+    beside the base's (same prompts, seeds and sampler)."""
+    from backend.eval.shapes_eval import format_table
+    from backend.jobs import create_job, execute_job
+    from backend.recipes.align import AlignRecipe
+
+    recipe = AlignRecipe(method="grpo", name="demo-grpo", model="models/shapes-base", steps=steps, lr=1e-4, eval_images=960,
+                         eval_every=steps, sample_every=0, grpo={"rewards": f"rule=1, {reward}=0.5"})
+    job = create_job(project, recipe, "demo-align")
+    print(f"[demo] Flow-GRPO from the shipped base: {steps} steps of {recipe.grpo.prompts_per_step} prompts x {recipe.grpo.group_size} images, "
+          f"reward {recipe.grpo.rewards} (job {job})")
+    summary = execute_job(project, job, echo=False)
+    card = json.loads((project.root / summary["path"] / "card.json").read_text())
+    print(f"[demo] the tuned model {summary['path']} (parent models/shapes-base), strict ShapesEval on all 960 eval images:")
+    print("    " + format_table(card["shapes_eval"]).replace("\n", "\n    "))
+    print(f"[demo] its evaluation samples, labelled (green frame: strict pass): {project.root / summary['path'] / 'samples.png'}")
+    return {**summary, "card": card}
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=Path, default=None, help="project folder (default: the per-user demo project)")
     p.add_argument("--recipe", type=Path, default=None, help="pretrain recipe (default: resources/recipes/demo_pretrain.toml)")
     p.add_argument("--images", type=int, default=DEMO_IMAGES, help="ShapesWorld images to export on first use")
+    p.add_argument("--align-steps", type=int, default=60, help="Flow-GRPO steps of the alignment at the end")
 
 
 @command("demo", "run the embedded ShapesWorld lifecycle headless (data, pretraining, ShapesEval)", _demo_args)
@@ -105,6 +127,7 @@ def run_demo(args: argparse.Namespace) -> int:
                   f" {card.get('train_seconds', 0) / 3600:.1f} h on {card.get('machine')}), which later stages start from:")
             print("    " + format_table(card["shapes_eval"]).replace("\n", "\n    "))
             rate_and_reward(project)
-        print("[demo] not in the headless demo yet: preference tuning, DreamBooth, distillation")
+            align_on_reward(project, "models/demo-reward", steps=args.align_steps)
+        print("[demo] not in the headless demo yet: ReFL, DreamBooth, distillation")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -25,6 +25,7 @@ from backend.service.client import demo_project_path
 
 from .backend_link import BackendLink
 from .tasks import Tasks
+from .views.align_view import AlignView
 from .views.data_view import DataView
 from .views.playground import Playground
 from .views.pretrain_wizard import PretrainWizard
@@ -35,7 +36,7 @@ from .views.start_page import StartPage
 from .widgets import heading, hint, show_error
 
 # the Studio's own views; every other page comes from the backend's stage registry (/api/stages)
-VIEWS = ("Data", "Pretrain", "Rate", "Playground", "Runs")
+VIEWS = ("Data", "Pretrain", "Rate", "Align", "Playground", "Runs")
 MAX_RECENT = 10
 
 
@@ -117,8 +118,10 @@ class MainWindow(QMainWindow):
         self.runs.jobs_changed.connect(self._jobs_changed)
         self.rate = RateView(self.link, self.settings)
         self.rate.job_started.connect(self._job_started)
-        self.views: dict[str, QWidget] = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Rate": self.rate, "Playground": self.playground,
-                                          "Runs": self.runs}
+        self.align = AlignView(self.link)
+        self.align.job_started.connect(self._job_started)
+        self.views: dict[str, QWidget] = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Rate": self.rate, "Align": self.align,
+                                          "Playground": self.playground, "Runs": self.runs}
         self.page_names: list[str] = []
         self.sidebar.currentRowChanged.connect(self._stage_changed)
         wl.addWidget(self.sidebar)
@@ -211,6 +214,8 @@ class MainWindow(QMainWindow):
         name = self.page_names[row] if 0 <= row < len(self.page_names) else ""
         if name == "Playground" and self.link.client:
             self.playground.reload()
+        if name == "Align" and self.link.client:
+            self.align.reload()
         if name == "Rate" and self.link.client:
             if self.rate.current is None:
                 self.rate.reload()

@@ -86,3 +86,38 @@ def test_a_dpo_run_resumes_on_the_same_trajectory(tmp_path: Path):
     a = straight.accelerator.unwrap_model(straight.model).state_dict()
     b = resumed.accelerator.unwrap_model(resumed.model).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_align_jobs_tune_on_the_projects_ratings_with_dpo_and_with_sft_on_the_winners(tmp_path: Path):
+    """The stage's way in for the rating-driven methods: decisive judgements (ties and 'both bad' left out
+    and counted) become winner/loser latents; a DPO job and an SFT-on-winners job each save a tuned model
+    whose card names the parent, the method and the judgements."""
+    import json
+    import random
+
+    from test_reward import _good_and_bad, _png
+
+    from backend.jobs import create_job, execute_job
+    from backend.recipes.align import AlignRecipe
+    from backend.stages.world import install_shipped_base
+    from backend.store import Project, ratings
+
+    rng = random.Random(1)
+    with Project.init(tmp_path / "p") as project:
+        base_id = install_shipped_base(project, log=lambda m: None)
+        for i in range(30):
+            prompt, good, bad = _good_and_bad(4, i)
+            hg, hb = project.put_blob(_png(good), "png"), project.put_blob(_png(bad), "png")
+            cid = ratings.queue_pair(project.db, prompt, hg, hb)
+            ratings.record(project.db, cid, "tie" if i == 0 else "both_bad" if i == 1 else "a", rng.choice("ab"), "me", 300)
+        small = {"steps": 3, "eval_images": 0, "sample_every": 0, "eval_every": 3, "batch_size": 4, "model": "models/shapes-base"}
+        dpo = execute_job(project, create_job(project, AlignRecipe(method="dpo", name="dpo", **small)), echo=False)
+        assert dpo["state"] == "done" and dpo["method"] == "diffusion-dpo" and dpo["judgements"] == 28
+        assert dpo["left_out"]["tie"] == 1 and dpo["left_out"]["both_bad"] == 1 and 0.0 <= dpo["heldout"]["implicit_accuracy"] <= 1.0
+        sft = execute_job(project, create_job(project, AlignRecipe(method="sft", name="sft", **small)), echo=False)
+        assert sft["state"] == "done" and sft["method"] == "sft"
+        for name, method in (("dpo", "diffusion-dpo"), ("sft", "sft")):
+            kind, parent, card = project.db.execute("SELECT kind, parent_id, card FROM models WHERE name = ?", [name]).fetchone()
+            card = json.loads(card)
+            assert kind == "tuned" and parent == base_id and card["method"] == method and card["parent"] == "models/shapes-base"
+            assert len(json.loads((project.root / "models" / name / "card.json").read_text())["rating_ids"]) == 28

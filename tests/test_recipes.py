@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+import backend.stages  # noqa: F401 - registers every stage's recipe kind, so each default is checked below
 from backend.recipes import RECIPE_KINDS, PretrainRecipe, RecipeError, default_recipe, dumps_recipe, loads_recipe
 
 

@@ -84,6 +84,35 @@ def build_eval_prompts(seed: int = 31337, per_category: int = 48, seeds_per_prom
     return out
 
 
+def training_prompts(per_category: int, seed: int = 7, size: tuple[int, int] = (64, 64)) -> list[EvalPrompt]:
+    """Prompts of ShapesEval's distribution to tune on (Flow-GRPO's prompt pool), up to ``per_category``
+    per category, none whose text is an eval prompt's, except single objects: their 48 shape-colour
+    captions are the whole vocabulary, so a tuned model meets those texts again at evaluation (with
+    other seeds)."""
+    eval_texts = {p.prompt for p in load_eval_prompts()}
+    out = [p for p in build_eval_prompts(seed=seed, seeds_per_prompt=1, size=size) if p.category == "single_object"]
+    for cat in CATEGORIES:
+        if cat == "single_object":
+            continue
+        rng = random.Random(f"train:{seed}:{cat}")
+        seen: set[str] = set()
+        for _ in range(50 * per_category):
+            if len(seen) >= per_category:
+                break
+            scene = sample_scene(rng, cat, size)
+            try:
+                place(scene, rng)
+            except PlacementError:
+                continue
+            text = caption(scene)
+            if text in seen or text in eval_texts:
+                continue
+            seen.add(text)
+            scene.objects = []
+            out.append(EvalPrompt(f"train-{cat}-{len(seen):03d}", cat, text, scene.to_json(), [0]))
+    return out
+
+
 def stratified_pairs(prompts: list[EvalPrompt], n: int | None = None) -> list[tuple[EvalPrompt, int]]:
     """(prompt, seed) pairs ordered so that any prefix is balanced: categories take turns, and
     within a category every prompt comes once (seed 0) before any comes twice. The training-time

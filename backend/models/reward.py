@@ -83,7 +83,7 @@ class RewardModel:
         """Rewards of images in [-1, 1] (B, 3, H, W), differentiable in ``x``."""
         grid = self.encoder.tensors(x)[0]
         states, mask = self.prompt_states(prompts)
-        return self.head(grid, states.to(x.device), mask.to(x.device))
+        return self.head(grid, states.to(grid.device), mask.to(grid.device))
 
     @torch.no_grad()
     def score(self, images: list[Image.Image], prompts: list[str]) -> list[float]:

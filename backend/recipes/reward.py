@@ -39,4 +39,4 @@ class ScoreRecipe(RecipeBase):
 
     kind: Literal["score"] = "score"
     reward: str = Field("models/shapes-reward-prior", description="Reward model folder (project-relative or absolute)")
-    items: list[ScoreItem] = Field(..., min_length=1, max_length=100_000, description="Images with the prompt each was drawn for")
+    items: list[ScoreItem] = Field(default_factory=lambda: [ScoreItem(image="exports/example.png", prompt="a red circle")], min_length=1, max_length=100_000, description="Images with the prompt each was drawn for")

@@ -27,3 +27,6 @@ class SampleRecipe(RecipeBase):
     sampler: SamplerSettings = Field(default_factory=SamplerSettings)
     out: str = Field("samples", description="Output folder (project-relative or absolute)")
     reward: str = Field("", description="A reward model folder to score every image with (its score goes into metadata.jsonl); empty = none")
+    enhance: str = Field("", description="Prompt enhancement before sampling: '' = off; 'shapes' = the embedded ShapesWorld rewriter "
+                         "(learned from the dataset's captions); or a local causal language model folder. metadata.jsonl keeps both "
+                         "prompts")

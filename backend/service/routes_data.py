@@ -202,22 +202,33 @@ def render_recipe(body: RecipeData) -> Response:
 
 
 @router.post("/recipes/estimate")
-def estimate_recipe(body: RecipeText) -> dict[str, Any]:
-    """Parameters, steps and an estimated duration of a pretrain recipe on this machine."""
+def estimate_recipe(body: RecipeText, request: Request) -> dict[str, Any]:
+    """Parameters, steps and an estimated duration of a pretrain or align recipe on this machine."""
     import os
 
     from backend.recipes import PretrainRecipe, RecipeError, loads_recipe
-    from backend.recipes.estimate import estimate
+    from backend.recipes.align import AlignRecipe
+    from backend.recipes.estimate import estimate, estimate_align
 
     try:
         recipe = loads_recipe(body.text)
     except RecipeError as exc:
         raise HTTPException(422, {"message": "invalid recipe", "issues": [{"path": i.path, "reason": i.reason} for i in exc.issues]}) from None
-    if not isinstance(recipe, PretrainRecipe):
-        raise HTTPException(422, "estimates exist for pretrain recipes only")
     from .devices import devices
 
-    gpu = recipe.compute.device in ("cuda", "auto") and any(d["kind"] == "cuda" for d in devices())
+    cuda = any(d["kind"] == "cuda" for d in devices())
+    if isinstance(recipe, AlignRecipe):
+        from backend.store.project import ProjectError
+        from backend.train.resolve import locate
+
+        try:
+            info = json.loads((locate(_state(request).project(), recipe.model) / "signal_model.json").read_text())
+        except (OSError, ValueError, ProjectError):
+            raise HTTPException(422, f"model {recipe.model!r}: not a model folder of this project") from None
+        return estimate_align(recipe, info, cores=os.cpu_count() or 1, gpu=cuda)
+    if not isinstance(recipe, PretrainRecipe):
+        raise HTTPException(422, "estimates exist for pretrain and align recipes only")
+    gpu = recipe.compute.device in ("cuda", "auto") and cuda
     return estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
 
 

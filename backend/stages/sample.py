@@ -16,9 +16,9 @@ from backend.train.resolve import locate, resolve_model
 
 
 def write_images(out: Path, images: list[Image.Image], prompts: list[str], seeds: list[int], names: list[str], info: dict[str, Any],
-                 specs: list[dict] | None = None, rewards: list[float] | None = None) -> None:
+                 specs: list[dict] | None = None, rewards: list[float] | None = None, extra: list[dict] | None = None) -> None:
     """PNGs plus metadata.jsonl lines (with the prompt spec when known, so ``eval shapes`` can score them,
-    and the reward when a reward model scored them)."""
+    the reward when a reward model scored them, and per-image extras such as the enhanced prompt)."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metadata.jsonl", "a", encoding="utf-8") as meta:
         for i, (img, prompt, seed, name) in enumerate(zip(images, prompts, seeds, names)):
@@ -28,6 +28,8 @@ def write_images(out: Path, images: list[Image.Image], prompts: list[str], seeds
                 rec["spec"] = specs[i]
             if rewards:
                 rec["reward"] = round(rewards[i], 4)
+            if extra:
+                rec.update(extra[i])
             meta.write(json.dumps(rec) + "\n")
 
 
@@ -44,20 +46,29 @@ def _settings(recipe: SampleRecipe) -> SampleSettings:
 
 
 def run_sample_recipe(project: Project | None, recipe: SampleRecipe, reporter: Any = None) -> dict[str, Any]:
-    """One image per prompt and seed."""
+    """One image per prompt and seed (each prompt enhanced first when the recipe says so)."""
+    from backend.sample.enhance import enhance_prompts
+
     bundle, what = resolve_model(project, recipe.model)
     settings = _settings(recipe)
-    prompts = [p for p in recipe.prompts for _ in recipe.seeds]
+    rewrites = enhance_prompts(recipe.enhance, recipe.prompts, project, locate=lambda ref: locate(project, ref))
+    if reporter is not None and recipe.enhance:
+        for r in rewrites:
+            reporter.log(f"prompt {r.prompt!r} -> {r.enhanced!r}" + (f" ({r.note})" if r.note else ""))
+    prompts = [r.prompt for r in rewrites for _ in recipe.seeds]
+    used = [r.enhanced for r in rewrites for _ in recipe.seeds]
     seeds = [sd for _ in recipe.prompts for sd in recipe.seeds]
-    images = generate(bundle, prompts, seeds, settings)
+    images = generate(bundle, used, seeds, settings)
     out = locate(project, recipe.out)
     names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(seeds)]
-    rewards = score_with(project, recipe.reward, images, prompts) if recipe.reward else None
+    rewards = score_with(project, recipe.reward, images, used) if recipe.reward else None
     info = {"model": what, "settings": settings.__dict__, **({"reward_model": recipe.reward} if recipe.reward else {})}
-    write_images(out, images, prompts, seeds, names, info, rewards=rewards)
+    enhanced = [{"enhanced": u, "enhancer": recipe.enhance} for u in used] if recipe.enhance else None
+    write_images(out, images, prompts, seeds, names, info, rewards=rewards, extra=enhanced)
     if reporter is not None:
         reporter.progress(len(images), len(images))
-    return {"state": "done", "model": what, "images": len(images), "out": str(out), **({"rewards": rewards} if rewards else {})}
+    return {"state": "done", "model": what, "images": len(images), "out": str(out), **({"rewards": rewards} if rewards else {}),
+            **({"enhanced": [{"prompt": r.prompt, "enhanced": r.enhanced, "note": r.note} for r in rewrites]} if recipe.enhance else {})}
 
 
 def sample_eval_set(project: Project | None, recipe: SampleRecipe, seeds_per_prompt: int | None = None) -> dict[str, Any]:

@@ -37,6 +37,28 @@ class RatedPairs:
     def __len__(self) -> int:
         return self.winners.shape[0]
 
+    def winner_batches(self, batch_size: int, seed: int, size: tuple[int, int], alpha: float, empty: PromptEmbeds | None = None,
+                       dropout: float = 0.0):
+        """The loop's ``(step, micro, rank) -> Batch`` over the winners alone: SFT on what the ratings
+        preferred; with ``empty`` a ``dropout`` share of captions is blanked, as in pretraining, so the
+        unconditional branch guidance uses keeps training too."""
+        from .objectives.base import Batch
+
+        def batches(step: int, micro: int = 0, rank: int = 0) -> Batch:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + micro * 31 + rank)
+            idx = torch.randint(len(self), (min(batch_size, len(self)),), generator=gen)
+            states, pooled, lengths = self.states[idx].clone(), self.pooled[idx].clone(), self.lengths[idx].clone()
+            if empty is not None and dropout > 0:
+                drop = torch.rand(len(idx), generator=gen) < dropout
+                e = empty.to(torch.device("cpu"))
+                states[drop] = 0
+                states[drop, : e.states.shape[1]] = e.states[0].to(states.dtype)[: states.shape[1]]
+                pooled[drop] = e.pooled[0].to(pooled.dtype)
+                lengths[drop] = e.lengths[0]
+            return Batch(self.winners[idx], PromptEmbeds(states, pooled, lengths), size[0], size[1], alpha, gen)
+
+        return batches
+
     def take(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, PromptEmbeds]:
         prompt = PromptEmbeds(self.states[idx].to(device), self.pooled[idx].to(device), self.lengths[idx].to(device))
         return self.winners[idx].to(device), self.losers[idx].to(device), prompt

@@ -324,7 +324,11 @@ class Trainer:
         self._bins_sum.index_add_(0, idx, per_sample.detach().to(self.device).float())
         self._bins_n.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
 
-    def count_images(self, batch: Batch) -> None:
+    def count_images(self, batch: Batch | int) -> None:
+        """Images this step trained on: a batch (its categories feed the mix), or a number (e.g. rollouts)."""
+        if isinstance(batch, int):
+            self._images += batch * self.accelerator.num_processes
+            return
         for cat in batch.extras.get("categories", []):
             self._mix[cat] += 1
         self._images += batch.latents.shape[0] * self.accelerator.num_processes
@@ -411,8 +415,10 @@ class Trainer:
         steps_since = 0
         state = "done"
         self.reporter.progress(self.step, cfg.steps)
+        steps_run = 0
         while self.step < cfg.steps:
             self.step += 1
+            steps_run += 1
             step = self.step
             self.method.step(self)
             if self.ema is not None:
@@ -436,8 +442,8 @@ class Trainer:
         if state == "done":
             if self.step % cfg.checkpoint_every != 0:
                 self.save()
-            if self._evaluates():
-                self._evaluate(self.step)
+            if self._evaluates() and not (cfg.eval_every and self.step % cfg.eval_every == 0 and steps_run):
+                self._evaluate(self.step)  # unless the loop has just evaluated this very step
         logs = self._replica_check() if acc.num_processes > 1 else {}
         return LoopResult(state, self.step, time.perf_counter() - t0, logs)
 

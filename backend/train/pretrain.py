@@ -10,7 +10,7 @@ import torch
 
 from backend.data.view import load_view
 from backend.models.family import ModelBundle, build_embedded, load_model
-from backend.recipes.pretrain import PretrainRecipe
+from backend.recipes.pretrain import PretrainRecipe, PreviewSection
 from backend.sample.euler import SampleSettings, generate
 from backend.store import Project
 
@@ -42,15 +42,14 @@ def loop_config(recipe: PretrainRecipe) -> LoopConfig:
     )
 
 
-def make_evaluator(bundle: ModelBundle, recipe: PretrainRecipe, n_images: int) -> Any:
-    """Strict ShapesEval of the first ``n_images`` stratified eval images at the recipe's size."""
+def make_evaluator(bundle: ModelBundle, settings: SampleSettings, n_images: int) -> Any:
+    """Strict ShapesEval of the first ``n_images`` stratified eval images, drawn with ``settings``;
+    the last report and its labelled grid stay on the function (``.last``, ``.grid``)."""
     from backend.eval.model_eval import evaluate_model, labelled_grid
     from backend.eval.shapes_eval import metrics
     from backend.world.pretrained import load_detector
 
     detector = load_detector()
-    width, height = recipe.eval_size
-    settings = SampleSettings(width=width, height=height, steps=recipe.preview.sampler.steps, cfg=recipe.preview.sampler.cfg)
 
     def evaluate(step: int, model: torch.nn.Module) -> dict[str, float]:
         report, images, pairs, _ = evaluate_model(bundle, settings, n_images, net=model, detector=detector)
@@ -62,8 +61,8 @@ def make_evaluator(bundle: ModelBundle, recipe: PretrainRecipe, n_images: int) -
     return evaluate
 
 
-def make_preview(bundle: ModelBundle, recipe: PretrainRecipe, reporter: Reporter) -> Any:
-    pv = recipe.preview
+def make_preview(bundle: ModelBundle, pv: PreviewSection, reporter: Reporter) -> Any:
+    """The fixed-seed preview grid a run posts every ``sample_every`` steps."""
     sp = pv.sampler
     settings = SampleSettings(width=sp.width, height=sp.height, steps=sp.steps, cfg=sp.cfg, alpha=sp.shift)
     prompts = [p for p in pv.prompts for _ in pv.seeds]
@@ -99,8 +98,10 @@ def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, report
         r = recipe.repa
         objectives.append(Repa(bundle, r.block, encoder.dim, r.weight, r.projector_dim, r.projector_layers, r.until_step))
     cfg = loop_config(recipe)
-    evaluate = make_evaluator(bundle, recipe, recipe.schedule.eval_images)
-    trainer = Trainer(bundle, objectives, data, cfg, run_dir, reporter, preview=make_preview(bundle, recipe, reporter), evaluate=evaluate)
+    width, height = recipe.eval_size
+    sp = recipe.preview.sampler
+    evaluate = make_evaluator(bundle, SampleSettings(width=width, height=height, steps=sp.steps, cfg=sp.cfg), recipe.schedule.eval_images)
+    trainer = Trainer(bundle, objectives, data, cfg, run_dir, reporter, preview=make_preview(bundle, recipe.preview, reporter), evaluate=evaluate)
     result: LoopResult = trainer.run(resume=resume)
     summary: dict[str, Any] = {"state": result.state, "step": result.step, "params": n_params, "seconds": round(time.perf_counter() - t0, 1)}
     if result.state == "done" and trainer.accelerator.is_main_process:

@@ -58,9 +58,11 @@ class Playground(QWidget):
     def __init__(self, link, parent: QWidget | None = None):
         super().__init__(parent)
         self.link = link
-        self.pending: dict[int, tuple[str, str, list[str], list[str], bool]] = {}  # job -> column, folder, files, captions, scored
+        # job -> column, folder, files, captions, scored, enhanced, images per prompt
+        self.pending: dict[int, tuple[str, str, list[str], list[str], bool, bool, int]] = {}
         self.results: dict[str, list[tuple[str, bytes]]] = {}
         self.rewards: dict[str, list[float | None]] = {}
+        self.enhanced: dict[str, list[str | None]] = {}  # column -> the prompt each image was sampled from, when enhanced
         root = QHBoxLayout(self)
         left = QVBoxLayout()
         left.addWidget(heading("Playground"))
@@ -76,6 +78,11 @@ class Playground(QWidget):
         self.scorer.setToolTip("Score every image with a reward model: the shipped prior, or one trained on your ratings (Rate page)")
         self.scorer.addItem("— no reward column —", "")
         form.addRow("Score with", self.scorer)
+        self.enhance = QCheckBox("Enhance prompts")
+        self.enhance.setToolTip("Rewrite each prompt into the caption style the model was trained on before sampling (the embedded\n"
+                                "ShapesWorld rewriter: every stated attribute kept, unstated sizes and colours filled from the\n"
+                                "dataset's captions). Each image shows the prompt as written and as the sampler got it.")
+        form.addRow("", self.enhance)
         self.prompts = QPlainTextEdit("a red circle\na blue square\ntwo green triangles\na yellow star on a striped purple background")
         self.prompts.setToolTip("One prompt per line")
         self.prompts.setMaximumHeight(110)
@@ -189,15 +196,17 @@ class Playground(QWidget):
             out = f"exports/playground/{stamp}-{key}"
             shift = f"shift = {self.shift.value()}\n" if self.shift.value() > 0 else ""
             reward = f"reward = {json.dumps(self.scorer.currentData())}\n" if self.scorer.currentData() else ""
+            enhance = 'enhance = "shapes"\n' if self.enhance.isChecked() else ""
             recipe = (f'kind = "sample"\nmodel = {json.dumps(box.currentData())}\nprompts = {json.dumps(prompts)}\nseeds = {json.dumps(seeds)}\n'
-                      f'out = "{out}"\n{reward}[sampler]\nsteps = {self.steps.value()}\ncfg = {self.cfg.value()}\nwidth = {w}\nheight = {h}\n{shift}')
+                      f'out = "{out}"\n{reward}{enhance}[sampler]\nsteps = {self.steps.value()}\ncfg = {self.cfg.value()}\nwidth = {w}\nheight = {h}\n{shift}')
             names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(sd for _ in prompts for sd in seeds)]
             labels = [f"{p} · seed {sd}" for p in prompts for sd in seeds]
             self.titles[key].setText(f"<b>{key}</b>: {box.currentText()}")
             self.grids[key].reset(labels)
 
-            def started(job: dict, key=key, out=out, names=names, labels=labels, scored=bool(reward)) -> None:
-                self.pending[job["id"]] = (key, out, names, labels, scored)
+            def started(job: dict, key=key, out=out, names=names, labels=labels, scored=bool(reward), enhanced=bool(enhance),
+                        per_prompt=len(seeds)) -> None:
+                self.pending[job["id"]] = (key, out, names, labels, scored, enhanced, per_prompt)
                 self.status.setText(f"Generating in job #{job['id']}… (a worker loads the model, then samples)")
 
             self.link.call("create_job", recipe, f"playground {key}", done=started,
@@ -210,7 +219,7 @@ class Playground(QWidget):
         j = ev["job"]
         if j["id"] not in self.pending or j["state"] in ("queued", "running"):
             return
-        key, out, names, labels, scored = self.pending.pop(j["id"])
+        key, out, names, labels, scored, enhanced, per_prompt = self.pending.pop(j["id"])
         if j["state"] != "done":
             show_error(self, "Generation failed.", j.get("error") or j["state"], "See the run's log in Runs for details.")
         else:
@@ -222,28 +231,36 @@ class Playground(QWidget):
                         tile.set_pixmap(pixmap_from_bytes(data))
 
                 self.link.call("file", f"{out}/{name}", done=got)
-            if scored:
-                self.link.call("file", f"{out}/metadata.jsonl", done=lambda data, key=key, labels=labels: self._rewards(key, names, labels, data))
+            if scored or enhanced:
+                self.link.call("file", f"{out}/metadata.jsonl",
+                               done=lambda data, key=key, labels=labels, n=per_prompt: self._captions(key, names, labels, data, n))
             self.status.setText(f"Done: {len(names)} image(s) in {out}")
         if not self.pending:
             self.generate_btn.setEnabled(True)
 
-    def _rewards(self, key: str, names: list[str], labels: list[str], data: bytes) -> None:
-        """The reward column: each tile's caption gains its score, the best of each prompt marked."""
-        scores = {}
+    def _captions(self, key: str, names: list[str], labels: list[str], data: bytes, per_prompt: int) -> None:
+        """Each tile's caption from the run's metadata: the prompt as the sampler got it when enhancement
+        rewrote it, and the reward column with the best image of each prompt starred."""
+        records = {}
         for line in data.decode().splitlines():
             rec = json.loads(line)
-            if "reward" in rec:
-                scores[rec["file"]] = rec["reward"]
+            records[rec["file"]] = rec
+        scores = {n: r["reward"] for n, r in records.items() if "reward" in r}
         self.rewards[key] = [scores.get(n) for n in names]
-        per_prompt = max(1, len(self._seeds()))
+        self.enhanced[key] = [records.get(n, {}).get("enhanced") for n in names]
         for i, (tile, name, label) in enumerate(zip(self.grids[key].tiles, names, labels)):
-            r = scores.get(name)
-            if r is None or not alive(tile):
+            rec = records.get(name)
+            if rec is None or not alive(tile):
                 continue
-            group = [scores.get(n) for n in names[i - i % per_prompt: i - i % per_prompt + per_prompt]]
-            best = per_prompt > 1 and r == max(x for x in group if x is not None)
-            tile.set_caption(f"{label}\nreward {r:+.2f}" + ("  ★" if best else ""))
+            text = label
+            if rec.get("enhanced") and rec["enhanced"] != rec.get("prompt"):
+                text += f"\n→ {rec['enhanced']}"
+            r = scores.get(name)
+            if r is not None:
+                group = [scores.get(n) for n in names[i - i % per_prompt: i - i % per_prompt + per_prompt]]
+                best = per_prompt > 1 and r == max(x for x in group if x is not None)
+                text += f"\nreward {r:+.2f}" + ("  ★" if best else "")
+            tile.set_caption(text)
 
     def _save(self) -> None:
         if not any(self.results.values()):

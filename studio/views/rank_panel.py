@@ -76,6 +76,7 @@ class RankPanel(QWidget):
         self.broken: set[str] = set()
         self.undoing: dict[str, list] = {}  # group -> submissions waiting for its undo to land
         self.fetching = False
+        self.generation = 0
         self.shown_at = 0.0
 
         lay = QVBoxLayout(self)
@@ -110,6 +111,8 @@ class RankPanel(QWidget):
         self.broken.clear()
         self.current = None
         self.picks = []
+        self.generation += 1  # a reply to a fetch made before this reload is dropped (as on the pairs page)
+        self.fetching = False
         self._show(None)
         self.fill()
 
@@ -124,16 +127,20 @@ class RankPanel(QWidget):
         if self.fetching or self.link.client is None or len(self.queue) + len(self.loading) >= PREFETCH:
             return
         self.fetching = True
-        self.link.call("ranking_queue", self.rater(), PREFETCH, self._held(), done=self._fetched, failed=self._fetch_failed)
+        gen = self.generation
+        self.link.call("ranking_queue", self.rater(), PREFETCH, self._held(), done=lambda groups: self._fetched(groups, gen),
+                       failed=lambda exc, details: self._fetch_failed(exc, details, gen))
 
-    def _fetch_failed(self, exc, details) -> None:
+    def _fetch_failed(self, exc, details, generation: int) -> None:
+        if generation != self.generation:
+            return
         self.fetching = False
         self.message.setText(f"Could not fetch images to rank: {exc}")
 
-    def _fetched(self, groups: list[dict]) -> None:
-        self.fetching = False
-        if not alive(self):
+    def _fetched(self, groups: list[dict], generation: int) -> None:
+        if not alive(self) or generation != self.generation:
             return
+        self.fetching = False
         held = set(self._held())
         fresh = [g for g in groups if g["group"] not in held and len(g["images"]) <= MAX_IMAGES]
         for group in fresh:
@@ -146,7 +153,7 @@ class RankPanel(QWidget):
             self._show(None)
 
     def _image(self, group: dict, image: str, data: bytes) -> None:
-        if group["group"] not in self.loading or not alive(self):
+        if self.loading.get(group["group"]) is not group or not alive(self):
             return
         group["pixmaps"][image] = pixmap_from_bytes(data)
         if len(group["pixmaps"]) == len(group["images"]):

@@ -127,6 +127,7 @@ class RateView(QWidget):
         self.submitted: list[dict] = []  # {"pair", "rating_id", "undo"} newest last
         self.broken: set[int] = set()  # pairs whose images did not load: not fetched again this session
         self.fetching = False
+        self.generation = 0  # bumped by every reload: replies to older fetches are dropped
         self.exhausted = False
         self.setFocusPolicy(Qt.StrongFocus)  # the arrow keys are the rating keys
 
@@ -293,6 +294,10 @@ class RateView(QWidget):
         self.broken.clear()
         self.current = None
         self.exhausted = False
+        # a fetch still in flight asked for the previous rater's queue: its reply is dropped, and
+        # this reload fetches at once instead of waiting for it (it used to stall a rename)
+        self.generation += 1
+        self.fetching = False
         self._show(None)
         if self.ranking():
             self.rank.reload()
@@ -314,16 +319,20 @@ class RateView(QWidget):
             return
         self.fetching = True
         rate = 0.1 if self.repeats.isChecked() else 0.0
-        self.link.call("pair_queue", self.rater_name(), PREFETCH, self._held(), rate, done=self._fetched, failed=self._fetch_failed)
+        gen = self.generation
+        self.link.call("pair_queue", self.rater_name(), PREFETCH, self._held(), rate, done=lambda pairs: self._fetched(pairs, gen),
+                       failed=lambda exc, details: self._fetch_failed(exc, details, gen))
 
-    def _fetch_failed(self, exc, details) -> None:
+    def _fetch_failed(self, exc, details, generation: int) -> None:
+        if generation != self.generation:
+            return
         self.fetching = False
         self.status.setText(f"Could not fetch pairs: {exc}")
 
-    def _fetched(self, pairs: list[dict]) -> None:
+    def _fetched(self, pairs: list[dict], generation: int) -> None:
+        if not alive(self) or generation != self.generation:
+            return  # asked before a reload (another rater, new pairs): the reload's own fetch answers
         self.fetching = False
-        if not alive(self):
-            return
         # a pair this rater judged a moment ago may come back in a reply sent before the judgement landed;
         # another rater's judgements (before a rename) do not take a pair out of this rater's queue
         who = self.rater_name()
@@ -340,8 +349,8 @@ class RateView(QWidget):
             self._show(None)
 
     def _image(self, pair: dict, key: str, data: bytes) -> None:
-        if pair["id"] not in self.loading or not alive(self):
-            return
+        if self.loading.get(pair["id"]) is not pair or not alive(self):
+            return  # dropped by a reload (possibly fetched again since, as another object)
         pair["pixmaps"][key] = pixmap_from_bytes(data)
         if len(pair["pixmaps"]) == 2:
             self.queue.append(self.loading.pop(pair["id"]))

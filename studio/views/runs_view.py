@@ -32,6 +32,13 @@ from ..widgets import TileGrid, alive, heading, hint, pixmap_from_bytes, show_er
 LIVE = ("queued", "running")
 
 
+# a method's own curves (see ``_draw_accuracy``); anything ending in "accuracy" joins the upper plot too
+UPPER_KEYS = {"grpo/reward_mean": "rollout reward", "grpo/advantage_collapse": "advantage collapse", "grpo/clip_fraction": "clipped share",
+              "shapes_eval/overall": "strict ShapesEval"}
+LOWER_KEYS = {"grpo/kl": "KL to reference", "dpo/reward_margin": "DPO reward margin"}
+CURVE_NAMES = {**UPPER_KEYS, **LOWER_KEYS}
+
+
 def ema_smooth(values: list[float], weight: float) -> list[float]:
     out, acc = [], None
     for v in values:
@@ -163,12 +170,19 @@ class RunsView(QWidget):
         self.bins_plot = themed_plot("Loss per timestep bin (latest)", "loss", "t (0 = clean, 1 = noise)")
         self.tabs.addTab(self.bins_plot, "Loss by t")
         self._bars = None
-        # accuracies a run logs (a reward model's held-out and training accuracy; later methods' own)
-        self.acc_plot = themed_plot("Accuracy", "accuracy", "step")
+        # a method's own curves beside the loss: accuracies (a reward model's held-out and training
+        # accuracy, DPO's implicit accuracy), Flow-GRPO's reward and advantage collapse, strict ShapesEval;
+        # below them the unbounded ones (KL to the reference, DPO's reward margin)
+        method = QWidget()
+        ml = QVBoxLayout(method)
+        self.acc_plot = themed_plot("Accuracy, reward, strict ShapesEval", "value", "step")
         self.acc_plot.addLegend(offset=(10, 10))
-        self.acc_plot.setYRange(0.0, 1.0)
+        self.kl_plot = themed_plot("KL to the reference, reward margin", "value", "step")
+        self.kl_plot.addLegend(offset=(10, 10))
+        ml.addWidget(self.acc_plot, 3)
+        ml.addWidget(self.kl_plot, 2)
         self._acc_curves: dict[str, object] = {}
-        self.tabs.addTab(self.acc_plot, "Accuracy")
+        self.tabs.addTab(method, "Method")
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         self.grid = TileGrid(cols=4, side=112)
@@ -334,16 +348,22 @@ class RunsView(QWidget):
         self._show_eval()
 
     def _draw_accuracy(self) -> None:
-        keys = sorted(k for k in self.series if k.endswith("accuracy"))
+        """The method's curves: bounded ones (accuracies, rewards, shares, strict ShapesEval) on the upper
+        plot, the KL and margins on the lower."""
+        upper = sorted(k for k in self.series if k.endswith("accuracy") or k in UPPER_KEYS)
+        lower = sorted(k for k in self.series if k in LOWER_KEYS)
         for key in list(self._acc_curves):
-            if key not in keys:
-                self.acc_plot.removeItem(self._acc_curves.pop(key))
-        for i, key in enumerate(keys):
-            rows = self.series[key]
-            if key not in self._acc_curves:
-                color = [(40, 120, 230), (230, 120, 40), (60, 170, 90), (200, 60, 160)][i % 4]
-                self._acc_curves[key] = self.acc_plot.plot([], [], pen={"color": color, "width": 2}, name=key.split("/")[-1].replace("_", " "))
-            self._acc_curves[key].setData([s for s, _ in rows], [v for _, v in rows])
+            if key not in upper and key not in lower:
+                plot = self.acc_plot if key in UPPER_KEYS or key.endswith("accuracy") else self.kl_plot
+                plot.removeItem(self._acc_curves.pop(key))
+        for plot, keys in ((self.acc_plot, upper), (self.kl_plot, lower)):
+            for i, key in enumerate(keys):
+                rows = self.series[key]
+                if key not in self._acc_curves:
+                    color = [(40, 120, 230), (230, 120, 40), (60, 170, 90), (200, 60, 160), (120, 90, 200)][i % 5]
+                    name = CURVE_NAMES.get(key, key.split("/")[-1].replace("_", " "))
+                    self._acc_curves[key] = plot.plot([], [], pen={"color": color, "width": 2}, name=name)
+                self._acc_curves[key].setData([s for s, _ in rows], [v for _, v in rows])
 
     def _show_eval(self) -> None:
         """The latest ShapesEval: strict overall with its ±, single objects and the shape-swap control on

@@ -1,0 +1,144 @@
+"""What alignment does to the shipped base, at equal budget: strict ShapesEval, FD, reward, cost.
+
+Each method runs from ``resources/models/shapes-base`` through the product's own ``align`` stage
+(in a child process, so its wall time and peak memory are its own) for the same number of steps;
+then every model — the base included — is scored the same way: all 960 ShapesEval images (ODE,
+20 steps, CFG 3, seeds 1000 + k), strict accuracy per category with binomial ±, the shape-swap
+control, FD to true renders of the same prompts, and the mean detector-rule reward (share of
+promises kept). Flow-GRPO runs twice, with the KL term (β = 0.04) and without (β = 0): the second
+shows what the KL holds back. Each model's labelled grid (green = strict pass) is saved beside the
+table, and the in-run strict curve (96 images every ``--eval-every`` steps) is charted.
+
+    .venv/bin/python bench/evidence_alignment.py --steps 150 --json bench/results/evidence_alignment.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, Collect, chart, table
+
+BASE = REPO / "resources" / "models" / "shapes-base"
+OUT = REPO / "bench" / "results" / "alignment"
+
+
+def one_run(args: argparse.Namespace) -> None:
+    """Child: one align run; writes its summary, curve, wall time and peak memory as JSON."""
+    import torch
+
+    from backend.recipes.align import AlignRecipe
+    from backend.stages import align
+    from backend.store import Project
+
+    torch.set_num_threads(args.threads)
+    root = Path(args.workdir)
+    project = Project.init(root / "proj") if not (root / "proj").exists() else Project.open(root / "proj")
+    recipe = AlignRecipe(method="grpo", name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96, eval_every=args.eval_every,
+                         sample_every=0, grpo={"kl": args.kl, "rewards": args.rewards, "group_size": args.group, "prompts_per_step": args.prompts})
+    class Watch(Collect):  # the log file shows the run as it goes
+        def metrics(self, step: int, values: dict[str, float]) -> None:
+            super().metrics(step, values)
+            shown = {k: round(float(v), 3) for k, v in values.items() if k in ("grpo/reward_mean", "grpo/kl", "grpo/advantage_collapse",
+                                                                               "shapes_eval/overall", "step_s")}
+            print(step, shown, file=sys.stderr, flush=True)
+
+    rep = Watch(quiet=False)
+    t0 = time.perf_counter()
+    out = align.run(project, recipe, root / "runs" / args.name, rep, resume=True)
+    wall = time.perf_counter() - t0
+    res = {"name": args.name, "kl": args.kl, "lr": args.lr, "steps": args.steps, "wall_s": wall, "path": str(project.root / out["path"]),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "curve": rep.series("shapes_eval/overall"), "reward": rep.series("grpo/reward_mean"), "kl_curve": rep.series("grpo/kl"),
+           "collapse": rep.series("grpo/advantage_collapse")}
+    Path(args.result).write_text(json.dumps(res))
+
+
+def assess(folder: Path, label: str, n: int | None = None) -> dict:
+    """Every eval image of a model: strict table with ±, control, FD, mean rule reward, and its grid."""
+    from backend.eval.model_eval import evaluate_model, fd_to_renders, labelled_grid
+    from backend.models.family import load_model
+    from backend.sample.euler import SampleSettings
+    from backend.train.rewards import Rewards
+
+    bundle = load_model(folder)
+    report, images, pairs, _ = evaluate_model(bundle, SampleSettings(width=64, height=64, steps=20, cfg=3.0), n)
+    reward, _ = Rewards("rule")(images, [p.prompt for p, _ in pairs], [p.scene for p, _ in pairs])
+    fd = fd_to_renders(images, pairs)
+    OUT.mkdir(parents=True, exist_ok=True)
+    take = list(range(0, len(images), max(1, len(images) // 48)))[:48]  # every category, spread over the prompt set
+    labelled_grid([images[i] for i in take], [pairs[i][0].prompt for i in take], [report.per_image[i]["pass"] for i in take]).save(OUT / f"{label}.png")
+    return {"label": label, "overall": report.overall, "se": report.se, "categories": report.categories, "control": report.swap_control,
+            "fd": fd, "reward": float(reward.mean()), "reward_se": float(reward.std() / len(reward) ** 0.5), "images": len(images)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--kls", default="0.04,0", help="Flow-GRPO runs, one per KL weight (at --lr)")
+    ap.add_argument("--runs", default="", help="instead of --kls: 'KL:LR,KL:LR' pairs, e.g. 0.04:1e-4,0.04:5e-4,0:5e-4")
+    ap.add_argument("--rewards", default="rule")
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--assess-images", type=int, default=0, help="images per model in the final table (0 = all 960)")
+    ap.add_argument("--workdir", default="")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--name", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--kl", type=float, default=0.04, help=argparse.SUPPRESS)
+    ap.add_argument("--result", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        return one_run(args)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="signal-align-"))
+    print(f"work folder {work}", flush=True)
+    runs = []
+    plan = ([(float(k), float(lr)) for k, lr in (part.split(":") for part in args.runs.split(","))] if args.runs
+            else [(float(k), args.lr) for k in args.kls.split(",")])
+    for kl, lr in plan:
+        name = f"grpo-kl{kl:g}-lr{lr:g}"
+        result = work / f"{name}.json"
+        if not result.exists():
+            cmd = [sys.executable, __file__, "--one", "--name", name, "--kl", str(kl), "--result", str(result), "--workdir", str(work),
+                   "--steps", str(args.steps), "--lr", str(lr), "--rewards", args.rewards, "--group", str(args.group),
+                   "--prompts", str(args.prompts), "--eval-every", str(args.eval_every), "--threads", str(args.threads)]
+            subprocess.run(cmd, check=True)
+        runs.append(json.loads(result.read_text()))
+    n = args.assess_images or None
+    rows = [assess(BASE, "base", n)] + [assess(Path(r["path"]), r["name"], n) for r in runs]
+    cats = list(rows[0]["categories"])
+    header = ["model", "strict overall", *cats, "control", "FD", "mean reward", "wall", "peak RSS"]
+    lines = []
+    for row in rows:
+        run = next((r for r in runs if r["name"] == row["label"]), None)
+        lines.append([row["label"], f"{row['overall']:.3f} ± {row['se']['overall']:.3f}",
+                      *[f"{row['categories'][c]:.3f} ± {row['se'][c]:.3f}" for c in cats],
+                      f"{row['control']:+.3f}", f"{row['fd']:.1f}", f"{row['reward']:.3f} ± {row['reward_se']:.3f}",
+                      f"{run['wall_s'] / 60:.1f} min" if run else "-", f"{run['peak_rss_mb']:.0f} MB" if run else "-"])
+    print(table(lines, header))
+    series = {r["name"]: [(s, v, 0.0) for s, v in r["curve"]] for r in runs}
+    if any(series.values()):
+        chart(series, OUT / "strict_curve.png", xlabel="step", ylabel="strict ShapesEval (96 images)", hlines=[(rows[0]["overall"], "base")],
+              ylim=(0.0, 0.5))
+    window = 10
+    rew = {r["name"]: [(r["reward"][i][0], sum(v for _, v in r["reward"][max(0, i - window + 1): i + 1]) / len(r["reward"][max(0, i - window + 1): i + 1]), 0.0)
+                       for i in range(0, len(r["reward"]), 5)] for r in runs}
+    if any(rew.values()):
+        chart(rew, OUT / "reward_curve.png", xlabel="step", ylabel=f"rollout reward (mean of last {window} steps)", ylim=(0.0, 1.0))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"steps": args.steps, "lr": args.lr, "rewards": args.rewards, "group": args.group,
+                                               "prompts_per_step": args.prompts, "plan": plan, "models": rows,
+                                               "runs": [{k: v for k, v in r.items() if k != "path"} for r in runs]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
