@@ -83,7 +83,6 @@ def test_buckets_must_split_into_whole_tokens_for_the_patch_size():
 
 
 def test_a_pairs_recipe_refuses_a_model_against_itself_and_a_list_without_prompts():
-    import backend.stages  # noqa: F401  (registers the pairs kind)
     from backend.recipes import RecipeError, parse_recipe
 
     with pytest.raises(RecipeError, match="model_b"):
