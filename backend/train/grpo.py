@@ -27,7 +27,7 @@ import torch
 from backend.models.family import PromptEmbeds
 from backend.world.spec import Scene
 
-from .method import Method
+from .method import Method, SamplesPrompts
 
 
 @dataclass
@@ -59,7 +59,7 @@ def ppo_clip_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch
     return loss.mean(), ratio
 
 
-class FlowGRPO(Method):
+class FlowGRPO(SamplesPrompts, Method):
     name = "flow-grpo"
 
     def __init__(self, prompts: list[str], specs: list[Scene | None], rewards, settings: GRPOSettings, latent_hw: tuple[int, int],
@@ -84,13 +84,7 @@ class FlowGRPO(Method):
         if not self.lora and self.s.kl > 0:
             self.reference = run.add_module("reference", copy.deepcopy(run.bundle.net).requires_grad_(False), trainable=False, saved="none")
         run.add_optimizer("main", ["model"])
-        with torch.no_grad():
-            self.embeds = run.bundle.encode_prompts(self.prompts).to(torch.device("cpu"))
-
-    def _alpha(self, run) -> float:
-        h, w = self.latent_hw
-        f = run.bundle.vae_factor
-        return run.bundle.default_alpha(w * f, h * f)
+        self.encode_pool(run)
 
     def rollout(self, run, gen: torch.Generator):
         """Draw the step's groups: (prompt rows, trajectory, rewards, per-reward parts, images)."""

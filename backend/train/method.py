@@ -110,3 +110,20 @@ class ObjectivesMethod(Method):
     def load_state(self, state: dict[str, Any]) -> None:
         for obj in self.objectives:
             obj.load_state(state.get("objectives", {}).get(obj.name, {}))
+
+
+class SamplesPrompts:
+    """For methods that sample from the policy at one size (Flow-GRPO, ReFL): the prompt pool's
+    embeddings, encoded once and kept on the CPU, and the model's own shift at that size."""
+
+    prompts: list[str]
+    latent_hw: tuple[int, int]  # (h, w) of the latents
+
+    def encode_pool(self, run: Run) -> None:
+        with torch.no_grad():
+            self.embeds = run.bundle.encode_prompts(self.prompts).to(torch.device("cpu"))  # type: ignore[attr-defined]
+
+    def _alpha(self, run: Run) -> float:
+        h, w = self.latent_hw
+        f = run.bundle.vae_factor  # type: ignore[attr-defined]
+        return run.bundle.default_alpha(w * f, h * f)  # type: ignore[attr-defined]

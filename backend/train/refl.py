@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .method import Method
+from .method import Method, SamplesPrompts
 from .objectives.base import TrainContext
 from .objectives.flow import FlowMatching
 
@@ -33,7 +33,7 @@ class ReFLSettings:
     regulariser: float = 1.0  # weight of the flow loss on the project's data (0 = none)
 
 
-class ReFL(Method):
+class ReFL(SamplesPrompts, Method):
     name = "refl"
 
     def __init__(self, prompts: list[str], reward_model, settings: ReFLSettings, latent_hw: tuple[int, int], seed: int):
@@ -52,13 +52,7 @@ class ReFL(Method):
         self.reward.head.to(run.device)  # the frozen reward model scores on the run's device
         self.reward.encoder.model.to(run.device)
         self.reward.encoder.device = run.device
-        with torch.no_grad():
-            self.embeds = run.bundle.encode_prompts(self.prompts).to(torch.device("cpu"))
-
-    def _alpha(self, run) -> float:
-        h, w = self.latent_hw
-        f = run.bundle.vae_factor
-        return run.bundle.default_alpha(w * f, h * f)
+        self.encode_pool(run)
 
     def x0_estimate(self, run, gen: torch.Generator) -> tuple[torch.Tensor, list[str], int]:
         """(x0_hat with gradients through one model call only, its prompts, the step k it was taken at)."""
