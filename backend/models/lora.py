@@ -57,3 +57,34 @@ def save_lora(net: torch.nn.Module, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     getattr(net, "module", net).save_lora_adapter(str(folder), adapter_name=ADAPTER, safe_serialization=True)
     return folder / "pytorch_lora_weights.safetensors"
+
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    """A folder holding a LoRA adapter in the diffusers format (a personalization, an align run's ``lora/``)."""
+    return (Path(folder) / LORA_WEIGHTS).exists()
+
+
+def load_adapters(net: torch.nn.Module, folders: list[Path], scales: list[float] | float = 1.0) -> list[str]:
+    """Load diffusers-format adapters onto ``net`` with stock diffusers calls (``load_lora_adapter``,
+    alpha from the file's metadata) and activate them all at ``scales``; returns their adapter names.
+    Safetensors only: nothing is unpickled."""
+    names = []
+    for i, folder in enumerate(folders):
+        folder = Path(folder)
+        if not is_adapter_folder(folder):
+            raise FileNotFoundError(f"{folder} holds no LoRA adapter ({LORA_WEIGHTS} missing)")
+        name = f"adapter_{i}"
+        net.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, adapter_name=name, prefix=None, use_safetensors=True)
+        names.append(name)
+    if names:
+        set_adapter_scales(net, names, scales)
+    return names
+
+
+def set_adapter_scales(net: torch.nn.Module, names: list[str], scales: list[float] | float) -> None:
+    """Activate ``names`` with their LoRA scales (0 = the base, 1 = as trained)."""
+    weights = [float(scales)] * len(names) if isinstance(scales, (int, float)) else [float(s) for s in scales]
+    net.set_adapters(names, weights=weights)

@@ -55,9 +55,14 @@ def estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False) -> dict[
     return {"params": params, "steps": recipe.total_steps, "stages": stages, "seconds": seconds, "flops": flops}
 
 
+def model_params(info: dict[str, Any]) -> int:
+    """Parameters of a saved model from its ``signal_model.json`` (top level or its card); 0 if unknown."""
+    return int(info.get("params") or (info.get("card") or {}).get("params") or 0)
+
+
 def forward_flops(info: dict[str, Any], width: int, height: int) -> float:
     """FLOPs of one forward pass of a saved model (its ``signal_model.json``) on one image."""
-    params = int(info.get("params") or UNET_PRESETS["small"][0])
+    params = model_params(info) or UNET_PRESETS["small"][0]
     pixels = width * height
     if info.get("family") == "unet":
         # the measured preset nearest in size, scaled by parameters and pixels
@@ -99,4 +104,4 @@ def estimate_align(recipe: Any, info: dict[str, Any], cores: int = 2, gpu: bool 
     eval_passes = evals * recipe.eval_images * s.steps * (2 if s.cfg != 1.0 else 1)
     flops = (passes * recipe.steps + eval_passes) * fwd
     rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_CORE * max(1, cores)
-    return {"params": int(info.get("params") or 0), "steps": recipe.steps, "images": images, "seconds": flops / rate * 1.1, "flops": flops}
+    return {"params": model_params(info), "steps": recipe.steps, "images": images, "seconds": flops / rate * 1.1, "flops": flops}

@@ -27,6 +27,8 @@ class SampleRecipe(RecipeBase):
     sampler: SamplerSettings = Field(default_factory=SamplerSettings)
     out: str = Field("samples", description="Output folder (project-relative or absolute)")
     reward: str = Field("", description="A reward model folder to score every image with (its score goes into metadata.jsonl); empty = none")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapter folders (personalizations) to add to the model")
+    lora_scale: float = Field(1.0, ge=0.0, le=2.0, description="Scale of every LoRA adapter (0 = the base alone, 1 = as trained)")
     enhance: str = Field("", description="Prompt enhancement before sampling: '' = off; 'shapes' = the embedded ShapesWorld rewriter "
                          "(learned from the dataset's captions); or a local causal language model folder. metadata.jsonl keeps both "
                          "prompts")

@@ -8,6 +8,7 @@ the runner a worker calls. Importing this package registers them, then any plugi
 from backend.recipes import ImportRecipe, PretrainRecipe, SampleRecipe, WorldRecipe
 from backend.recipes.align import AlignRecipe
 from backend.recipes.pairs import PairsRecipe
+from backend.recipes.personalize import PersonalizeRecipe
 from backend.recipes.reward import RewardRecipe, ScoreRecipe
 
 from .registry import Stage, all_stages, get_stage, load_plugins, register_stage
@@ -41,6 +42,13 @@ register_stage(Stage(
     kind="align", title="Align", page="Align", order=40, recipe=AlignRecipe, runner="backend.stages.align:run",
     produces="a tuned model", summary="Tune a model on your ratings: Diffusion-DPO against the starting model as the reference.",
     evaluation="held-out implicit accuracy (split by prompt) as it trains, against chance 0.5",
+))
+register_stage(Stage(
+    kind="personalize", title="Personalize", page="Personalize", order=50, recipe=PersonalizeRecipe, runner="backend.stages.personalize:run",
+    produces="a personalization (LoRA adapter)", summary="Teach a model one subject from a few pictures (DreamBooth), held to its class "
+    "by prior preservation.",
+    evaluation="subject fidelity against the references, prompt fidelity in new contexts, class preservation (strict ShapesEval on the "
+    "class) and leakage, base vs personalized",
 ))
 register_stage(Stage(
     kind="score", title="Score images", page="Playground", order=91, recipe=ScoreRecipe, runner="backend.stages.score:run",

@@ -49,7 +49,7 @@ def run_sample_recipe(project: Project | None, recipe: SampleRecipe, reporter: A
     """One image per prompt and seed (each prompt enhanced first when the recipe says so)."""
     from backend.sample.enhance import enhance_prompts
 
-    bundle, what = resolve_model(project, recipe.model)
+    bundle, what = resolve_model(project, recipe.model, adapters=recipe.adapters, lora_scale=recipe.lora_scale)
     settings = _settings(recipe)
     rewrites = enhance_prompts(recipe.enhance, recipe.prompts, project, locate=lambda ref: locate(project, ref))
     if reporter is not None and recipe.enhance:

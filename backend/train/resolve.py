@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from backend.models.family import ModelBundle, is_model_folder, load_model
@@ -18,17 +19,35 @@ def locate(project: Project | None, spec: str) -> Path:
     return project.resolve(spec)
 
 
-def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True) -> tuple[ModelBundle, str]:
-    """Load ``spec``; returns the bundle and a short description of what was loaded."""
-    from backend.train.checkpoint import latest_checkpoint, load_checkpoint
+def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True, adapters: list[str] | None = None,
+                  lora_scale: float = 1.0) -> tuple[ModelBundle, str]:
+    """Load ``spec``; returns the bundle and a short description of what was loaded. A personalization
+    (an adapter folder whose ``card.json`` names its parent) loads as its parent with the adapter on;
+    ``adapters`` adds more adapter folders, every adapter at ``lora_scale``."""
+    from backend.models.lora import is_adapter_folder, load_adapters
 
     if not spec:
         raise ValueError("no model given: name a model folder, a run folder or a checkpoint")
     path = locate(project, spec)
     if not path.exists():
         raise FileNotFoundError(f"model {spec!r} not found ({path})")
+    folders = [locate(project, a) for a in adapters or []]
+    if is_adapter_folder(path) and not is_model_folder(path):
+        card_file = path / "card.json"
+        parent = json.loads(card_file.read_text()).get("parent") if card_file.exists() else None
+        if not parent:
+            raise FileNotFoundError(f"{path} holds an adapter but no card.json naming the model it was trained on")
+        bundle, what = resolve_model(project, parent, prefer_ema=prefer_ema)
+        folders.insert(0, path)
+        load_adapters(bundle.net, folders, lora_scale)
+        return bundle, f"{what} + " + ", ".join(f.name for f in folders) + (f" at scale {lora_scale:g}" if lora_scale != 1 else "")
+    if folders:
+        bundle, what = resolve_model(project, spec, prefer_ema=prefer_ema)
+        load_adapters(bundle.net, folders, lora_scale)
+        return bundle, f"{what} + " + ", ".join(f.name for f in folders) + (f" at scale {lora_scale:g}" if lora_scale != 1 else "")
     if is_model_folder(path):
         return load_model(path), f"model {path.name}"
+    from backend.train.checkpoint import latest_checkpoint, load_checkpoint
     ckpt = path if (path / "state.json").exists() else latest_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"{path} is neither a model folder nor a run with checkpoints")
