@@ -27,6 +27,7 @@ from .backend_link import BackendLink
 from .tasks import Tasks
 from .views.align_view import AlignView
 from .views.data_view import DataView
+from .views.personalize_view import PersonalizeView
 from .views.playground import Playground
 from .views.pretrain_wizard import PretrainWizard
 from .views.rate_view import RateView
@@ -36,7 +37,7 @@ from .views.start_page import StartPage
 from .widgets import heading, hint, show_error
 
 # the Studio's own views; every other page comes from the backend's stage registry (/api/stages)
-VIEWS = ("Data", "Pretrain", "Rate", "Align", "Playground", "Runs")
+VIEWS = ("Data", "Pretrain", "Rate", "Align", "Personalize", "Playground", "Runs")
 MAX_RECENT = 10
 
 
@@ -120,7 +121,10 @@ class MainWindow(QMainWindow):
         self.rate.job_started.connect(self._job_started)
         self.align = AlignView(self.link)
         self.align.job_started.connect(self._job_started)
+        self.personalize = PersonalizeView(self.link)
+        self.personalize.job_started.connect(self._job_started)
         self.views: dict[str, QWidget] = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Rate": self.rate, "Align": self.align,
+                                          "Personalize": self.personalize,
                                           "Playground": self.playground, "Runs": self.runs}
         self.page_names: list[str] = []
         self.sidebar.currentRowChanged.connect(self._stage_changed)
@@ -216,6 +220,8 @@ class MainWindow(QMainWindow):
             self.playground.reload()
         if name == "Align" and self.link.client:
             self.align.reload()
+        if name == "Personalize" and self.link.client:
+            self.personalize.reload()
         if name == "Rate" and self.link.client:
             if self.rate.current is None:
                 self.rate.reload()
@@ -327,6 +333,7 @@ class MainWindow(QMainWindow):
             self.show_stage("Runs")
 
     def _jobs_changed(self, jobs: list[dict]) -> None:
+        self.personalize.on_jobs(jobs)
         running = [j for j in jobs if j.get("state") == "running"]
         if running:
             j = running[0]
@@ -340,7 +347,7 @@ class MainWindow(QMainWindow):
         self.rate.on_event(ev)
         if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("world", "import"):
             self.data_view.reload()
-        if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") == "pretrain":
+        if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("pretrain", "align", "personalize"):
             self.playground.reload()
 
     # --- closing ----------------------------------------------------------------------------------

@@ -155,8 +155,8 @@ class SubjectEval:
         n = self.images
         inst = generate(self.bundle, [self.instance_prompt] * n, self.seeds, self.settings, net=net)
         sims = cosine_to(self.encoder.pooled(inst), self.references)
-        ctx_images = generate(self.bundle, [p for p in self.context_prompts for _ in self.seeds], self.seeds * len(self.context_prompts),
-                              self.settings, net=net) if self.context_prompts else []
+        ctx_prompts = [p for p in self.context_prompts for _ in self.seeds]
+        ctx_images = generate(self.bundle, ctx_prompts, self.seeds * len(self.context_prompts), self.settings, net=net) if ctx_prompts else []
         dets = self.detector(ctx_images) if ctx_images else []
         per_prompt: dict[str, float] = {}
         per_check: dict[str, dict[str, float]] = {}
@@ -171,9 +171,12 @@ class SubjectEval:
         eval_images = sample_pairs(self.bundle, self.class_pairs, self.settings, net) if self.class_pairs else []
         report = shapes_eval(eval_images, [p.scene for p, _ in self.class_pairs], self.detector) if eval_images else None
         leaks = [subject_found(im) for im in cls_images + eval_images]
-        self.grid = labelled_grid(inst[:8] + ctx_images + cls_images[:8], [self.instance_prompt] * min(8, n) + [p for p in self.context_prompts
-                                  for _ in range(n)] + [self.class_prompt] * min(8, n),
-                                  [subject_found(im) for im in inst[:8]] + passed + [not subject_found(im) for im in cls_images[:8]], cols=8)
+        k = min(8, n)  # the grid shows the first 8 of each prompt
+        shown_ctx = [i for j in range(len(self.context_prompts)) for i in range(j * n, j * n + k)]
+        self.grid = labelled_grid(inst[:k] + [ctx_images[i] for i in shown_ctx] + cls_images[:k],
+                                  [self.instance_prompt] * k + [ctx_prompts[i] for i in shown_ctx] + [self.class_prompt] * k,
+                                  [subject_found(im) for im in inst[:k]] + [passed[i] for i in shown_ctx]
+                                  + [not subject_found(im) for im in cls_images[:k]], cols=8)
         strict = report.overall if report is not None else float("nan")
         self.last = SubjectReport(
             fidelity=float(sims.mean()), fidelity_sd=float(sims.std()) if n > 1 else 0.0, shown=float(np.mean([subject_found(im) for im in inst])),

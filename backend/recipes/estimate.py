@@ -105,3 +105,25 @@ def estimate_align(recipe: Any, info: dict[str, Any], cores: int = 2, gpu: bool 
     flops = (passes * recipe.steps + eval_passes) * fwd
     rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_CORE * max(1, cores)
     return {"params": model_params(info), "steps": recipe.steps, "images": images, "seconds": flops / rate * 1.1, "flops": flops}
+
+
+def estimate_personalize(recipe: Any, info: dict[str, Any], cores: int = 2, gpu: bool = False) -> dict[str, Any]:
+    """Network passes of a personalization and their duration: the class images (guided sampling,
+    drawn once then cached), the training steps (subject batch, plus the class batch or the frozen
+    base's forward), the base and final measurements (instance, context and class prompts, and the
+    class's eval prompts) and the previews."""
+    s = recipe.sampler
+    fwd = forward_flops(info, s.width, s.height)
+    guided = 2 if s.cfg != 1.0 else 1
+    prior = recipe.prior.mode
+    class_passes = recipe.prior.class_images * s.steps * guided if prior == "class_images" else 0
+    per_step = recipe.batch_size * (3 + (3 if prior == "class_images" else 4 if prior == "frozen" else 0))
+    prompts = len([p for p in recipe.context_prompts if "{token}" in p]) + 2  # context, instance and class prompts
+    measures = 1 + recipe.steps // recipe.eval_every + (1 if recipe.steps % recipe.eval_every else 0)  # the base, every evaluation, the end
+    eval_passes = measures * (recipe.eval_images * prompts + recipe.class_eval_images) * s.steps * guided
+    previews = (recipe.steps // recipe.sample_every if recipe.sample_every else 0) * len(recipe.context_prompts) * len(recipe.preview_seeds)
+    flops = (class_passes + per_step * recipe.steps + eval_passes + previews * s.steps * guided) * fwd
+    rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_CORE * max(1, cores)
+    images = recipe.steps * recipe.batch_size * (2 if prior == "class_images" else 1)
+    return {"params": model_params(info), "steps": recipe.steps, "images": images, "seconds": flops / rate * 1.1, "flops": flops,
+            "class_images": recipe.prior.class_images if prior == "class_images" else 0}

@@ -57,6 +57,8 @@ class PersonalizeRecipe(RecipeBase):
     sample_every: int = Field(50, ge=0, description="Previews every N steps (0 = none)")
     eval_every: int = Field(100, ge=1, description="Subject fidelity and leakage every N steps")
     eval_images: int = Field(16, ge=1, le=4096, description="Images per prompt for the fidelity figures")
+    class_eval_images: int = Field(64, ge=0, le=4096, description="Strict ShapesEval images on the eval prompts naming the class "
+                                   "(class preservation, base vs personalized); 0 = none")
     fused: bool = Field(False, description="Also save a whole model with the adapter merged in (loads without peft)")
     sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(steps=20, cfg=3.0, width=64, height=64),
                                      description="Size the subject trains at, and how class images, previews and evaluations are drawn")

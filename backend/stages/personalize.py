@@ -108,7 +108,8 @@ def run(project: Project, recipe: PersonalizeRecipe, run_dir: Path, reporter: An
                  f"{recipe.prior.mode}" + (f" x {recipe.prior.weight:g}" if recipe.prior.mode != "none" else ""))
     settings = SampleSettings(width=s.width, height=s.height, steps=s.steps, cfg=s.cfg, alpha=s.shift)
     evaluate = SubjectEval(bundle, settings, references, instance_prompt, [recipe.fill(p) for p in recipe.context_prompts], class_prompt,
-                           recipe.token, recipe.class_noun, recipe.eval_images, seed=5000 + recipe.seed)
+                           recipe.token, recipe.class_noun, recipe.eval_images, class_eval_images=recipe.class_eval_images,
+                           seed=5000 + recipe.seed)
     base_file = run_dir / "base_report.json"
     if resume and base_file.exists():
         base = json.loads(base_file.read_text())

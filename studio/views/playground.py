@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,9 +21,12 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
+    QSlider,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -78,6 +82,21 @@ class Playground(QWidget):
         self.scorer.setToolTip("Score every image with a reward model: the shipped prior, or one trained on your ratings (Rate page)")
         self.scorer.addItem("— no reward column —", "")
         form.addRow("Score with", self.scorer)
+        self.adapters = QListWidget()
+        self.adapters.setMaximumHeight(70)
+        self.adapters.setToolTip("Personalizations (LoRA adapters) to add to Model; several can be on at once.\n"
+                                 "A personalization picked as Model carries its own adapter already.")
+        form.addRow("Adapters on Model", self.adapters)
+        scale_row = QHBoxLayout()
+        self.lora_scale = QSlider(Qt.Horizontal)
+        self.lora_scale.setRange(0, 100)
+        self.lora_scale.setValue(100)
+        self.lora_scale.setToolTip("How strongly Model's adapters act: 0 = the base alone, 1 = as trained")
+        self.lora_scale_label = QLabel("1.00")
+        self.lora_scale.valueChanged.connect(lambda v: self.lora_scale_label.setText(f"{v / 100:.2f}"))
+        scale_row.addWidget(self.lora_scale, 1)
+        scale_row.addWidget(self.lora_scale_label)
+        form.addRow("LoRA scale", scale_row)
         self.enhance = QCheckBox("Enhance prompts")
         self.enhance.setToolTip("Rewrite each prompt into the caption style the model was trained on before sampling (the embedded\n"
                                 "ShapesWorld rewriter: every stated attribute kept, unstated sizes and colours filled from the\n"
@@ -157,6 +176,17 @@ class Playground(QWidget):
             acc = (card.get("heldout") or {}).get("accuracy") or (card.get("zero_shot") or {}).get("accuracy")
             self.scorer.addItem(f"reward #{m['id']} {m['name']}" + (f" · accuracy {acc:.2f}" if acc is not None else ""), m["path"])
         self.scorer.setCurrentIndex(max(0, self.scorer.findData(current)))
+        self.personalized = {m["path"] for m in models if m.get("kind") == "personalized"}
+        checked = set(self.checked_adapters())
+        self.adapters.clear()
+        for m in reversed([m for m in models if m.get("kind") == "personalized" and (m.get("card") or {}).get("lora")]):
+            card = m["card"]
+            item = QListWidgetItem(f"#{m['id']} {m['name']} · '{card.get('instance_prompt', '')}'")
+            item.setData(Qt.UserRole, m["path"])
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if m["path"] in checked else Qt.Unchecked)
+            item.setToolTip(f"on {card.get('parent')}; subject fidelity {(card.get('subject_eval') or {}).get('fidelity', float('nan')):.2f}")
+            self.adapters.addItem(item)
         self.model_a.fill(models, jobs)
         self.model_b.fill(models, jobs)
         if self.model_b.count() > 1 and self.model_b.currentIndex() == 0:
@@ -173,6 +203,22 @@ class Playground(QWidget):
             if self.size.findText(size) < 0:
                 self.size.addItem(size)
             self.size.setCurrentText(size)
+
+    def checked_adapters(self) -> list[str]:
+        return [self.adapters.item(i).data(Qt.UserRole) for i in range(self.adapters.count())
+                if self.adapters.item(i).checkState() == Qt.Checked]
+
+    def _lora_lines(self, key: str, model: str) -> tuple[str, str]:
+        """Recipe lines for column ``key``'s adapters and scale, and the words for its title."""
+        if key != "A":
+            return "", ""
+        extra = [a for a in self.checked_adapters() if a != model]
+        if not extra and model not in getattr(self, "personalized", set()):
+            return "", ""
+        scale = self.lora_scale.value() / 100
+        lines = (f"adapters = {json.dumps(extra)}\n" if extra else "") + f"lora_scale = {scale}\n"
+        words = (" + " + ", ".join(Path(a).name for a in extra) if extra else "") + f" · LoRA scale {scale:.2f}"
+        return lines, words
 
     def _seeds(self) -> list[int]:
         return [int(s) for s in self.seeds.text().replace(",", " ").split() if s.strip().lstrip("-").isdigit()] or [0]
@@ -197,11 +243,12 @@ class Playground(QWidget):
             shift = f"shift = {self.shift.value()}\n" if self.shift.value() > 0 else ""
             reward = f"reward = {json.dumps(self.scorer.currentData())}\n" if self.scorer.currentData() else ""
             enhance = 'enhance = "shapes"\n' if self.enhance.isChecked() else ""
+            lora, lora_words = self._lora_lines(key, box.currentData())
             recipe = (f'kind = "sample"\nmodel = {json.dumps(box.currentData())}\nprompts = {json.dumps(prompts)}\nseeds = {json.dumps(seeds)}\n'
-                      f'out = "{out}"\n{reward}{enhance}[sampler]\nsteps = {self.steps.value()}\ncfg = {self.cfg.value()}\nwidth = {w}\nheight = {h}\n{shift}')
+                      f'out = "{out}"\n{reward}{enhance}{lora}[sampler]\nsteps = {self.steps.value()}\ncfg = {self.cfg.value()}\nwidth = {w}\nheight = {h}\n{shift}')
             names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(sd for _ in prompts for sd in seeds)]
             labels = [f"{p} · seed {sd}" for p in prompts for sd in seeds]
-            self.titles[key].setText(f"<b>{key}</b>: {box.currentText()}")
+            self.titles[key].setText(f"<b>{key}</b>: {box.currentText()}{lora_words}")
             self.grids[key].reset(labels)
 
             def started(job: dict, key=key, out=out, names=names, labels=labels, scored=bool(reward), enhanced=bool(enhance),

@@ -34,8 +34,10 @@ LIVE = ("queued", "running")
 
 # a method's own curves (see ``_draw_accuracy``); anything ending in "accuracy" joins the upper plot too
 UPPER_KEYS = {"grpo/reward_mean": "rollout reward", "grpo/advantage_collapse": "advantage collapse", "grpo/clip_fraction": "clipped share",
-              "shapes_eval/overall": "strict ShapesEval"}
-LOWER_KEYS = {"grpo/kl": "KL to reference", "dpo/reward_margin": "DPO reward margin"}
+              "shapes_eval/overall": "strict ShapesEval", "subject/fidelity": "subject fidelity", "subject/shown": "subject shown",
+              "subject/context": "context prompts", "subject/class_strict": "class strict", "subject/leakage": "subject leakage"}
+LOWER_KEYS = {"grpo/kl": "KL to reference", "dpo/reward_margin": "DPO reward margin", "dreambooth/instance_loss": "subject loss",
+              "dreambooth/prior_loss": "prior loss"}
 CURVE_NAMES = {**UPPER_KEYS, **LOWER_KEYS}
 
 
@@ -175,9 +177,9 @@ class RunsView(QWidget):
         # below them the unbounded ones (KL to the reference, DPO's reward margin)
         method = QWidget()
         ml = QVBoxLayout(method)
-        self.acc_plot = themed_plot("Accuracy, reward, strict ShapesEval", "value", "step")
+        self.acc_plot = themed_plot("Scores: accuracy, reward, ShapesEval, subject", "value", "step")
         self.acc_plot.addLegend(offset=(10, 10))
-        self.kl_plot = themed_plot("KL to the reference, reward margin", "value", "step")
+        self.kl_plot = themed_plot("KL, reward margin, the method's own losses", "value", "step")
         self.kl_plot.addLegend(offset=(10, 10))
         ml.addWidget(self.acc_plot, 3)
         ml.addWidget(self.kl_plot, 2)
@@ -446,7 +448,7 @@ class RunsView(QWidget):
         if latest != self.shown_step:
             self.shown_step = latest
             self.requested = set()
-            self.preview_label.setText(f"Preview at step {latest} (EMA weights, fixed prompts and seeds)")
+            self.preview_label.setText(f"Preview at step {latest} (the weights it samples with: EMA when on; fixed prompts and seeds)")
         self.grid.ensure(len(shown))
         for tile, s in zip(self.grid.tiles, shown):
             tile.set_caption(f"{s['prompt']} · seed {s['seed']}")
