@@ -31,29 +31,25 @@ def captioned(n: int, seed: int, shift: float) -> CaptionedLatents:
 INSTANCE, CLASS = captioned(5, 1, 1.0), captioned(16, 2, -1.0)
 
 
-def class_error(bundle, net) -> float:
-    """Flow error on the class images for the class prompt, at fixed draws."""
-    gen = torch.Generator().manual_seed(9)
-    x0 = CLASS.latents
+def flow_error(bundle, net, data: CaptionedLatents, seed: int) -> float:
+    """Flow error on ``data`` for its caption, at fixed draws."""
+    gen = torch.Generator().manual_seed(seed)
+    x0 = data.latents
     n = x0.shape[0]
     t = torch.rand(n, generator=gen).clamp(0.05, 0.95)
     eps = torch.randn(x0.shape, generator=gen)
-    p = CLASS.prompt
+    p = data.prompt
     prompt = PromptEmbeds(p.states.expand(n, -1, -1), p.pooled.expand(n, -1), p.lengths.expand(n))
     with torch.no_grad():
         return float(flow_errors(bundle, net, x0, eps, t, prompt).mean())
+
+
+def class_error(bundle, net) -> float:
+    return flow_error(bundle, net, CLASS, 9)
 
 
 def instance_error(bundle, net) -> float:
-    gen = torch.Generator().manual_seed(10)
-    x0 = INSTANCE.latents
-    n = x0.shape[0]
-    t = torch.rand(n, generator=gen).clamp(0.05, 0.95)
-    eps = torch.randn(x0.shape, generator=gen)
-    p = INSTANCE.prompt
-    prompt = PromptEmbeds(p.states.expand(n, -1, -1), p.pooled.expand(n, -1), p.lengths.expand(n))
-    with torch.no_grad():
-        return float(flow_errors(bundle, net, x0, eps, t, prompt).mean())
+    return flow_error(bundle, net, INSTANCE, 10)
 
 
 def tuned(tmp: Path, prior: str, steps: int = 40) -> Trainer:

@@ -22,7 +22,7 @@ from backend.store import Project
 from backend.train.resolve import resolve_model
 from backend.world.export import export_world, subject_folder
 
-SMALL = {"steps": 4, "batch_size": 2, "eval_every": 4, "eval_images": 2, "sample_every": 2, "preview_seeds": [0],
+SMALL = {"steps": 4, "batch_size": 2, "eval_every": 4, "eval_images": 2, "class_eval_images": 4, "sample_every": 2, "preview_seeds": [0],
          "prior": {"mode": "class_images", "class_images": 3}, "lora": {"rank": 4, "alpha": 8}}
 
 
@@ -84,6 +84,9 @@ def test_a_personalize_job_saves_an_adapter_that_stock_diffusers_loads(project_w
         assert torch.allclose(velocities(fused.net, fused), v_ours, atol=1e-4)
         at_zero, _ = resolve_model(project, "models/sks", lora_scale=0.0)
         assert torch.allclose(velocities(at_zero.net, at_zero), v_base, atol=1e-5)
+        merged, _ = resolve_model(project, "models/sks", merge=True)  # what a stage training on top starts from
+        assert not any("lora_" in n for n, _ in merged.net.named_parameters())
+        assert torch.allclose(velocities(merged.net, merged), v_ours, atol=1e-4)
 
         jid2 = create_job(project, PersonalizeRecipe(name="sks-2", **SMALL))
         again = execute_job(project, jid2, echo=False)

@@ -33,7 +33,7 @@ def test_personalize_page_to_run_to_scaled_comparison(qtbot, tmp_path: Path):
         pz = w.personalize
         qtbot.waitUntil(lambda: pz.strip.count() == 5 and "no problems" in pz.problems.text(), timeout=60_000)
         qtbot.waitUntil(lambda: "minute" in pz.estimate.text() and "100 class images" in pz.estimate.text(), timeout=60_000)
-        assert "'a sks circle'" in pz.caption.text() and "prior" in pz.prior_about.text().lower()
+        assert "'a sks circle'" in pz.caption.text() and "every circle is your subject" in pz.prior_about.text()
 
         # two pictures dropped into a new dataset: imported by a job, then flagged as too few
         pz.dataset.setCurrentText("mine")

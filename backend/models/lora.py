@@ -88,3 +88,10 @@ def set_adapter_scales(net: torch.nn.Module, names: list[str], scales: list[floa
     """Activate ``names`` with their LoRA scales (0 = the base, 1 = as trained)."""
     weights = [float(scales)] * len(names) if isinstance(scales, (int, float)) else [float(s) for s in scales]
     net.set_adapters(names, weights=weights)
+
+
+def merge_adapters(net: torch.nn.Module) -> torch.nn.Module:
+    """Fold every loaded adapter into the weights at its current scale and remove the adapter layers."""
+    net.fuse_lora()
+    net.unload_lora()
+    return net

@@ -54,8 +54,16 @@ class PromptEmbeds:
 
     @staticmethod
     def cat(parts: list[PromptEmbeds]) -> PromptEmbeds:
-        lengths = None if any(p.lengths is None for p in parts) else torch.cat([p.lengths for p in parts])
-        return PromptEmbeds(torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]), lengths)
+        """Rows of several embeddings in one; sequences of different lengths are padded with zeros
+        that the key mask hides (a part without lengths counts every token of its own as real)."""
+        longest = max(p.states.shape[1] for p in parts)
+        if all(p.states.shape[1] == longest for p in parts):
+            lengths = None if any(p.lengths is None for p in parts) else torch.cat([p.lengths for p in parts])
+            return PromptEmbeds(torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]), lengths)
+        states = [torch.nn.functional.pad(p.states, (0, 0, 0, longest - p.states.shape[1])) for p in parts]
+        lengths = torch.cat([p.lengths.to(torch.long) if p.lengths is not None
+                             else torch.full((p.states.shape[0],), p.states.shape[1], dtype=torch.long) for p in parts])
+        return PromptEmbeds(torch.cat(states), torch.cat([p.pooled for p in parts]), lengths)
 
 
 class Family:

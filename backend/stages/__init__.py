@@ -7,6 +7,7 @@ the runner a worker calls. Importing this package registers them, then any plugi
 
 from backend.recipes import ImportRecipe, PretrainRecipe, SampleRecipe, WorldRecipe
 from backend.recipes.align import AlignRecipe
+from backend.recipes.distill import DistillRecipe
 from backend.recipes.pairs import PairsRecipe
 from backend.recipes.personalize import PersonalizeRecipe
 from backend.recipes.reward import RewardRecipe, ScoreRecipe
@@ -49,6 +50,11 @@ register_stage(Stage(
     "by prior preservation.",
     evaluation="subject fidelity against the references, prompt fidelity in new contexts, class preservation (strict ShapesEval on the "
     "class) and leakage, base vs personalized",
+))
+register_stage(Stage(
+    kind="distill", title="Distill", page="Distill", order=60, recipe=DistillRecipe, runner="backend.stages.distill:run",
+    produces="a few-step student model", summary="Distill a teacher into a student that samples in a few steps (progressive distillation).",
+    evaluation="strict ShapesEval of the student at its steps and the per-image latency of student and teacher",
 ))
 register_stage(Stage(
     kind="score", title="Score images", page="Playground", order=91, recipe=ScoreRecipe, runner="backend.stages.score:run",

@@ -104,20 +104,11 @@ def grpo_method(recipe: AlignRecipe, project: Project, bundle, lora: bool) -> tu
 
 
 def dataset_batches(project: Project, recipe: AlignRecipe, bundle, steps: int, log) -> Any:
-    """The loop's batches from a dataset view at the recipe's size: pretraining's own data path
-    (cached latents and text states), as a one-stage curriculum."""
-    from backend.data.view import load_view
-    from backend.recipes.pretrain import PretrainRecipe
-    from backend.train.curriculum import CurriculumData
+    """The loop's batches from the recipe's dataset view at its size (pretraining's own data path)."""
+    from backend.train.curriculum import view_batches
 
     d, s = recipe.data, recipe.sampler
-    shift = bundle.info.get("shift") or {}  # the model's own resolution shift, not pretraining's default
-    pre = PretrainRecipe(data={"dataset": d.dataset, "view": d.view}, curriculum=[{"steps": max(1, steps), "buckets": [[s.width, s.height]]}],
-                         optim={"batch_size": d.batch_size, "seed": recipe.seed}, **({"allocation": {"shift": shift}} if shift else {}))
-    items = load_view(project, d.dataset, d.view)
-    if not items:
-        raise ValueError(f"dataset {d.dataset!r} has no items in view {d.view!r}")
-    return CurriculumData(project, pre, bundle, items, log=log)
+    return view_batches(project, bundle, d.dataset, d.view, (s.width, s.height), d.batch_size, recipe.seed, steps, log)
 
 
 def refl_method(recipe: AlignRecipe, project: Project, bundle) -> tuple[Any, dict[str, Any]]:
@@ -145,7 +136,7 @@ def run(project: Project, recipe: AlignRecipe, run_dir: Path, reporter: Any, res
     from backend.train.resolve import resolve_model
 
     torch.manual_seed(recipe.seed)
-    bundle, what = resolve_model(project, recipe.model)
+    bundle, what = resolve_model(project, recipe.model, merge=True)
     lora = recipe.lora_rank > 0
     if lora:
         from backend.models.lora import add_lora
@@ -207,12 +198,11 @@ def save_tuned(project: Project, recipe: AlignRecipe, bundle, trainer, method, i
 
     net = trainer.sampling_model
     if lora:  # a whole model a user can load anywhere, plus the adapter alone in the diffusers LoRA format
-        from backend.models.lora import save_lora
+        from backend.models.lora import merge_adapters, save_lora
 
         adapter_net = net
         net = copy.deepcopy(getattr(net, "module", net))
-        net.fuse_lora()
-        net.unload_lora()
+        merge_adapters(net)
     prefix = recipe.method
     name = recipe.name or f"{prefix}-{getattr(reporter, 'job_id', 0)}"
     parent = project.db.execute("SELECT id FROM models WHERE path = ?", [recipe.model.rstrip("/")]).fetchone()

@@ -100,7 +100,7 @@ def run(project: Project, recipe: PersonalizeRecipe, run_dir: Path, reporter: An
     s = recipe.sampler
     if s.width != s.height:
         raise ValueError("personalize trains at a square size for now: set sampler.width = sampler.height")
-    bundle, what = resolve_model(project, recipe.model)
+    bundle, what = resolve_model(project, recipe.model, merge=True)
     references = subject_images(project, recipe)
     instance_prompt = recipe.fill(recipe.instance_prompt)
     class_prompt = recipe.fill(recipe.prior.class_prompt)
@@ -153,7 +153,7 @@ def save_personalized(project: Project, recipe: PersonalizeRecipe, bundle, train
     a full fine-tune as a whole model folder."""
     import copy
 
-    from backend.models.lora import save_lora
+    from backend.models.lora import merge_adapters, save_lora
 
     report = evaluate.last.to_json() if evaluate.last is not None else None
     name = recipe.name or f"{recipe.token}-{recipe.class_noun}-{getattr(reporter, 'job_id', 0)}"
@@ -177,8 +177,7 @@ def save_personalized(project: Project, recipe: PersonalizeRecipe, bundle, train
         card["adapter_bytes"] = weights.stat().st_size
         if recipe.fused:
             fused = copy.deepcopy(getattr(net, "module", net))
-            fused.fuse_lora()
-            fused.unload_lora()
+            merge_adapters(fused)
             bundle.save(tmp / "fused", net=fused, extra={"card": {**card, "kind": "personalized-fused"}})
         (tmp / "card.json").write_text(json.dumps(card, indent=2))
         if folder.exists():

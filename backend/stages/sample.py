@@ -4,6 +4,7 @@ prompt set (the CLI's ``sample`` and the Playground's jobs)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,19 @@ def run_sample_recipe(project: Project | None, recipe: SampleRecipe, reporter: A
     prompts = [r.prompt for r in rewrites for _ in recipe.seeds]
     used = [r.enhanced for r in rewrites for _ in recipe.seeds]
     seeds = [sd for _ in recipe.prompts for sd in recipe.seeds]
+    t0 = time.perf_counter()
     images = generate(bundle, used, seeds, settings)
+    per_image = (time.perf_counter() - t0) / max(1, len(images))
     out = locate(project, recipe.out)
     names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(seeds)]
     rewards = score_with(project, recipe.reward, images, used) if recipe.reward else None
-    info = {"model": what, "settings": settings.__dict__, **({"reward_model": recipe.reward} if recipe.reward else {})}
+    info = {"model": what, "settings": settings.__dict__, "s_per_image": round(per_image, 5),
+            **({"reward_model": recipe.reward} if recipe.reward else {})}
     enhanced = [{"enhanced": u, "enhancer": recipe.enhance} for u in used] if recipe.enhance else None
     write_images(out, images, prompts, seeds, names, info, rewards=rewards, extra=enhanced)
     if reporter is not None:
         reporter.progress(len(images), len(images))
-    return {"state": "done", "model": what, "images": len(images), "out": str(out), **({"rewards": rewards} if rewards else {}),
+    return {"state": "done", "model": what, "images": len(images), "out": str(out), "s_per_image": round(per_image, 5), **({"rewards": rewards} if rewards else {}),
             **({"enhanced": [{"prompt": r.prompt, "enhanced": r.enhanced, "note": r.note} for r in rewrites]} if recipe.enhance else {})}
 
 

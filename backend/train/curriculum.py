@@ -221,3 +221,19 @@ class CurriculumData:
         if bucket.repa is not None:
             extras["repa_features"] = bucket.repa[idx].float()
         return Batch(bucket.latents[idx].clone(), PromptEmbeds(states, pooled, lengths), bucket.size[0], bucket.size[1], bucket.alpha, gen, extras)
+
+
+def view_batches(project: Project, bundle: ModelBundle, dataset: str, view: str, size: tuple[int, int], batch_size: int, seed: int,
+                 steps: int, log=print) -> CurriculumData:
+    """The loop's batches from a dataset view at one size, through pretraining's own data path (cached
+    latents and text states, the model's own resolution shift), as a one-stage curriculum: what the
+    later stages that train on data (SFT, ReFL's regulariser, distillation) read."""
+    from backend.data.view import load_view
+
+    shift = bundle.info.get("shift") or {}  # the model's own resolution shift, not pretraining's default
+    pre = PretrainRecipe(data={"dataset": dataset, "view": view}, curriculum=[{"steps": max(1, steps), "buckets": [list(size)]}],
+                         optim={"batch_size": batch_size, "seed": seed}, **({"allocation": {"shift": shift}} if shift else {}))
+    items = load_view(project, dataset, view)
+    if not items:
+        raise ValueError(f"dataset {dataset!r} has no items in view {view!r}")
+    return CurriculumData(project, pre, bundle, items, log=log)

@@ -20,11 +20,13 @@ def locate(project: Project | None, spec: str) -> Path:
 
 
 def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True, adapters: list[str] | None = None,
-                  lora_scale: float = 1.0) -> tuple[ModelBundle, str]:
+                  lora_scale: float = 1.0, merge: bool = False) -> tuple[ModelBundle, str]:
     """Load ``spec``; returns the bundle and a short description of what was loaded. A personalization
     (an adapter folder whose ``card.json`` names its parent) loads as its parent with the adapter on;
-    ``adapters`` adds more adapter folders, every adapter at ``lora_scale``."""
-    from backend.models.lora import is_adapter_folder, load_adapters
+    ``adapters`` adds more adapter folders, every adapter at ``lora_scale``. ``merge`` folds loaded
+    adapters into the weights (for stages that train on top: their own LoRA and its switched-off
+    reference then start from the personalized model, not from its parent)."""
+    from backend.models.lora import is_adapter_folder, load_adapters, merge_adapters
 
     if not spec:
         raise ValueError("no model given: name a model folder, a run folder or a checkpoint")
@@ -40,10 +42,14 @@ def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True
         bundle, what = resolve_model(project, parent, prefer_ema=prefer_ema)
         folders.insert(0, path)
         load_adapters(bundle.net, folders, lora_scale)
+        if merge:
+            merge_adapters(bundle.net)
         return bundle, f"{what} + " + ", ".join(f.name for f in folders) + (f" at scale {lora_scale:g}" if lora_scale != 1 else "")
     if folders:
         bundle, what = resolve_model(project, spec, prefer_ema=prefer_ema)
         load_adapters(bundle.net, folders, lora_scale)
+        if merge:
+            merge_adapters(bundle.net)
         return bundle, f"{what} + " + ", ".join(f.name for f in folders) + (f" at scale {lora_scale:g}" if lora_scale != 1 else "")
     if is_model_folder(path):
         return load_model(path), f"model {path.name}"

@@ -33,8 +33,9 @@ from PySide6.QtWidgets import (
 )
 
 from ..recipe_schema import RecipeSchema
-from ..widgets import heading, hint, show_error
+from ..widgets import heading, hint
 from .pretrain_wizard import ispin, spin
+from .recipe_form import RecipeForm
 
 METHODS = {
     "grpo": ("Flow-GRPO — reward tuning",
@@ -61,7 +62,7 @@ REWARDS = [("rule", "the detector rule: share of the prompt's promises kept (1 =
            ("strict", "the detector rule, all or nothing (1 on a strict pass)")]
 
 
-class AlignView(QWidget):
+class AlignView(RecipeForm, QWidget):
     job_started = Signal(object)
 
     def __init__(self, link, parent: QWidget | None = None):
@@ -270,35 +271,10 @@ class AlignView(QWidget):
             where[key] = box.value()
         return r
 
-    def review(self, then=None) -> None:
-        if self.recipe is None:
-            return
-
-        def rendered(text: str) -> None:
-            self.text = text
-            self.recipe_text.setPlainText(text)
-            self.link.call("estimate_recipe", text, done=self._show_estimate, failed=lambda e, d: self.estimate.setText(f"no estimate: {e}"))
-            if then:
-                then(text)
-
-        def failed(exc, details) -> None:
-            detail = getattr(exc, "detail", None)
-            issues = detail.get("issues", []) if isinstance(detail, dict) else []
-            self.estimate.setText("the recipe has problems: " + ("; ".join(f"{i['path']}: {i['reason']}" for i in issues) or str(exc)))
-            if then:
-                show_error(self, "The recipe has problems.", self.estimate.text(), "Correct the fields named above.", details)
-
-        self.link.call("render_recipe", self.collect(), done=rendered, failed=failed)
-
     def _show_estimate(self, est: dict) -> None:
         minutes = est["seconds"] / 60
         self.estimate.setText(f"{est['params'] / 1e6:.2f}M parameters · {est['steps']} steps · {est['images']} images through the model · "
                               f"about {minutes:.0f} minute{'s' if round(minutes) != 1 else ''} on this machine")
 
     def start(self) -> None:
-        def go(text: str) -> None:
-            name = self.name.text().strip() or f"align {self.method()}"
-            self.link.call("create_job", text, name, done=self.job_started.emit,
-                           failed=lambda e, d: show_error(self, "The run did not start.", str(e), details=d))
-
-        self.review(then=go)
+        self.submit(self.name.text().strip() or f"align {self.method()}")

@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 from ..recipe_schema import RecipeSchema
 from ..widgets import alive, heading, hint, pixmap_from_bytes, show_error
 from .pretrain_wizard import ispin, spin
+from .recipe_form import RecipeForm
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 PRIOR_ABOUT = ("Keeps '{class_prompt}' as the base draws it: without it, a few pictures captioned 'a {token} {cls}' teach the "
@@ -94,7 +95,7 @@ class DropStrip(QListWidget):
             event.acceptProposedAction()
 
 
-class PersonalizeView(QWidget):
+class PersonalizeView(RecipeForm, QWidget):
     job_started = Signal(object)
 
     def __init__(self, link, parent: QWidget | None = None):
@@ -354,26 +355,6 @@ class PersonalizeView(QWidget):
             where[key] = box.value()
         return r
 
-    def review(self, then=None) -> None:
-        if self.recipe is None:
-            return
-
-        def rendered(text: str) -> None:
-            self.text = text
-            self.recipe_text.setPlainText(text)
-            self.link.call("estimate_recipe", text, done=self._show_estimate, failed=lambda e, d: self.estimate.setText(f"no estimate: {e}"))
-            if then:
-                then(text)
-
-        def failed(exc, details) -> None:
-            detail = getattr(exc, "detail", None)
-            issues = detail.get("issues", []) if isinstance(detail, dict) else []
-            self.estimate.setText("the recipe has problems: " + ("; ".join(f"{i['path']}: {i['reason']}" for i in issues) or str(exc)))
-            if then:
-                show_error(self, "The recipe has problems.", self.estimate.text(), "Correct the fields named above.", details)
-
-        self.link.call("render_recipe", self.collect(), done=rendered, failed=failed)
-
     def _show_estimate(self, est: dict) -> None:
         minutes = est["seconds"] / 60
         rank = self.knobs["lora.rank"].value() if "lora.rank" in self.knobs else 0
@@ -387,10 +368,4 @@ class PersonalizeView(QWidget):
         if len(self.items) < 3:
             show_error(self, "Not enough pictures of the subject.", problems[0] if problems else "", "Add 3-5 pictures first.")
             return
-
-        def go(text: str) -> None:
-            name = self.name.text().strip() or f"personalize {self.token.text().strip() or 'sks'}"
-            self.link.call("create_job", text, name, done=self.job_started.emit,
-                           failed=lambda e, d: show_error(self, "The run did not start.", str(e), details=d))
-
-        self.review(then=go)
+        self.submit(self.name.text().strip() or f"personalize {self.token.text().strip() or 'sks'}")

@@ -39,12 +39,14 @@ class ModelPicker(QComboBox):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.sizes: dict[str, str] = {}  # model or run path -> "WxH" it was trained at (card or recipe)
+        self.samplers: dict[str, dict] = {}  # model path -> the sampler its card asks for (a distilled student's steps and cfg)
 
     def fill(self, models: list[dict], jobs: list[dict]) -> None:
         current = self.currentData()
         self.clear()
         # before the items: adding the first one already selects it and signals the change
         self.sizes = {m["path"]: "{}x{}".format(*m["card"]["size"]) for m in models if (m.get("card") or {}).get("size")}
+        self.samplers = {m["path"]: m["card"]["sampler"] for m in models if m.get("kind") == "distilled" and (m.get("card") or {}).get("sampler")}
         self.sizes.update({j["run_dir"]: "{}x{}".format(*j["size"]) for j in jobs if j.get("run_dir") and j.get("size")})
         for m in reversed([m for m in models if m.get("kind") != "reward"]):  # reward models score images, they do not draw them
             se = (m.get("card") or {}).get("shapes_eval") or {}
@@ -66,6 +68,7 @@ class Playground(QWidget):
         self.pending: dict[int, tuple[str, str, list[str], list[str], bool, bool, int]] = {}
         self.results: dict[str, list[tuple[str, bytes]]] = {}
         self.rewards: dict[str, list[float | None]] = {}
+        self.latency: dict[str, float | None] = {}  # column -> seconds per image of its last generation (decode included)
         self.enhanced: dict[str, list[str | None]] = {}  # column -> the prompt each image was sampled from, when enhanced
         root = QHBoxLayout(self)
         left = QVBoxLayout()
@@ -244,8 +247,12 @@ class Playground(QWidget):
             reward = f"reward = {json.dumps(self.scorer.currentData())}\n" if self.scorer.currentData() else ""
             enhance = 'enhance = "shapes"\n' if self.enhance.isChecked() else ""
             lora, lora_words = self._lora_lines(key, box.currentData())
+            own = box.samplers.get(box.currentData())  # a distilled student samples at its own steps, without guidance
+            steps, cfg = (int(own["steps"]), float(own["cfg"])) if own else (self.steps.value(), self.cfg.value())
+            if own:
+                lora_words += f" · its own sampler: {steps} step{'s' if steps != 1 else ''}, cfg {cfg:g}"
             recipe = (f'kind = "sample"\nmodel = {json.dumps(box.currentData())}\nprompts = {json.dumps(prompts)}\nseeds = {json.dumps(seeds)}\n'
-                      f'out = "{out}"\n{reward}{enhance}{lora}[sampler]\nsteps = {self.steps.value()}\ncfg = {self.cfg.value()}\nwidth = {w}\nheight = {h}\n{shift}')
+                      f'out = "{out}"\n{reward}{enhance}{lora}[sampler]\nsteps = {steps}\ncfg = {cfg}\nwidth = {w}\nheight = {h}\n{shift}')
             names = [f"{i:04d}_s{sd}.png" for i, sd in enumerate(sd for _ in prompts for sd in seeds)]
             labels = [f"{p} · seed {sd}" for p in prompts for sd in seeds]
             self.titles[key].setText(f"<b>{key}</b>: {box.currentText()}{lora_words}")
@@ -278,9 +285,9 @@ class Playground(QWidget):
                         tile.set_pixmap(pixmap_from_bytes(data))
 
                 self.link.call("file", f"{out}/{name}", done=got)
-            if scored or enhanced:
-                self.link.call("file", f"{out}/metadata.jsonl",
-                               done=lambda data, key=key, labels=labels, n=per_prompt: self._captions(key, names, labels, data, n))
+            # the metadata carries the latency, and the rewards and enhanced prompts when asked for
+            self.link.call("file", f"{out}/metadata.jsonl",
+                           done=lambda data, key=key, labels=labels, n=per_prompt: self._captions(key, names, labels, data, n))
             self.status.setText(f"Done: {len(names)} image(s) in {out}")
         if not self.pending:
             self.generate_btn.setEnabled(True)
@@ -293,6 +300,10 @@ class Playground(QWidget):
             rec = json.loads(line)
             records[rec["file"]] = rec
         scores = {n: r["reward"] for n, r in records.items() if "reward" in r}
+        per_image = next((r["s_per_image"] for r in records.values() if r.get("s_per_image")), None)
+        if per_image and "per image" not in self.titles[key].text():
+            self.titles[key].setText(self.titles[key].text() + f" · {per_image * 1000:.0f} ms per image")
+        self.latency[key] = per_image
         self.rewards[key] = [scores.get(n) for n in names]
         self.enhanced[key] = [records.get(n, {}).get("enhanced") for n in names]
         for i, (tile, name, label) in enumerate(zip(self.grids[key].tiles, names, labels)):

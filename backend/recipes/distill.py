@@ -1,0 +1,59 @@
+"""Recipe for distilling a model into a few-step student."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .align import AlignDataSection
+from .base import RecipeBase, Section
+from .sampling import SamplerSettings
+
+
+class ProgressiveSection(Section):
+    """Progressive distillation's knobs (METHODS.md §4)."""
+
+    start_steps: int = Field(16, ge=2, le=1024, description="The first round's student steps (its teacher takes twice as many)")
+    steps_per_round: int = Field(200, ge=1, le=1_000_000, description="Training steps of each round; rounds halve the student's steps")
+
+
+class DistillRecipe(RecipeBase):
+    """Distill a teacher into a student that samples in a few steps. 'progressive': rounds in which the
+    student learns two teacher steps in one, the student becoming the next round's teacher."""
+
+    kind: Literal["distill"] = "distill"
+    method: Literal["progressive"] = Field("progressive", description="'progressive': halve the steps round by round (guidance folded "
+                                           "into the student, which then samples without it)")
+    model: str = Field("models/shapes-base", description="The teacher (and the student's starting weights)")
+    target_steps: int = Field(4, ge=1, le=64, description="The student's sampling steps")
+    progressive: ProgressiveSection = Field(default_factory=ProgressiveSection)
+    data: AlignDataSection = Field(default_factory=AlignDataSection, description="The data latents noised to the schedule's points "
+                                   "(data.source is not used)")
+    lr: float = Field(5e-5, gt=0, le=1, description="Peak learning rate (AdamW)")
+    eval_every: int = Field(200, ge=1, description="Strict ShapesEval of the student at its current steps every N steps")
+    eval_images: int = Field(96, ge=0, description="Strict ShapesEval images at each evaluation; 0 = none")
+    sample_every: int = Field(100, ge=0, description="Previews of the student every N steps (0 = none)")
+    seed: int = Field(0, ge=0)
+    sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(steps=20, cfg=3.0, width=64, height=64),
+                                     description="The teacher's sampler (its guidance is folded into the student) and the training size")
+
+    @model_validator(mode="after")
+    def _halving(self) -> DistillRecipe:
+        n = self.progressive.start_steps
+        while n > self.target_steps:
+            if n % 2:
+                raise ValueError(f"progressive.start_steps {self.progressive.start_steps} does not halve down to target_steps "
+                                 f"{self.target_steps}: use a power-of-two multiple of it (e.g. {self.target_steps * 4})")
+            n //= 2
+        if n != self.target_steps:
+            raise ValueError(f"progressive.start_steps {self.progressive.start_steps} must be target_steps x 2^k")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        n, rounds = self.progressive.start_steps, 1
+        while n > self.target_steps:
+            n //= 2
+            rounds += 1
+        return rounds * self.progressive.steps_per_round
