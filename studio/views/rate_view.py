@@ -121,7 +121,7 @@ class RateView(QWidget):
         self.link = link
         self.settings = settings or QSettings("SignalStudio", "Studio")
         self.queue: deque[dict] = deque()  # pairs with their pixmaps, ready to show
-        self.loading: dict[int, dict] = {}  # pairs whose images are on the way
+        self.loading: dict[int, dict] = {}  # pairs whose images are on the way, in the order the backend queued them
         self.current: dict | None = None
         self.shown_at = 0.0
         self.submitted: list[dict] = []  # {"pair", "rating_id", "undo"} newest last
@@ -352,8 +352,19 @@ class RateView(QWidget):
         if self.loading.get(pair["id"]) is not pair or not alive(self):
             return  # dropped by a reload (possibly fetched again since, as another object)
         pair["pixmaps"][key] = pixmap_from_bytes(data)
-        if len(pair["pixmaps"]) == 2:
-            self.queue.append(self.loading.pop(pair["id"]))
+        self._queue_loaded()
+
+    def _queue_loaded(self) -> None:
+        """Move pairs whose images have both arrived into the queue, in the backend's order: images load
+        in parallel, and a later pair's arriving first must not jump the queue (the oldest pair first)."""
+        moved = False
+        while self.loading:
+            first = next(iter(self.loading.values()))
+            if len(first["pixmaps"]) < 2:
+                break
+            self.queue.append(self.loading.pop(first["id"]))
+            moved = True
+        if moved:
             if self.current is None:
                 self._advance()
             self._fill()
@@ -362,6 +373,7 @@ class RateView(QWidget):
         self.loading.pop(pair["id"], None)
         self.broken.add(pair["id"])
         self.status.setText(f"Pair #{pair['id']}: an image could not be loaded ({exc}); it stays in the queue.")
+        self._queue_loaded()  # the pairs behind it need not wait for it
 
     def _advance(self) -> None:
         self._show(self.queue.popleft() if self.queue else None)
