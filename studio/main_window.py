@@ -27,6 +27,7 @@ from .backend_link import BackendLink
 from .tasks import Tasks
 from .views.align_view import AlignView
 from .views.data_view import DataView
+from .views.distill_view import DistillView
 from .views.personalize_view import PersonalizeView
 from .views.playground import Playground
 from .views.pretrain_wizard import PretrainWizard
@@ -37,7 +38,7 @@ from .views.start_page import StartPage
 from .widgets import heading, hint, show_error
 
 # the Studio's own views; every other page comes from the backend's stage registry (/api/stages)
-VIEWS = ("Data", "Pretrain", "Rate", "Align", "Personalize", "Playground", "Runs")
+VIEWS = ("Data", "Pretrain", "Rate", "Align", "Personalize", "Distill", "Playground", "Runs")
 MAX_RECENT = 10
 
 
@@ -123,8 +124,10 @@ class MainWindow(QMainWindow):
         self.align.job_started.connect(self._job_started)
         self.personalize = PersonalizeView(self.link)
         self.personalize.job_started.connect(self._job_started)
+        self.distill = DistillView(self.link)
+        self.distill.job_started.connect(self._job_started)
         self.views: dict[str, QWidget] = {"Data": self.data_view, "Pretrain": self.pretrain_page, "Rate": self.rate, "Align": self.align,
-                                          "Personalize": self.personalize,
+                                          "Personalize": self.personalize, "Distill": self.distill,
                                           "Playground": self.playground, "Runs": self.runs}
         self.page_names: list[str] = []
         self.sidebar.currentRowChanged.connect(self._stage_changed)
@@ -222,6 +225,8 @@ class MainWindow(QMainWindow):
             self.align.reload()
         if name == "Personalize" and self.link.client:
             self.personalize.reload()
+        if name == "Distill" and self.link.client:
+            self.distill.reload()
         if name == "Rate" and self.link.client:
             if self.rate.current is None:
                 self.rate.reload()
@@ -347,7 +352,7 @@ class MainWindow(QMainWindow):
         self.rate.on_event(ev)
         if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("world", "import"):
             self.data_view.reload()
-        if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("pretrain", "align", "personalize"):
+        if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("pretrain", "align", "personalize", "distill"):
             self.playground.reload()
 
     # --- closing ----------------------------------------------------------------------------------

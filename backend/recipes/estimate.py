@@ -127,3 +127,24 @@ def estimate_personalize(recipe: Any, info: dict[str, Any], cores: int = 2, gpu:
     images = recipe.steps * recipe.batch_size * (2 if prior == "class_images" else 1)
     return {"params": model_params(info), "steps": recipe.steps, "images": images, "seconds": flops / rate * 1.1, "flops": flops,
             "class_images": recipe.prior.class_images if prior == "class_images" else 0}
+
+
+def estimate_distill(recipe: Any, info: dict[str, Any], cores: int = 2, gpu: bool = False) -> dict[str, Any]:
+    """Network passes of a progressive distillation: per sample and step, two teacher steps (guided in
+    the first round: twice the passes) and the student's training pass; the student's evaluations
+    at its steps (cfg 1) and the previews."""
+    s = recipe.sampler
+    fwd = forward_flops(info, s.width, s.height)
+    p = recipe.progressive
+    rounds = recipe.total_steps // p.steps_per_round
+    batch = recipe.data.batch_size
+    guided_first = 2 if s.cfg != 1.0 else 1
+    passes = batch * p.steps_per_round * ((2 * guided_first + 3) + (rounds - 1) * (2 + 3))
+    evals = (recipe.total_steps // recipe.eval_every + (1 if recipe.total_steps % recipe.eval_every else 0)) if recipe.eval_images else 0
+    eval_passes = evals * recipe.eval_images * recipe.target_steps
+    previews = (recipe.total_steps // recipe.sample_every if recipe.sample_every else 0) * 8 * recipe.target_steps
+    flops = (passes + eval_passes + previews) * fwd
+    rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_CORE * max(1, cores)
+    return {"params": model_params(info), "steps": recipe.total_steps, "images": batch * recipe.total_steps, "seconds": flops / rate * 1.1,
+            "flops": flops, "rounds": rounds, "teacher_passes_per_image": 2 * s.steps if s.cfg != 1.0 else s.steps,
+            "student_passes_per_image": recipe.target_steps}

@@ -203,12 +203,13 @@ def render_recipe(body: RecipeData) -> Response:
 
 @router.post("/recipes/estimate")
 def estimate_recipe(body: RecipeText, request: Request) -> dict[str, Any]:
-    """Parameters, steps and an estimated duration of a pretrain, align or personalize recipe on this machine."""
+    """Parameters, steps and an estimated duration of a pretrain, align, personalize or distill recipe on this machine."""
     import os
 
     from backend.recipes import PretrainRecipe, RecipeError, loads_recipe
     from backend.recipes.align import AlignRecipe
-    from backend.recipes.estimate import estimate, estimate_align, estimate_personalize
+    from backend.recipes.distill import DistillRecipe
+    from backend.recipes.estimate import estimate, estimate_align, estimate_distill, estimate_personalize
     from backend.recipes.personalize import PersonalizeRecipe
 
     try:
@@ -218,7 +219,7 @@ def estimate_recipe(body: RecipeText, request: Request) -> dict[str, Any]:
     from .devices import devices
 
     cuda = any(d["kind"] == "cuda" for d in devices())
-    if isinstance(recipe, (AlignRecipe, PersonalizeRecipe)):
+    if isinstance(recipe, (AlignRecipe, PersonalizeRecipe, DistillRecipe)):
         from backend.store.project import ProjectError
         from backend.train.resolve import locate
 
@@ -226,10 +227,10 @@ def estimate_recipe(body: RecipeText, request: Request) -> dict[str, Any]:
             info = json.loads((locate(_state(request).project(), recipe.model) / "signal_model.json").read_text())
         except (OSError, ValueError, ProjectError):
             raise HTTPException(422, f"model {recipe.model!r}: not a model folder of this project") from None
-        how = estimate_align if isinstance(recipe, AlignRecipe) else estimate_personalize
+        how = {AlignRecipe: estimate_align, PersonalizeRecipe: estimate_personalize, DistillRecipe: estimate_distill}[type(recipe)]
         return how(recipe, info, cores=os.cpu_count() or 1, gpu=cuda)
     if not isinstance(recipe, PretrainRecipe):
-        raise HTTPException(422, "estimates exist for pretrain, align and personalize recipes only")
+        raise HTTPException(422, "estimates exist for pretrain, align, personalize and distill recipes only")
     gpu = recipe.compute.device in ("cuda", "auto") and cuda
     return estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
 

@@ -1,0 +1,196 @@
+"""Distill: a few-step student from a teacher, with each method's cost and risk said up front.
+
+One page like Align: the methods (each with a line on what it costs and risks; the ones not built
+yet are listed, greyed, so the choice is visible), the teacher, the student's steps and the
+schedule of rounds, the data the teacher's trajectories start from, the knobs with the recipe's
+help as tooltips, the estimate (run time, network passes per image of teacher and student), the
+commented recipe, Start. The student then appears in the Playground, sampled at its own steps
+beside the teacher, with each column's latency per image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tomllib
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..recipe_schema import RecipeSchema
+from ..widgets import heading, hint
+from .pretrain_wizard import ispin, spin
+from .recipe_form import RecipeForm
+
+METHODS = {
+    "progressive": ("Progressive distillation", True,
+                    "Rounds halve the steps (16 → 8 → 4): the student learns two teacher steps in one, then teaches the next round. "
+                    "Stable and cheap (one teacher and one student in memory); each halving loses a little, so 1-2 steps suffer."),
+    "reflow": ("Reflow → InstaFlow", False, "Straightens the teacher's paths on (noise, sample) pairs, then a one-step student. "
+               "Needs a cached set of teacher samples; not built yet."),
+    "consistency": ("Consistency distillation (LCM)", False, "Any point of a trajectory maps to its end; 1-4 steps. "
+                    "Needs an EMA target; not built yet."),
+    "dmd": ("DMD2", False, "One step matched to the teacher's distribution by a second, fake-score network: the best one-step "
+            "quality, twice the memory; not built yet."),
+    "ladd": ("LADD", False, "Adversarial distillation on the teacher's features; few steps, sharp, can be unstable; not built yet."),
+}
+
+
+class DistillView(RecipeForm, QWidget):
+    job_started = Signal(object)
+
+    def __init__(self, link, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.link = link
+        self.recipe: dict[str, Any] | None = None
+        self.schema: RecipeSchema | None = None
+        self.text = ""
+        lay = QVBoxLayout(self)
+        lay.addWidget(heading("Distill"))
+        lay.addWidget(hint("Make a student that samples in a few steps from a teacher. The student is a new model whose card names "
+                           "the teacher and its own sampler; compare them side by side in the Playground, with latency per image."))
+        self.method_group = QButtonGroup(self)
+        self.method_buttons: dict[str, QRadioButton] = {}
+        for key, (title, built, about) in METHODS.items():
+            b = QRadioButton(title + ("" if built else " (not built yet)"))
+            b.setEnabled(built)
+            b.setToolTip(about)
+            self.method_group.addButton(b)
+            self.method_buttons[key] = b
+            lay.addWidget(b)
+        self.method_buttons["progressive"].setChecked(True)
+        self.method_about = hint(METHODS["progressive"][2])
+        lay.addWidget(self.method_about)
+        self.form = QFormLayout()
+        lay.addLayout(self.form)
+        self.model = QComboBox()
+        self.model.setToolTip("The teacher; the student starts from its weights")
+        self.target = QComboBox()
+        for n in (1, 2, 4, 8):
+            self.target.addItem(f"{n} step{'s' if n > 1 else ''}", n)
+        self.target.setToolTip("The student's sampling steps")
+        self.dataset = QLineEdit("shapesworld")
+        self.dataset.setToolTip("The dataset whose images (their curated view) the teacher's steps start from")
+        self.form.addRow("Teacher", self.model)
+        self.form.addRow("Student steps", self.target)
+        self.form.addRow("Data", self.dataset)
+        self.knobs: dict[str, Any] = {}
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
+        buttons = QHBoxLayout()
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("name of the student (optional)")
+        self.review_btn = QPushButton("Review recipe")
+        self.review_btn.clicked.connect(self.review)
+        self.start_btn = QPushButton("Start run")
+        self.start_btn.setShortcut("Ctrl+Return")
+        self.start_btn.setToolTip("Queue the run (Ctrl+Return)")
+        self.start_btn.clicked.connect(self.start)
+        buttons.addWidget(self.name, 1)
+        buttons.addWidget(self.review_btn)
+        buttons.addWidget(self.start_btn)
+        self.recipe_text = QPlainTextEdit()
+        self.recipe_text.setReadOnly(True)
+        self.recipe_text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.recipe_text.setPlaceholderText("The recipe appears here when reviewed.")
+        self._tail = (buttons, self.recipe_text)
+        self._built = False
+        self._review_timer = QTimer(self, singleShot=True, interval=400)
+        self._review_timer.timeout.connect(self.review)
+        for w in (self.model, self.target):
+            w.currentIndexChanged.connect(self._target_changed)
+        self.dataset.textChanged.connect(lambda *_: self._review_timer.start())
+
+    def reload(self) -> None:
+        if self.recipe is None:
+            self.link.call("default_recipe", "distill", done=lambda text: self.link.call(
+                "recipe_schema", "distill", done=lambda schema: self._build(text, schema)))
+        self.link.call("models", done=self._fill_models)
+
+    def _build(self, text: str, schema: dict) -> None:
+        self.recipe = tomllib.loads(text)
+        self.schema = RecipeSchema(schema)
+        r = self.recipe
+        knobs = [
+            ("progressive.start_steps", "First round's student steps", ispin(*self._ilimits("progressive.start_steps"), r["progressive"]["start_steps"])),
+            ("progressive.steps_per_round", "Training steps per round", ispin(*self._ilimits("progressive.steps_per_round"),
+                                                                              r["progressive"]["steps_per_round"], 50)),
+            ("lr", "Learning rate", spin(*self.schema.limits("lr", step=1e-6), r["lr"], 1e-5, 6)),
+            ("data.batch_size", "Images per step", ispin(*self._ilimits("data.batch_size"), r["data"]["batch_size"])),
+            ("eval_images", "ShapesEval images", ispin(*self._ilimits("eval_images"), r["eval_images"], 16)),
+            ("sample_every", "Previews every (steps)", ispin(*self._ilimits("sample_every"), r["sample_every"], 50)),
+        ]
+        for path, label, box in knobs:
+            box.setToolTip(self.schema.description(path))
+            box.valueChanged.connect(lambda *_: self._review_timer.start())
+            self.form.addRow(label, box)
+            self.knobs[path] = box
+        self.target.setCurrentIndex(max(0, self.target.findData(r["target_steps"])))
+        self.form.addRow("Estimate", self.estimate)
+        lay = self.layout()
+        lay.addLayout(self._tail[0])
+        lay.addWidget(self._tail[1], 1)
+        self._built = True
+        self.review()
+
+    def _ilimits(self, path: str) -> tuple[int, int]:
+        lo, hi = self.schema.limits(path)  # type: ignore[union-attr]
+        return int(lo), int(hi)
+
+    def _fill_models(self, models: list[dict]) -> None:
+        current = self.model.currentData()
+        self.model.blockSignals(True)
+        self.model.clear()
+        for m in reversed(models):
+            if m.get("kind") in ("base", "tuned", "personalized"):
+                se = ((m.get("card") or {}).get("shapes_eval") or {}).get("overall")
+                self.model.addItem(f"#{m['id']} {m['name']} ({m['kind']})" + (f" · strict {se:.2f}" if se is not None else ""), m["path"])
+        self.model.setCurrentIndex(max(0, self.model.findData(current or "models/shapes-base")))
+        self.model.blockSignals(False)
+
+    def _target_changed(self, *_: object) -> None:
+        """Keep the first round a power-of-two multiple of the target (16 -> 8 -> 4 for 4 steps)."""
+        box = self.knobs.get("progressive.start_steps")
+        n = self.target.currentData() or 4
+        if box is not None:
+            start = box.value()
+            k = max(1, round(start / n).bit_length() - 1) if start >= n else 1
+            box.setValue(n * 2 ** k)
+        if self._built:
+            self._review_timer.start()
+
+    def collect(self) -> dict[str, Any]:
+        assert self.recipe is not None
+        r = {**self.recipe, **{k: dict(self.recipe[k]) for k in ("progressive", "data")}}
+        r["method"] = next(k for k, b in self.method_buttons.items() if b.isChecked())
+        if self.model.currentData():
+            r["model"] = self.model.currentData()
+        r["target_steps"] = self.target.currentData()
+        r["data"]["dataset"] = self.dataset.text().strip() or "shapesworld"
+        r["name"] = self.name.text().strip()
+        for path, box in self.knobs.items():
+            where, key = (r[path.split(".")[0]], path.split(".")[1]) if "." in path else (r, path)
+            where[key] = box.value()
+        return r
+
+    def _show_estimate(self, est: dict) -> None:
+        minutes = est["seconds"] / 60
+        self.estimate.setText(f"{est['params'] / 1e6:.2f}M parameters · {est['rounds']} round{'s' if est['rounds'] != 1 else ''}, "
+                              f"{est['steps']} steps · about {minutes:.0f} minute{'s' if round(minutes) != 1 else ''} on this machine · "
+                              f"sampling: {est['student_passes_per_image']} network passes per image against the teacher's "
+                              f"{est['teacher_passes_per_image']}")
+
+    def start(self) -> None:
+        self.submit(self.name.text().strip() or f"distill {self.target.currentData()}-step")
