@@ -5,7 +5,7 @@ few planted bad files, imported through the normal path (the report shows them r
 the subject imported as its own dataset; then pretrains the embedded model from scratch with
 the shipped demo recipe and reports ShapesEval per category; then, from the shipped base, rates
 pairs, trains a reward model, aligns with Flow-GRPO, personalizes the subject (DreamBooth-LoRA) and
-distills a 4-step student (progressive distillation).
+distills a 4-step student (consistency distillation).
 """
 
 from __future__ import annotations
@@ -115,17 +115,17 @@ def personalize_subject(project: Project, steps: int = 300) -> dict:
     return s
 
 
-def distill_base(project: Project, steps_per_round: int = 30) -> dict:
-    """Progressive distillation of the shipped base into a 4-step student; prints teacher vs student
+def distill_base(project: Project, steps: int = 100) -> dict:
+    """Consistency distillation of the shipped base into a 4-step student; prints teacher vs student
     latency (measured the same way) and strict ShapesEval."""
     from backend.jobs import create_job, execute_job
     from backend.recipes.distill import DistillRecipe
 
-    recipe = DistillRecipe(name="demo-4step", model="models/shapes-base", target_steps=4, progressive={"start_steps": 16,
-                           "steps_per_round": steps_per_round}, eval_images=96, eval_every=10 * steps_per_round, sample_every=0)
+    recipe = DistillRecipe(name="demo-4step", method="consistency", model="models/shapes-base", target_steps=4, consistency={"steps": steps},
+                           eval_images=96, eval_every=steps, sample_every=0)
     job = create_job(project, recipe, "demo-distill")
-    print(f"[demo] progressive distillation of the shipped base: 16 -> 8 -> 4 steps, {steps_per_round} steps per round, guidance folded "
-          f"into the student (job {job})")
+    print(f"[demo] consistency distillation of the shipped base into a 4-step student: {steps} steps, guidance folded into the student "
+          f"(job {job})")
     s = execute_job(project, job, echo=False)
     lat, se = s["latency"], s.get("shapes_eval") or {}
     base = json.loads(project.db.execute("SELECT card FROM models WHERE path = 'models/shapes-base'").fetchone()[0])["shapes_eval"]
@@ -177,6 +177,6 @@ def run_demo(args: argparse.Namespace) -> int:
             align_on_reward(project, "models/demo-reward", steps=args.align_steps)
             personalize_subject(project, steps=args.personalize_steps)
             distill_base(project)
-        print("[demo] not in the headless demo yet: ReFL; distillation methods other than progressive")
+        print("[demo] not in the headless demo yet: ReFL; distillation methods other than consistency")
     print(f"[demo] done in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -9,8 +9,8 @@ as anchors, the teacher cut down to the student's steps (CFG 3 and CFG 1) as the
 distillation must beat, and each student at its own steps (CFG 1). Latency is the best of two
 timed batches of 8 images, decode included, in this process. Grids are saved beside the table.
 
-Built so far: progressive distillation. Reflow/InstaFlow, consistency distillation, DMD2 and LADD
-are not built yet (issue 23).
+Built so far: progressive and consistency distillation (``--methods progressive,consistency``).
+Reflow/InstaFlow, DMD2 and LADD are not built yet (issue 23).
 
     .venv/bin/python bench/evidence_distill.py --steps-per-round 100 --json bench/results/evidence_distill.json
 """
@@ -52,8 +52,9 @@ def one_run(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     with Project.open(Path(args.workdir) / "proj") as project:
-        recipe = DistillRecipe(name=args.name, target_steps=args.target, progressive={"start_steps": args.start, "steps_per_round": args.spr},
-                               lr=args.lr, eval_images=0, sample_every=0)
+        recipe = DistillRecipe(name=args.name, method=args.method, target_steps=args.target,
+                               progressive={"start_steps": args.start, "steps_per_round": args.spr},
+                               consistency={"steps": args.consistency_steps}, lr=args.lr, eval_images=0, sample_every=0)
         t0 = time.perf_counter()
         out = execute_job(project, create_job(project, recipe), echo=False)
         wall = time.perf_counter() - t0
@@ -61,14 +62,14 @@ def one_run(args: argparse.Namespace) -> None:
                                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def assess(folder: Path, label: str, steps: int, cfg: float, n: int) -> dict:
+def assess(folder: Path, label: str, steps: int, cfg: float, n: int, kind: str = "euler") -> dict:
     from backend.eval.model_eval import evaluate_model, fd_to_renders, labelled_grid
     from backend.models.family import load_model
     from backend.sample.euler import SampleSettings
     from backend.stages.distill import latency
 
     bundle = load_model(folder)
-    settings = SampleSettings(width=64, height=64, steps=steps, cfg=cfg)
+    settings = SampleSettings(width=64, height=64, steps=steps, cfg=cfg, kind=kind)
     report, images, pairs, _ = evaluate_model(bundle, settings, n)
     OUT.mkdir(parents=True, exist_ok=True)
     take = list(range(min(32, len(images))))
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=16)
     ap.add_argument("--steps-per-round", type=int, default=100)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--methods", default="progressive", help="comma-separated: progressive, consistency")
+    ap.add_argument("--consistency-steps", type=int, default=300)
     ap.add_argument("--images", type=int, default=240, help="eval images per model (the stratified order's head)")
     ap.add_argument("--world", type=int, default=3000, help="ShapesWorld images for the data latents")
     ap.add_argument("--threads", type=int, default=2)
@@ -92,6 +95,7 @@ def main() -> None:
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--name", default="", help=argparse.SUPPRESS)
     ap.add_argument("--spr", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="progressive", help=argparse.SUPPRESS)
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -99,28 +103,34 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="signal-distill-"))
     print(f"work folder {work}", flush=True)
     root = setup(work, args.world)
-    name = f"progressive-{args.start}to{args.target}-{args.steps_per_round}"
-    result = work / f"{name}.json"
-    if not result.exists():
-        subprocess.run([sys.executable, __file__, "--one", "--name", name, "--result", str(result), "--workdir", str(work), "--target",
-                        str(args.target), "--start", str(args.start), "--spr", str(args.steps_per_round), "--lr", str(args.lr),
-                        "--threads", str(args.threads)], check=True)
-    run = json.loads(result.read_text())
+    runs = {}
+    for method in args.methods.split(","):
+        name = (f"progressive-{args.start}to{args.target}-{args.steps_per_round}" if method == "progressive"
+                else f"consistency-{args.target}step-{args.consistency_steps}")
+        result = work / f"{name}.json"
+        if not result.exists():
+            subprocess.run([sys.executable, __file__, "--one", "--name", name, "--method", method, "--result", str(result), "--workdir", str(work),
+                            "--target", str(args.target), "--start", str(args.start), "--spr", str(args.steps_per_round), "--lr", str(args.lr),
+                            "--consistency-steps", str(args.consistency_steps), "--threads", str(args.threads)], check=True)
+        runs[name] = (method, json.loads(result.read_text()))
     base = root / "models" / "shapes-base"
     n = args.images
     rows = [assess(base, "teacher-40", 40, 3.0, n), assess(base, "teacher-20", 20, 3.0, n),
-            assess(base, f"teacher-{args.target}-cfg3", args.target, 3.0, n), assess(base, f"teacher-{args.target}-cfg1", args.target, 1.0, n),
-            assess(root / run["summary"]["path"], name, args.target, 1.0, n)]
+            assess(base, f"teacher-{args.target}-cfg3", args.target, 3.0, n), assess(base, f"teacher-{args.target}-cfg1", args.target, 1.0, n)]
+    rows += [assess(root / run["summary"]["path"], name, args.target, 1.0, n, "consistency" if method == "consistency" else "euler")
+             for name, (method, run) in runs.items()]
     ref = rows[1]
     lines = [[r["label"], r["steps"], f"{r['cfg']:g}", f"{r['overall']:.3f} ± {r['se']:.3f}", f"{r['overall'] / ref['overall']:.0%}" if ref["overall"] else "-",
               f"{r['single']:.3f} ± {r['single_se']:.3f}", f"{r['fd']:.1f}", f"{r['latency_s'] * 1000:.1f} ms", f"{ref['latency_s'] / r['latency_s']:.1f}x",
-              f"{run['wall_s'] / 60:.1f} min" if r["label"] == name else "-", f"{run['peak_rss_mb']:.0f} MB" if r["label"] == name else "-"]
+              f"{runs[r['label']][1]['wall_s'] / 60:.1f} min" if r["label"] in runs else "-",
+              f"{runs[r['label']][1]['peak_rss_mb']:.0f} MB" if r["label"] in runs else "-"]
              for r in rows]
     print(table(lines, ["model", "steps", "cfg", "strict overall", "of teacher-20", "single objects", "FD", "latency / image", "speed-up",
                         "training", "peak RSS"]))
-    print(f"{n} images per model (stratified ShapesEval head), 2 CPU cores; {run['steps']} training steps")
+    print(f"{n} images per model (stratified ShapesEval head), 2 CPU cores; training steps: "
+          + ", ".join(f"{name} {run['steps']}" for name, (_, run) in runs.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"images": n, "run": run, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"images": n, "runs": {k: v[1] for k, v in runs.items()}, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

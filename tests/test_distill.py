@@ -1,7 +1,8 @@
-"""Progressive distillation does what METHODS.md §4 says: after a round, the student's one step lands
+"""Distillation does what METHODS.md §4 says. Progressive: after a round, the student's one step lands
 nearer the teacher's two steps than the teacher's own one step does; rounds halve the student's
 steps and hand the teacher the student's weights; a killed run resumes on the same trajectory,
-across a round boundary."""
+across a round boundary. Consistency: the boundary f(x, 0) = x holds exactly; after training the
+student's one jump lands nearer the teacher's ODE end than the teacher's own jump; it resumes exactly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from test_engine_methods import Quiet, assert_same_trajectory, config, make_bundle, straight_and_killed, toy_batches
 
 from backend.flow.timesteps import sampling_schedule
+from backend.train.consistency import ConsistencyDistillation, ConsistencySettings, consistency_fn
 from backend.train.curriculum import batch_generator
 from backend.train.distill import ProgressiveDistillation, ProgressiveSettings, guided_velocity, two_teacher_steps
 from backend.train.loop import Trainer
@@ -84,3 +86,79 @@ def test_a_killed_progressive_run_resumes_across_a_round_boundary(tmp_path: Path
     straight, resumed = straight_and_killed(
         tmp_path, lambda: ProgressiveDistillation(ProgressiveSettings(start_steps=8, target_steps=2, steps_per_round=3, cfg=2.0)), steps=7)
     assert_same_trajectory(straight, resumed)
+
+
+# --- consistency distillation --------------------------------------------------------------------
+
+
+def test_the_consistency_function_meets_the_boundary_exactly():
+    bundle = make_bundle()
+    x = torch.randn(3, 4, 8, 8)
+    prompt = toy_batches(0).prompt[torch.arange(3)]
+    with torch.no_grad():
+        assert torch.equal(consistency_fn(bundle, bundle.net, x, torch.zeros(3), prompt), x)
+        assert not torch.allclose(consistency_fn(bundle, bundle.net, x, torch.full((3,), 0.5), prompt), x)
+
+
+def ode_end(bundle, net, x: torch.Tensor, t0: float, prompt, steps: int = 32) -> torch.Tensor:
+    """Where the teacher's ODE from (x, t0) ends: many small Euler steps."""
+    ts = torch.linspace(t0, 0.0, steps + 1)
+    with torch.no_grad():
+        for a, b in zip(ts[:-1], ts[1:]):
+            x = x + (b - a) * bundle.velocity(x, a.expand(x.shape[0]), prompt, net)
+    return x
+
+
+def test_consistency_distillation_makes_one_jump_land_where_the_teachers_ode_ends(tmp_path: Path):
+    """The student's one jump f(x_t, t) from a noisy point lands nearer the teacher's ODE end than the
+    teacher's own jump x_t - t v_teacher; the EMA target follows the student, the teacher stays."""
+    method = ConsistencyDistillation(ConsistencySettings(schedule=4, ema=0.9, loss="l2", cfg=1.0))
+    tr = Trainer(curved_teacher(tmp_path / "teacher"), method, bimodal_batches, config(150, ema=0.0, lr=1e-4, checkpoint_every=1000),
+                 tmp_path / "student", Quiet())
+    teacher_start = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    tr.run(resume=False)
+    batch = bimodal_batches(20_000)
+    gen = torch.Generator().manual_seed(5)
+    x = 0.25 * batch.latents + 0.75 * torch.randn(batch.latents.shape, generator=gen)  # t = 0.75
+    t = torch.full((x.shape[0],), 0.75)
+    end = ode_end(tr.bundle, method.teacher, x, 0.75, batch.prompt)
+    with torch.no_grad():
+        student = float(((consistency_fn(tr.bundle, tr.model, x, t, batch.prompt) - end) ** 2).mean())
+        teacher = float(((consistency_fn(tr.bundle, method.teacher, x, t, batch.prompt) - end) ** 2).mean())
+    assert student < 0.5 * teacher, (student, teacher)
+    assert all(torch.equal(v, method.teacher.state_dict()[k]) for k, v in teacher_start.items())
+    target = method.target.state_dict()
+    assert any(not torch.equal(target[k], teacher_start[k]) for k in target)  # the target moved towards the student
+
+
+def test_a_killed_consistency_run_resumes_on_the_same_trajectory(tmp_path: Path):
+    straight, resumed = straight_and_killed(tmp_path, lambda: ConsistencyDistillation(ConsistencySettings(schedule=8, cfg=2.0)), steps=6)
+    assert_same_trajectory(straight, resumed)
+
+
+def test_a_consistency_job_saves_a_student_that_samples_with_its_own_sampler(tmp_path: Path):
+    import json
+
+    from backend.jobs import create_job, execute_job
+    from backend.recipes import SampleRecipe, WorldRecipe
+    from backend.recipes.distill import DistillRecipe
+    from backend.stages.world import add_world_data
+    from backend.store import Project
+
+    with Project.init(tmp_path / "p") as project:
+        add_world_data(project, WorldRecipe(images=24, seed=0, resolution=(64, 64), subject=False, base_model=True), log=lambda m: None)
+        recipe = DistillRecipe(method="consistency", name="lcm", target_steps=2, consistency={"steps": 3, "schedule": 8}, eval_images=2,
+                               eval_every=3, sample_every=0, data={"batch_size": 2})
+        out = execute_job(project, create_job(project, recipe), echo=False)
+        assert out["state"] == "done" and out["latency"]["speedup"] > 1
+        card = json.loads((project.root / "models" / "lcm" / "card.json").read_text())
+        assert card["method"] == "consistency" and card["sampler"]["kind"] == "consistency" and card["sampler"]["steps"] == 2
+        assert card["parent"] == "models/shapes-base" and "shapes_eval" in card
+        sampler = {k: card["sampler"][k] for k in ("steps", "cfg", "kind")}
+        first = execute_job(project, create_job(project, SampleRecipe(model="models/lcm", prompts=["a red circle"], seeds=[3], out="exports/a",
+                                                                      sampler=sampler)), echo=False)
+        again = execute_job(project, create_job(project, SampleRecipe(model="models/lcm", prompts=["a red circle"], seeds=[3], out="exports/b",
+                                                                      sampler=sampler)), echo=False)
+        assert first["state"] == again["state"] == "done"
+        a, b = (project.root / "exports" / d / "0000_s3.png" for d in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()  # the re-noising is seeded: same seed, same image

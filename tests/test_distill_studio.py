@@ -29,7 +29,9 @@ def test_distill_page_to_run_to_teacher_student_comparison(qtbot, tmp_path: Path
         dv = w.distill
         qtbot.waitUntil(lambda: "minute" in dv.estimate.text(), timeout=60_000)
         assert "4 network passes per image against the teacher's 40" in dv.estimate.text()
-        assert not dv.method_buttons["dmd"].isEnabled() and dv.method_buttons["progressive"].isChecked()
+        assert not dv.method_buttons["dmd"].isEnabled() and dv.method_buttons["consistency"].isChecked()  # the recommended one
+        dv.method_buttons["progressive"].setChecked(True)
+        assert dv.form.isRowVisible(dv.knobs["progressive.start_steps"]) and not dv.form.isRowVisible(dv.knobs["consistency.ema"])
         dv.target.setCurrentIndex(dv.target.findData(2))
         assert dv.knobs["progressive.start_steps"].value() == 16  # 16 -> 8 -> 4 -> 2
         dv.target.setCurrentIndex(dv.target.findData(4))

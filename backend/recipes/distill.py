@@ -18,16 +18,28 @@ class ProgressiveSection(Section):
     steps_per_round: int = Field(200, ge=1, le=1_000_000, description="Training steps of each round; rounds halve the student's steps")
 
 
+class ConsistencySection(Section):
+    """Consistency distillation's knobs (METHODS.md §4, LCM-style)."""
+
+    steps: int = Field(600, ge=1, le=1_000_000, description="Training steps")
+    schedule: int = Field(32, ge=2, le=1000, description="Points of the teacher's ODE schedule; one guided teacher step joins adjacent ones")
+    ema: float = Field(0.95, ge=0.0, lt=1.0, description="Decay of the target network (the student's EMA behind a stop-gradient)")
+    loss: Literal["huber", "l2"] = Field("huber", description="Distance between the student's and the target's jumps to x0")
+
+
 class DistillRecipe(RecipeBase):
     """Distill a teacher into a student that samples in a few steps. 'progressive': rounds in which the
-    student learns two teacher steps in one, the student becoming the next round's teacher."""
+    student learns two teacher steps in one, the student becoming the next round's teacher;
+    'consistency': the student learns to jump from any point of a teacher trajectory to its end."""
 
     kind: Literal["distill"] = "distill"
-    method: Literal["progressive"] = Field("progressive", description="'progressive': halve the steps round by round (guidance folded "
-                                           "into the student, which then samples without it)")
+    method: Literal["progressive", "consistency"] = Field(
+        "consistency", description="'progressive': halve the steps round by round; 'consistency': jump to x0 from any point and "
+        "re-noise (LCM-style); both fold the teacher's guidance into the student, which samples without it")
     model: str = Field("models/shapes-base", description="The teacher (and the student's starting weights)")
     target_steps: int = Field(4, ge=1, le=64, description="The student's sampling steps")
     progressive: ProgressiveSection = Field(default_factory=ProgressiveSection)
+    consistency: ConsistencySection = Field(default_factory=ConsistencySection)
     data: AlignDataSection = Field(default_factory=AlignDataSection, description="The data latents noised to the schedule's points "
                                    "(data.source is not used)")
     lr: float = Field(5e-5, gt=0, le=1, description="Peak learning rate (AdamW)")
@@ -40,6 +52,8 @@ class DistillRecipe(RecipeBase):
 
     @model_validator(mode="after")
     def _halving(self) -> DistillRecipe:
+        if self.method != "progressive":
+            return self
         n = self.progressive.start_steps
         while n > self.target_steps:
             if n % 2:
@@ -51,7 +65,14 @@ class DistillRecipe(RecipeBase):
         return self
 
     @property
+    def sampler_kind(self) -> str:
+        """How the student samples: the ODE (progressive) or jump-and-re-noise (consistency)."""
+        return "consistency" if self.method == "consistency" else "euler"
+
+    @property
     def total_steps(self) -> int:
+        if self.method == "consistency":
+            return self.consistency.steps
         n, rounds = self.progressive.start_steps, 1
         while n > self.target_steps:
             n //= 2

@@ -130,16 +130,21 @@ def estimate_personalize(recipe: Any, info: dict[str, Any], cores: int = 2, gpu:
 
 
 def estimate_distill(recipe: Any, info: dict[str, Any], cores: int = 2, gpu: bool = False) -> dict[str, Any]:
-    """Network passes of a progressive distillation: per sample and step, two teacher steps (guided in
-    the first round: twice the passes) and the student's training pass; the student's evaluations
-    at its steps (cfg 1) and the previews."""
+    """Network passes of a distillation: progressive, per sample and step, two teacher steps (guided in
+    the first round: twice the passes) and the student's training pass; consistency, one guided
+    teacher step, the target's forward and the student's training pass; then the student's
+    evaluations at its steps (cfg 1) and the previews."""
     s = recipe.sampler
     fwd = forward_flops(info, s.width, s.height)
-    p = recipe.progressive
-    rounds = recipe.total_steps // p.steps_per_round
     batch = recipe.data.batch_size
-    guided_first = 2 if s.cfg != 1.0 else 1
-    passes = batch * p.steps_per_round * ((2 * guided_first + 3) + (rounds - 1) * (2 + 3))
+    guided = 2 if s.cfg != 1.0 else 1
+    if recipe.method == "consistency":
+        rounds = 1
+        passes = batch * recipe.total_steps * (guided + 1 + 3)
+    else:
+        p = recipe.progressive
+        rounds = recipe.total_steps // p.steps_per_round
+        passes = batch * p.steps_per_round * ((2 * guided + 3) + (rounds - 1) * (2 + 3))
     evals = (recipe.total_steps // recipe.eval_every + (1 if recipe.total_steps % recipe.eval_every else 0)) if recipe.eval_images else 0
     eval_passes = evals * recipe.eval_images * recipe.target_steps
     previews = (recipe.total_steps // recipe.sample_every if recipe.sample_every else 0) * 8 * recipe.target_steps

@@ -15,6 +15,8 @@ class SamplerSettings(Section):
     shift: float | None = Field(None, gt=0, description="Resolution shift alpha; empty = the model's own rule for this size")
     width: int = Field(64, ge=16, le=4096, multiple_of=8, description="Image width in pixels")
     height: int = Field(64, ge=16, le=4096, multiple_of=8, description="Image height in pixels")
+    kind: Literal["euler", "consistency"] = Field("euler", description="'euler': the ODE; 'consistency': a consistency-distilled "
+                                                  "student's sampler (jump to the end, re-noise to the next point)")
 
 
 class SampleRecipe(RecipeBase):

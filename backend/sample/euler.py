@@ -1,4 +1,5 @@
-"""Euler ODE sampling with classifier-free guidance on the shifted schedule (METHODS.md §0).
+"""Euler ODE sampling with classifier-free guidance on the shifted schedule (METHODS.md §0), and the
+consistency sampler of a consistency-distilled student (jump to x0, re-noise to the next point).
 
 Noise comes from one generator per seed, so the same prompt, seed and settings give the same
 image on any batch size: the playground can compare two checkpoints fairly.
@@ -23,6 +24,14 @@ class SampleSettings:
     steps: int = 20
     cfg: float = 3.0
     alpha: float | None = None  # None: the model's own shift rule for this size
+    kind: str = "euler"  # "euler": the ODE; "consistency": x0 = x_t - t v at each point, re-noised to the next
+
+
+def settings_from(sampler, **override) -> SampleSettings:
+    """A recipe's ``SamplerSettings`` as the sampler's settings (fields overridden by keyword)."""
+    base = {"width": sampler.width, "height": sampler.height, "steps": sampler.steps, "cfg": sampler.cfg, "alpha": sampler.shift,
+            "kind": sampler.kind}
+    return SampleSettings(**{**base, **override})
 
 
 def initial_noise(seeds: list[int], channels: int, h: int, w: int) -> torch.Tensor:
@@ -60,8 +69,17 @@ def sample_latents(
             v = v_u + settings.cfg * (v_c - v_u)
         else:
             v = bundle.velocity(x, tt, cond, net)
-        x = x + (t_next - t) * v
+        if settings.kind == "consistency":
+            x0 = x - t * v  # the consistency function f(x_t, t) = x_t - t v: the trajectory's end
+            x = x0 if i == settings.steps - 1 else (1 - t_next) * x0 + t_next * renoise(seeds, i + 1, x.shape[1:]).to(device, x.dtype)
+        else:
+            x = x + (t_next - t) * v
     return x
+
+
+def renoise(seeds: list[int], step: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Fresh noise for re-noising at ``step`` of the consistency sampler, one generator per seed."""
+    return torch.cat([torch.randn(1, *shape, generator=torch.Generator().manual_seed(int(s) * 7919 + 104_729 * step)) for s in seeds])
 
 
 @torch.no_grad()

@@ -129,7 +129,7 @@ def refl_method(recipe: AlignRecipe, project: Project, bundle) -> tuple[Any, dic
 
 
 def run(project: Project, recipe: AlignRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
-    from backend.sample.euler import SampleSettings
+    from backend.sample.euler import settings_from
     from backend.train.dpo import DiffusionDPO
     from backend.train.loop import LoopConfig, Trainer
     from backend.train.pretrain import make_evaluator, make_preview
@@ -143,7 +143,7 @@ def run(project: Project, recipe: AlignRecipe, run_dir: Path, reporter: Any, res
 
         add_lora(bundle.net, bundle.family, rank=recipe.lora_rank)
     s = recipe.sampler
-    evaluate = make_evaluator(bundle, SampleSettings(width=s.width, height=s.height, steps=s.steps, cfg=s.cfg, alpha=s.shift),
+    evaluate = make_evaluator(bundle, settings_from(s),
                               recipe.eval_images) if recipe.eval_images else None
     preview = make_preview(bundle, recipe.preview, reporter) if recipe.sample_every else None
     batches: Any = lambda *a: None  # noqa: E731 - methods that draw their own data

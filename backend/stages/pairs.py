@@ -52,7 +52,7 @@ def _png(image) -> bytes:
 
 
 def run(project: Project, recipe: PairsRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
-    from backend.sample.euler import SampleSettings, generate
+    from backend.sample.euler import generate, settings_from
     from backend.train.resolve import resolve_model
 
     job_id = getattr(reporter, "job_id", None)
@@ -64,7 +64,7 @@ def run(project: Project, recipe: PairsRecipe, run_dir: Path, reporter: Any, res
         if done:
             reporter.log(f"resuming after {done} prompt(s) already paired")
     s = recipe.sampler
-    settings = SampleSettings(width=s.width, height=s.height, steps=s.steps, cfg=s.cfg, alpha=s.shift)
+    settings = settings_from(s)
     record = {"sampler": {"steps": s.steps, "cfg": s.cfg, "shift": s.shift, "width": s.width, "height": s.height}}
     bundle_a, what_a = resolve_model(project, recipe.model)
     bundle_b, what_b = resolve_model(project, recipe.model_b) if recipe.model_b else (bundle_a, what_a)

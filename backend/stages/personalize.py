@@ -50,7 +50,7 @@ def model_fingerprint(folder: Path) -> str:
 
 def class_images(project: Project, recipe: PersonalizeRecipe, bundle, log, progress) -> list[Image.Image]:
     """The frozen base's images for the class prompt: from the cache when a run already drew them."""
-    from backend.sample.euler import SampleSettings, generate
+    from backend.sample.euler import generate, settings_from
     from backend.train.resolve import locate
 
     s = recipe.sampler
@@ -69,7 +69,7 @@ def class_images(project: Project, recipe: PersonalizeRecipe, bundle, log, progr
         log(f"{n} class images for {prompt!r} from the cache ({folder.relative_to(project.root)})")
         return images
     folder.mkdir(parents=True, exist_ok=True)
-    settings = SampleSettings(width=s.width, height=s.height, steps=s.steps, cfg=s.cfg, alpha=s.shift)
+    settings = settings_from(s)
     log(f"drawing {n - len(images)} class images for {prompt!r} with the frozen base ({s.steps} steps, cfg {s.cfg:g})")
     chunk = 16
     for start in range(len(images), n, chunk):
@@ -90,7 +90,7 @@ def encode(bundle, images: list[Image.Image], size: int) -> torch.Tensor:
 
 def run(project: Project, recipe: PersonalizeRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
     from backend.eval.subject_eval import SubjectEval
-    from backend.sample.euler import SampleSettings
+    from backend.sample.euler import settings_from
     from backend.train.dreambooth import CaptionedLatents, DreamBooth
     from backend.train.loop import LoopConfig, Trainer
     from backend.train.pretrain import make_preview
@@ -106,7 +106,7 @@ def run(project: Project, recipe: PersonalizeRecipe, run_dir: Path, reporter: An
     class_prompt = recipe.fill(recipe.prior.class_prompt)
     reporter.log(f"personalizing {what} on {len(references)} images of {instance_prompt!r} (class {class_prompt!r}), prior "
                  f"{recipe.prior.mode}" + (f" x {recipe.prior.weight:g}" if recipe.prior.mode != "none" else ""))
-    settings = SampleSettings(width=s.width, height=s.height, steps=s.steps, cfg=s.cfg, alpha=s.shift)
+    settings = settings_from(s)
     evaluate = SubjectEval(bundle, settings, references, instance_prompt, [recipe.fill(p) for p in recipe.context_prompts], class_prompt,
                            recipe.token, recipe.class_noun, recipe.eval_images, class_eval_images=recipe.class_eval_images,
                            seed=5000 + recipe.seed)

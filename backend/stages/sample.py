@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from backend.recipes import SampleRecipe
-from backend.sample.euler import SampleSettings, generate
+from backend.sample.euler import SampleSettings, generate, settings_from
 from backend.store import Project
 from backend.train.resolve import locate, resolve_model
 
@@ -43,7 +43,7 @@ def score_with(project: Project | None, reward: str, images: list[Image.Image], 
 
 def _settings(recipe: SampleRecipe) -> SampleSettings:
     s = recipe.sampler
-    return SampleSettings(width=s.width, height=s.height, steps=s.steps, cfg=s.cfg, alpha=s.shift)
+    return settings_from(s)
 
 
 def run_sample_recipe(project: Project | None, recipe: SampleRecipe, reporter: Any = None) -> dict[str, Any]:

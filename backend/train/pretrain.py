@@ -11,7 +11,7 @@ import torch
 from backend.data.view import load_view
 from backend.models.family import ModelBundle, build_embedded, load_model
 from backend.recipes.pretrain import PretrainRecipe, PreviewSection
-from backend.sample.euler import SampleSettings, generate
+from backend.sample.euler import SampleSettings, generate, settings_from
 from backend.store import Project
 
 from .curriculum import CurriculumData
@@ -64,7 +64,7 @@ def make_evaluator(bundle: ModelBundle, settings: SampleSettings, n_images: int)
 def make_preview(bundle: ModelBundle, pv: PreviewSection, reporter: Reporter) -> Any:
     """The fixed-seed preview grid a run posts every ``sample_every`` steps."""
     sp = pv.sampler
-    settings = SampleSettings(width=sp.width, height=sp.height, steps=sp.steps, cfg=sp.cfg, alpha=sp.shift)
+    settings = settings_from(sp)
     prompts = [p for p in pv.prompts for _ in pv.seeds]
     seeds = [s for _ in pv.prompts for s in pv.seeds]
 

@@ -40,8 +40,10 @@ METHODS = {
                     "Stable and cheap (one teacher and one student in memory); each halving loses a little, so 1-2 steps suffer."),
     "reflow": ("Reflow → InstaFlow", False, "Straightens the teacher's paths on (noise, sample) pairs, then a one-step student. "
                "Needs a cached set of teacher samples; not built yet."),
-    "consistency": ("Consistency distillation (LCM)", False, "Any point of a trajectory maps to its end; 1-4 steps. "
-                    "Needs an EMA target; not built yet."),
+    "consistency": ("Consistency distillation (LCM-style)", True,
+                    "The student learns to jump from any point of a teacher trajectory to its end, against a slowly moving copy of "
+                    "itself; samples by jumping and re-noising, 1-4 steps. One training phase (no rounds); a third network (the target) "
+                    "in memory; too few teacher points or a fast target make it drift."),
     "dmd": ("DMD2", False, "One step matched to the teacher's distribution by a second, fake-score network: the best one-step "
             "quality, twice the memory; not built yet."),
     "ladd": ("LADD", False, "Adversarial distillation on the teacher's features; few steps, sharp, can be unstable; not built yet."),
@@ -67,11 +69,11 @@ class DistillView(RecipeForm, QWidget):
             b = QRadioButton(title + ("" if built else " (not built yet)"))
             b.setEnabled(built)
             b.setToolTip(about)
+            b.toggled.connect(self._method_changed)
             self.method_group.addButton(b)
             self.method_buttons[key] = b
             lay.addWidget(b)
-        self.method_buttons["progressive"].setChecked(True)
-        self.method_about = hint(METHODS["progressive"][2])
+        self.method_about = hint(METHODS["consistency"][2])
         lay.addWidget(self.method_about)
         self.form = QFormLayout()
         lay.addLayout(self.form)
@@ -87,6 +89,7 @@ class DistillView(RecipeForm, QWidget):
         self.form.addRow("Student steps", self.target)
         self.form.addRow("Data", self.dataset)
         self.knobs: dict[str, Any] = {}
+        self.shown_for: dict[str, set[str]] = {}  # knob -> the methods it belongs to
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         buttons = QHBoxLayout()
@@ -112,6 +115,7 @@ class DistillView(RecipeForm, QWidget):
         for w in (self.model, self.target):
             w.currentIndexChanged.connect(self._target_changed)
         self.dataset.textChanged.connect(lambda *_: self._review_timer.start())
+        self.method_buttons["consistency"].setChecked(True)  # the one that kept the teacher's score (bench/evidence_distill.py)
 
     def reload(self) -> None:
         if self.recipe is None:
@@ -123,27 +127,33 @@ class DistillView(RecipeForm, QWidget):
         self.recipe = tomllib.loads(text)
         self.schema = RecipeSchema(schema)
         r = self.recipe
+        pr, co, both = {"progressive"}, {"consistency"}, {"progressive", "consistency"}
         knobs = [
-            ("progressive.start_steps", "First round's student steps", ispin(*self._ilimits("progressive.start_steps"), r["progressive"]["start_steps"])),
+            ("progressive.start_steps", "First round's student steps", ispin(*self._ilimits("progressive.start_steps"),
+                                                                             r["progressive"]["start_steps"]), pr),
             ("progressive.steps_per_round", "Training steps per round", ispin(*self._ilimits("progressive.steps_per_round"),
-                                                                              r["progressive"]["steps_per_round"], 50)),
-            ("lr", "Learning rate", spin(*self.schema.limits("lr", step=1e-6), r["lr"], 1e-5, 6)),
-            ("data.batch_size", "Images per step", ispin(*self._ilimits("data.batch_size"), r["data"]["batch_size"])),
-            ("eval_images", "ShapesEval images", ispin(*self._ilimits("eval_images"), r["eval_images"], 16)),
-            ("sample_every", "Previews every (steps)", ispin(*self._ilimits("sample_every"), r["sample_every"], 50)),
+                                                                              r["progressive"]["steps_per_round"], 50), pr),
+            ("consistency.steps", "Training steps", ispin(*self._ilimits("consistency.steps"), r["consistency"]["steps"], 100), co),
+            ("consistency.schedule", "Teacher ODE points", ispin(*self._ilimits("consistency.schedule"), r["consistency"]["schedule"], 4), co),
+            ("consistency.ema", "Target EMA decay", spin(*self.schema.limits("consistency.ema", step=0.01), r["consistency"]["ema"], 0.01, 3), co),
+            ("lr", "Learning rate", spin(*self.schema.limits("lr", step=1e-6), r["lr"], 1e-5, 6), both),
+            ("data.batch_size", "Images per step", ispin(*self._ilimits("data.batch_size"), r["data"]["batch_size"]), both),
+            ("eval_images", "ShapesEval images", ispin(*self._ilimits("eval_images"), r["eval_images"], 16), both),
+            ("sample_every", "Previews every (steps)", ispin(*self._ilimits("sample_every"), r["sample_every"], 50), both),
         ]
-        for path, label, box in knobs:
+        for path, label, box, which in knobs:
             box.setToolTip(self.schema.description(path))
             box.valueChanged.connect(lambda *_: self._review_timer.start())
             self.form.addRow(label, box)
             self.knobs[path] = box
+            self.shown_for[path] = which
         self.target.setCurrentIndex(max(0, self.target.findData(r["target_steps"])))
         self.form.addRow("Estimate", self.estimate)
         lay = self.layout()
         lay.addLayout(self._tail[0])
         lay.addWidget(self._tail[1], 1)
         self._built = True
-        self.review()
+        self._method_changed()
 
     def _ilimits(self, path: str) -> tuple[int, int]:
         lo, hi = self.schema.limits(path)  # type: ignore[union-attr]
@@ -160,6 +170,17 @@ class DistillView(RecipeForm, QWidget):
         self.model.setCurrentIndex(max(0, self.model.findData(current or "models/shapes-base")))
         self.model.blockSignals(False)
 
+    def method(self) -> str:
+        return next((k for k, b in self.method_buttons.items() if b.isChecked()), "progressive")
+
+    def _method_changed(self, *_: object) -> None:
+        m = self.method()
+        self.method_about.setText(METHODS[m][2])
+        for path, box in self.knobs.items():
+            self.form.setRowVisible(box, m in self.shown_for[path])
+        if self._built:
+            self._review_timer.start()
+
     def _target_changed(self, *_: object) -> None:
         """Keep the first round a power-of-two multiple of the target (16 -> 8 -> 4 for 4 steps)."""
         box = self.knobs.get("progressive.start_steps")
@@ -173,8 +194,8 @@ class DistillView(RecipeForm, QWidget):
 
     def collect(self) -> dict[str, Any]:
         assert self.recipe is not None
-        r = {**self.recipe, **{k: dict(self.recipe[k]) for k in ("progressive", "data")}}
-        r["method"] = next(k for k, b in self.method_buttons.items() if b.isChecked())
+        r = {**self.recipe, **{k: dict(self.recipe[k]) for k in ("progressive", "consistency", "data")}}
+        r["method"] = self.method()
         if self.model.currentData():
             r["model"] = self.model.currentData()
         r["target_steps"] = self.target.currentData()
@@ -187,10 +208,11 @@ class DistillView(RecipeForm, QWidget):
 
     def _show_estimate(self, est: dict) -> None:
         minutes = est["seconds"] / 60
-        self.estimate.setText(f"{est['params'] / 1e6:.2f}M parameters · {est['rounds']} round{'s' if est['rounds'] != 1 else ''}, "
+        rounds = f"{est['rounds']} round{'s' if est['rounds'] != 1 else ''}, " if self.method() == "progressive" else ""
+        self.estimate.setText(f"{est['params'] / 1e6:.2f}M parameters · {rounds}"
                               f"{est['steps']} steps · about {minutes:.0f} minute{'s' if round(minutes) != 1 else ''} on this machine · "
                               f"sampling: {est['student_passes_per_image']} network passes per image against the teacher's "
                               f"{est['teacher_passes_per_image']}")
 
     def start(self) -> None:
-        self.submit(self.name.text().strip() or f"distill {self.target.currentData()}-step")
+        self.submit(self.name.text().strip() or f"distill {self.method()} {self.target.currentData()}-step")
