@@ -231,8 +231,7 @@ def main() -> int:
     until(lambda: "minute" in dv.estimate.text(), 60)
     pump(1.0)
     shot("16-distill")
-    dv.knobs["progressive.start_steps"].setValue(8)
-    for path, value in (("progressive.steps_per_round", 40), ("eval_images", 16), ("sample_every", 40)):
+    for path, value in (("consistency.steps", 150), ("eval_images", 16), ("sample_every", 50)):
         dv.knobs[path].setValue(value)
     dv.name.setText("student-4step")
     dv.start()

@@ -15,18 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 import tomllib
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QFontDatabase
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QFormLayout,
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPlainTextEdit,
-    QPushButton,
     QRadioButton,
     QVBoxLayout,
     QWidget,
@@ -118,28 +114,9 @@ class AlignView(RecipeForm, QWidget):
         self.knobs: dict[str, Any] = {}
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
-        buttons = QHBoxLayout()
-        self.review_btn = QPushButton("Review recipe")
-        self.review_btn.setToolTip("Render and check the recipe; shows the estimate")
-        self.review_btn.clicked.connect(self.review)
-        self.start_btn = QPushButton("Start run")
-        self.start_btn.setShortcut("Ctrl+Return")
-        self.start_btn.setToolTip("Queue the run (Ctrl+Return)")
-        self.start_btn.clicked.connect(self.start)
-        self.name = QLineEdit()
-        self.name.setPlaceholderText("name of the tuned model (optional)")
-        buttons.addWidget(self.name, 1)
-        buttons.addWidget(self.review_btn)
-        buttons.addWidget(self.start_btn)
-        self.recipe_text = QPlainTextEdit()
-        self.recipe_text.setReadOnly(True)
-        self.recipe_text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
-        self.recipe_text.setPlaceholderText("The recipe appears here when reviewed.")
-        self._built = False
+        buttons = self._make_tail("name of the tuned model (optional)")
         self._lr_method = "dpo"  # the recipe's default method, whose rate the default recipe carries
         self._tail = (buttons, self.estimate, self.recipe_text)
-        self._review_timer = QTimer(self, singleShot=True, interval=400)  # a knob moved: re-render and re-estimate once it settles
-        self._review_timer.timeout.connect(self.review)
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -187,10 +164,6 @@ class AlignView(RecipeForm, QWidget):
         self._method_changed()
         self._built = True
         self.review()
-
-    def _limits(self, path: str, step: float = 1.0) -> tuple[float, float]:
-        lo, hi = self.schema.limits(path, step=step)  # type: ignore[union-attr]
-        return (int(lo), int(hi)) if isinstance(lo, int) and isinstance(hi, int) else (lo, hi)
 
     def _fill_models(self, models: list[dict]) -> None:
         current = self.model.currentData()

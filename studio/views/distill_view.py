@@ -13,17 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import tomllib
-from PySide6.QtCore import QTimer, Signal
-from PySide6.QtGui import QFontDatabase
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPlainTextEdit,
-    QPushButton,
     QRadioButton,
     QVBoxLayout,
     QWidget,
@@ -43,7 +39,9 @@ METHODS = {
     "consistency": ("Consistency distillation (LCM-style)", True,
                     "The student learns to jump from any point of a teacher trajectory to its end, against a slowly moving copy of "
                     "itself; samples by jumping and re-noising, 1-4 steps. One training phase (no rounds); a third network (the target) "
-                    "in memory; too few teacher points or a fast target make it drift."),
+                    "in memory; too few teacher points or a fast target make it drift. "
+                    "Recommended: on the shipped base its 4-step student kept 96 % of the 20-step teacher's strict score at cfg 1, "
+                    "4.6x faster (progressive: 31 %)."),
     "dmd": ("DMD2", False, "One step matched to the teacher's distribution by a second, fake-score network: the best one-step "
             "quality, twice the memory; not built yet."),
     "ladd": ("LADD", False, "Adversarial distillation on the teacher's features; few steps, sharp, can be unstable; not built yet."),
@@ -92,26 +90,7 @@ class DistillView(RecipeForm, QWidget):
         self.shown_for: dict[str, set[str]] = {}  # knob -> the methods it belongs to
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
-        buttons = QHBoxLayout()
-        self.name = QLineEdit()
-        self.name.setPlaceholderText("name of the student (optional)")
-        self.review_btn = QPushButton("Review recipe")
-        self.review_btn.clicked.connect(self.review)
-        self.start_btn = QPushButton("Start run")
-        self.start_btn.setShortcut("Ctrl+Return")
-        self.start_btn.setToolTip("Queue the run (Ctrl+Return)")
-        self.start_btn.clicked.connect(self.start)
-        buttons.addWidget(self.name, 1)
-        buttons.addWidget(self.review_btn)
-        buttons.addWidget(self.start_btn)
-        self.recipe_text = QPlainTextEdit()
-        self.recipe_text.setReadOnly(True)
-        self.recipe_text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
-        self.recipe_text.setPlaceholderText("The recipe appears here when reviewed.")
-        self._tail = (buttons, self.recipe_text)
-        self._built = False
-        self._review_timer = QTimer(self, singleShot=True, interval=400)
-        self._review_timer.timeout.connect(self.review)
+        self._tail = (self._make_tail("name of the student (optional)"), self.recipe_text)
         for w in (self.model, self.target):
             w.currentIndexChanged.connect(self._target_changed)
         self.dataset.textChanged.connect(lambda *_: self._review_timer.start())
@@ -129,17 +108,17 @@ class DistillView(RecipeForm, QWidget):
         r = self.recipe
         pr, co, both = {"progressive"}, {"consistency"}, {"progressive", "consistency"}
         knobs = [
-            ("progressive.start_steps", "First round's student steps", ispin(*self._ilimits("progressive.start_steps"),
+            ("progressive.start_steps", "First round's student steps", ispin(*self._limits("progressive.start_steps"),
                                                                              r["progressive"]["start_steps"]), pr),
-            ("progressive.steps_per_round", "Training steps per round", ispin(*self._ilimits("progressive.steps_per_round"),
+            ("progressive.steps_per_round", "Training steps per round", ispin(*self._limits("progressive.steps_per_round"),
                                                                               r["progressive"]["steps_per_round"], 50), pr),
-            ("consistency.steps", "Training steps", ispin(*self._ilimits("consistency.steps"), r["consistency"]["steps"], 100), co),
-            ("consistency.schedule", "Teacher ODE points", ispin(*self._ilimits("consistency.schedule"), r["consistency"]["schedule"], 4), co),
+            ("consistency.steps", "Training steps", ispin(*self._limits("consistency.steps"), r["consistency"]["steps"], 100), co),
+            ("consistency.schedule", "Teacher ODE points", ispin(*self._limits("consistency.schedule"), r["consistency"]["schedule"], 4), co),
             ("consistency.ema", "Target EMA decay", spin(*self.schema.limits("consistency.ema", step=0.01), r["consistency"]["ema"], 0.01, 3), co),
             ("lr", "Learning rate", spin(*self.schema.limits("lr", step=1e-6), r["lr"], 1e-5, 6), both),
-            ("data.batch_size", "Images per step", ispin(*self._ilimits("data.batch_size"), r["data"]["batch_size"]), both),
-            ("eval_images", "ShapesEval images", ispin(*self._ilimits("eval_images"), r["eval_images"], 16), both),
-            ("sample_every", "Previews every (steps)", ispin(*self._ilimits("sample_every"), r["sample_every"], 50), both),
+            ("data.batch_size", "Images per step", ispin(*self._limits("data.batch_size"), r["data"]["batch_size"]), both),
+            ("eval_images", "ShapesEval images", ispin(*self._limits("eval_images"), r["eval_images"], 16), both),
+            ("sample_every", "Previews every (steps)", ispin(*self._limits("sample_every"), r["sample_every"], 50), both),
         ]
         for path, label, box, which in knobs:
             box.setToolTip(self.schema.description(path))
@@ -154,10 +133,6 @@ class DistillView(RecipeForm, QWidget):
         lay.addWidget(self._tail[1], 1)
         self._built = True
         self._method_changed()
-
-    def _ilimits(self, path: str) -> tuple[int, int]:
-        lo, hi = self.schema.limits(path)  # type: ignore[union-attr]
-        return int(lo), int(hi)
 
     def _fill_models(self, models: list[dict]) -> None:
         current = self.model.currentData()

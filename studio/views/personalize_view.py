@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
-from PySide6.QtCore import QSize, QTimer, Signal
-from PySide6.QtGui import QFontDatabase, QIcon
+from PySide6.QtCore import QSize, Signal
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,7 +30,6 @@ from PySide6.QtWidgets import (
     QListView,
     QListWidget,
     QListWidgetItem,
-    QPlainTextEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -164,26 +163,7 @@ class PersonalizeView(RecipeForm, QWidget):
         self.class_count.valueChanged.connect(lambda *_: self._review_timer.start())
         self.model.currentIndexChanged.connect(lambda *_: self._review_timer.start())
 
-        buttons = QHBoxLayout()
-        self.name = QLineEdit()
-        self.name.setPlaceholderText("name of the personalization (optional)")
-        self.review_btn = QPushButton("Review recipe")
-        self.review_btn.clicked.connect(self.review)
-        self.start_btn = QPushButton("Start run")
-        self.start_btn.setShortcut("Ctrl+Return")
-        self.start_btn.setToolTip("Queue the run (Ctrl+Return)")
-        self.start_btn.clicked.connect(self.start)
-        buttons.addWidget(self.name, 1)
-        buttons.addWidget(self.review_btn)
-        buttons.addWidget(self.start_btn)
-        self.recipe_text = QPlainTextEdit()
-        self.recipe_text.setReadOnly(True)
-        self.recipe_text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
-        self.recipe_text.setPlaceholderText("The recipe appears here when reviewed.")
-        self._tail = (buttons, self.recipe_text)
-        self._built = False
-        self._review_timer = QTimer(self, singleShot=True, interval=400)
-        self._review_timer.timeout.connect(self.review)
+        self._tail = (self._make_tail("name of the personalization (optional)"), self.recipe_text)
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -201,12 +181,12 @@ class PersonalizeView(RecipeForm, QWidget):
         r = self.recipe
         knobs = [
             ("prior.weight", "Prior weight λ", spin(*self.schema.limits("prior.weight", step=0.1), r["prior"]["weight"], 0.1, 2)),
-            ("lora.rank", "LoRA rank (0 = every weight)", ispin(*self._ilimits("lora.rank"), r["lora"]["rank"], 4)),
-            ("steps", "Steps", ispin(*self._ilimits("steps"), r["steps"], 50)),
+            ("lora.rank", "LoRA rank (0 = every weight)", ispin(*self._limits("lora.rank"), r["lora"]["rank"], 4)),
+            ("steps", "Steps", ispin(*self._limits("steps"), r["steps"], 50)),
             ("lr", "Learning rate", spin(*self.schema.limits("lr", step=1e-5), r["lr"], 1e-4, 5)),
-            ("batch_size", "Pictures per step", ispin(*self._ilimits("batch_size"), r["batch_size"])),
-            ("sample_every", "Previews every (steps)", ispin(*self._ilimits("sample_every"), r["sample_every"], 10)),
-            ("eval_images", "Images per prompt (figures)", ispin(*self._ilimits("eval_images"), r["eval_images"], 4)),
+            ("batch_size", "Pictures per step", ispin(*self._limits("batch_size"), r["batch_size"])),
+            ("sample_every", "Previews every (steps)", ispin(*self._limits("sample_every"), r["sample_every"], 10)),
+            ("eval_images", "Images per prompt (figures)", ispin(*self._limits("eval_images"), r["eval_images"], 4)),
         ]
         for path, label, box in knobs:
             box.setToolTip(self.schema.description(path))
@@ -224,10 +204,6 @@ class PersonalizeView(RecipeForm, QWidget):
         self._built = True
         self._words_changed()
         self._prior_changed()
-
-    def _ilimits(self, path: str) -> tuple[int, int]:
-        lo, hi = self.schema.limits(path)  # type: ignore[union-attr]
-        return int(lo), int(hi)
 
     def _fill_models(self, models: list[dict]) -> None:
         current = self.model.currentData()

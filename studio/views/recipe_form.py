@@ -1,14 +1,19 @@
 """What the one-page recipe forms (Align, Personalize) share: render the recipe the widgets describe
 through the backend, show its problems or its estimate, and queue it as a job.
 
-A form sets ``recipe`` (the default recipe as data), ``estimate`` and ``recipe_text`` (widgets) and
-implements ``collect`` (the recipe as the widgets say) and ``_show_estimate``; the backend renders,
-validates and estimates, so the Studio never parses a recipe's rules itself.
+A form sets ``recipe`` (the default recipe as data), ``schema`` and ``estimate``, builds its name /
+Review / Start row and recipe view with ``_make_tail``, and implements ``collect`` (the recipe as
+the widgets say), ``_show_estimate`` and ``start``; the backend renders, validates and estimates,
+so the Studio never parses a recipe's rules itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPlainTextEdit, QPushButton
 
 from ..widgets import show_error
 
@@ -16,6 +21,36 @@ from ..widgets import show_error
 class RecipeForm:
     recipe: dict[str, Any] | None
     text: str
+
+    def _make_tail(self, name_hint: str) -> QHBoxLayout:
+        """The name field, Review and Start buttons (returned as a row), the read-only recipe view and the
+        timer that re-reviews once a knob settles; the form adds the row and ``recipe_text`` when built."""
+        row = QHBoxLayout()
+        self.name = QLineEdit()
+        self.name.setPlaceholderText(name_hint)
+        self.review_btn = QPushButton("Review recipe")
+        self.review_btn.setToolTip("Render and check the recipe; shows the estimate")
+        self.review_btn.clicked.connect(self.review)
+        self.start_btn = QPushButton("Start run")
+        self.start_btn.setShortcut("Ctrl+Return")
+        self.start_btn.setToolTip("Queue the run (Ctrl+Return)")
+        self.start_btn.clicked.connect(self.start)  # type: ignore[attr-defined]
+        row.addWidget(self.name, 1)
+        row.addWidget(self.review_btn)
+        row.addWidget(self.start_btn)
+        self.recipe_text = QPlainTextEdit()
+        self.recipe_text.setReadOnly(True)
+        self.recipe_text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.recipe_text.setPlaceholderText("The recipe appears here when reviewed.")
+        self._built = False
+        self._review_timer = QTimer(self, singleShot=True, interval=400)  # type: ignore[call-overload]
+        self._review_timer.timeout.connect(self.review)
+        return row
+
+    def _limits(self, path: str, step: float = 1.0) -> tuple[Any, Any]:
+        """A knob's range from the recipe's schema (integers stay integers)."""
+        lo, hi = self.schema.limits(path, step=step)  # type: ignore[attr-defined]
+        return (int(lo), int(hi)) if isinstance(lo, int) and isinstance(hi, int) else (lo, hi)
 
     def collect(self) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
