@@ -37,10 +37,10 @@ def project_with_subject(tmp_path_factory) -> Path:
     return root
 
 
-def velocities(net, bundle, seed: int = 0) -> torch.Tensor:
+def velocities(net, bundle, seed: int = 0, prompts: tuple[str, str] = ("a sks circle", "a red square")) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 4, 16, 16, generator=gen)
-    prompt = bundle.encode_prompts(["a sks circle", "a red square"])
+    prompt = bundle.encode_prompts(list(prompts))
     with torch.no_grad():
         return bundle.velocity(x, torch.tensor([0.3, 0.7]), prompt, net)
 
@@ -107,3 +107,34 @@ def test_too_few_subject_images_is_a_clear_error(project_with_subject: Path):
             execute_job(project, jid, echo=False)
         state, error = project.db.execute("SELECT state, error FROM jobs WHERE id = ?", [jid]).fetchone()
         assert state == "failed" and "nothing-here" in error
+
+
+def test_an_sd3_style_adapter_loads_into_a_stock_sd3_transformer(tmp_path: Path):
+    """The MMDiT family is diffusers' SD3Transformer2DModel: an adapter saved the way the stage saves it
+    loads into the stock class (from_pretrained + load_lora_adapter) and gives the same outputs. The
+    stock attention has no key mask for padded text, so both prompts have one token length here."""
+    from diffusers import SD3Transformer2DModel
+
+    from backend.models.family import build_embedded
+    from backend.models.lora import add_lora, save_lora
+
+    bundle = build_embedded("tiny", family="mmdit", seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in bundle.net.parameters():
+            if not p.abs().sum():
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))  # the zero-initialised output layers, as if trained
+    bundle.net.save_pretrained(tmp_path / "transformer")
+    add_lora(bundle.net, bundle.family, rank=4, alpha=8)
+    with torch.no_grad():
+        for name, p in bundle.net.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))  # as if trained
+    save_lora(bundle.net, tmp_path / "adapter")
+    stock = SD3Transformer2DModel.from_pretrained(str(tmp_path / "transformer"), local_files_only=True)
+    stock.load_lora_adapter(str(tmp_path / "adapter"), weight_name="pytorch_lora_weights.safetensors", prefix=None)
+    same_length = ("a red circle", "a blue square")
+    assert len(set(bundle.encode_prompts(list(same_length)).lengths.tolist())) == 1
+    ours, theirs = velocities(bundle.net, bundle, prompts=same_length), velocities(stock, bundle, prompts=same_length)
+    plain = velocities(SD3Transformer2DModel.from_pretrained(str(tmp_path / "transformer"), local_files_only=True), bundle, prompts=same_length)
+    assert torch.allclose(ours, theirs, atol=1e-5) and not torch.allclose(ours, plain, atol=1e-4)
