@@ -166,16 +166,7 @@ class AlignView(RecipeForm, QWidget):
         self.review()
 
     def _fill_models(self, models: list[dict]) -> None:
-        current = self.model.currentData()
-        self.model.clear()
-        for m in reversed(models):
-            if m.get("kind") == "reward":
-                continue
-            card = m.get("card") or {}
-            overall = (card.get("shapes_eval") or {}).get("overall")
-            self.model.addItem(f"#{m['id']} {m['name']} ({m['kind']})" + (f" · strict {overall:.2f}" if overall is not None else ""), m["path"])
-        i = self.model.findData(current) if current else self.model.findData("models/shapes-base")
-        self.model.setCurrentIndex(max(0, i))
+        self._fill_model_combo(self.model, models)
         typed = self.reward.currentText()
         self.reward.clear()
         for key, about in REWARDS:

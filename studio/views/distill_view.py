@@ -90,7 +90,7 @@ class DistillView(RecipeForm, QWidget):
         self.shown_for: dict[str, set[str]] = {}  # knob -> the methods it belongs to
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
-        self._tail = (self._make_tail("name of the student (optional)"), self.recipe_text)
+        self._tail = self._make_tail("name of the student (optional)")
         for w in (self.model, self.target):
             w.currentIndexChanged.connect(self._target_changed)
         self.dataset.textChanged.connect(lambda *_: self._review_timer.start())
@@ -120,30 +120,14 @@ class DistillView(RecipeForm, QWidget):
             ("eval_images", "ShapesEval images", ispin(*self._limits("eval_images"), r["eval_images"], 16), both),
             ("sample_every", "Previews every (steps)", ispin(*self._limits("sample_every"), r["sample_every"], 50), both),
         ]
-        for path, label, box, which in knobs:
-            box.setToolTip(self.schema.description(path))
-            box.valueChanged.connect(lambda *_: self._review_timer.start())
-            self.form.addRow(label, box)
-            self.knobs[path] = box
-            self.shown_for[path] = which
+        self._add_knobs([(path, label, box) for path, label, box, _ in knobs])
+        self.shown_for = {path: which for path, _, _, which in knobs}
         self.target.setCurrentIndex(max(0, self.target.findData(r["target_steps"])))
-        self.form.addRow("Estimate", self.estimate)
-        lay = self.layout()
-        lay.addLayout(self._tail[0])
-        lay.addWidget(self._tail[1], 1)
-        self._built = True
+        self._finish_build(self._tail)
         self._method_changed()
 
     def _fill_models(self, models: list[dict]) -> None:
-        current = self.model.currentData()
-        self.model.blockSignals(True)
-        self.model.clear()
-        for m in reversed(models):
-            if m.get("kind") in ("base", "tuned", "personalized"):
-                se = ((m.get("card") or {}).get("shapes_eval") or {}).get("overall")
-                self.model.addItem(f"#{m['id']} {m['name']} ({m['kind']})" + (f" · strict {se:.2f}" if se is not None else ""), m["path"])
-        self.model.setCurrentIndex(max(0, self.model.findData(current or "models/shapes-base")))
-        self.model.blockSignals(False)
+        self._fill_model_combo(self.model, models, ("base", "tuned", "personalized"))
 
     def method(self) -> str:
         return next((k for k, b in self.method_buttons.items() if b.isChecked()), "progressive")

@@ -163,7 +163,7 @@ class PersonalizeView(RecipeForm, QWidget):
         self.class_count.valueChanged.connect(lambda *_: self._review_timer.start())
         self.model.currentIndexChanged.connect(lambda *_: self._review_timer.start())
 
-        self._tail = (self._make_tail("name of the personalization (optional)"), self.recipe_text)
+        self._tail = self._make_tail("name of the personalization (optional)")
 
     # --- loading ---------------------------------------------------------------------------------
 
@@ -188,32 +188,17 @@ class PersonalizeView(RecipeForm, QWidget):
             ("sample_every", "Previews every (steps)", ispin(*self._limits("sample_every"), r["sample_every"], 10)),
             ("eval_images", "Images per prompt (figures)", ispin(*self._limits("eval_images"), r["eval_images"], 4)),
         ]
-        for path, label, box in knobs:
-            box.setToolTip(self.schema.description(path))
-            box.valueChanged.connect(lambda *_: self._review_timer.start())
-            self.form.addRow(label, box)
-            self.knobs[path] = box
+        self._add_knobs(knobs)
         self.class_count.setValue(r["prior"]["class_images"])
         self.token.setText(r["token"])
         self.class_noun.setText(r["class_noun"])
         self.dataset.setCurrentText(r["dataset"])
-        self.form.addRow("Estimate", self.estimate)
-        lay = self.layout()
-        lay.addLayout(self._tail[0])
-        lay.addWidget(self._tail[1], 1)
-        self._built = True
+        self._finish_build(self._tail)
         self._words_changed()
         self._prior_changed()
 
     def _fill_models(self, models: list[dict]) -> None:
-        current = self.model.currentData()
-        self.model.blockSignals(True)
-        self.model.clear()
-        for m in reversed(models):
-            if m.get("kind") in ("base", "tuned"):
-                self.model.addItem(f"#{m['id']} {m['name']} ({m['kind']})", m["path"])
-        self.model.setCurrentIndex(max(0, self.model.findData(current or "models/shapes-base")))
-        self.model.blockSignals(False)
+        self._fill_model_combo(self.model, models, ("base", "tuned"))
 
     def _fill_datasets(self, datasets: list[dict]) -> None:
         typed = self.dataset.currentText() or "subject"

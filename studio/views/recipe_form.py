@@ -52,6 +52,36 @@ class RecipeForm:
         lo, hi = self.schema.limits(path, step=step)  # type: ignore[attr-defined]
         return (int(lo), int(hi)) if isinstance(lo, int) and isinstance(hi, int) else (lo, hi)
 
+    def _fill_model_combo(self, combo, models: list[dict], kinds: tuple[str, ...] | None = None, default: str = "models/shapes-base") -> None:
+        """The project's models (newest first; of ``kinds``, or every kind that draws) with their strict score,
+        keeping the current choice; signals stay quiet while it refills."""
+        current = combo.currentData()
+        combo.blockSignals(True)
+        combo.clear()
+        for m in reversed(models):
+            if (kinds is not None and m.get("kind") not in kinds) or m.get("kind") == "reward":
+                continue
+            overall = ((m.get("card") or {}).get("shapes_eval") or {}).get("overall")
+            combo.addItem(f"#{m['id']} {m['name']} ({m['kind']})" + (f" · strict {overall:.2f}" if overall is not None else ""), m["path"])
+        combo.setCurrentIndex(max(0, combo.findData(current or default)))
+        combo.blockSignals(False)
+
+    def _add_knobs(self, knobs: list[tuple[str, str, Any]]) -> None:
+        """Spin boxes for recipe fields: the schema's help as tooltip, a re-review when one moves, a form row each."""
+        for path, label, box in knobs:
+            box.setToolTip(self.schema.description(path))  # type: ignore[attr-defined]
+            box.valueChanged.connect(lambda *_: self._review_timer.start())
+            self.form.addRow(label, box)  # type: ignore[attr-defined]
+            self.knobs[path] = box  # type: ignore[attr-defined]
+
+    def _finish_build(self, tail_row: QHBoxLayout) -> None:
+        """The estimate row, then the name/Review/Start row and the recipe view under the form."""
+        self.form.addRow("Estimate", self.estimate)  # type: ignore[attr-defined]
+        lay = self.layout()  # type: ignore[attr-defined]
+        lay.addLayout(tail_row)
+        lay.addWidget(self.recipe_text, 1)
+        self._built = True
+
     def collect(self) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
 
