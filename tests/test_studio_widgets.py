@@ -124,3 +124,13 @@ def test_recipe_schema_reads_limits_and_help_by_field_path():
     assert "logit-normal location" in schema.description("allocation.timesteps.m")
     with pytest.raises(KeyError, match="no field 'optim.nope'"):
         schema.field("optim.nope")
+
+
+def test_prefetched_items_leave_loading_in_the_backends_order():
+    from studio.views.prefetch import ready_in_order
+
+    loading = {1: {"id": 1, "n": 1}, 2: {"id": 2, "n": 2}, 3: {"id": 3, "n": 2}}
+    complete = lambda item: item["n"] == 2  # noqa: E731
+    assert ready_in_order(loading, complete) == [] and list(loading) == [1, 2, 3]  # 2 and 3 wait for 1
+    loading[1]["n"] = 2
+    assert [i["id"] for i in ready_in_order(loading, complete)] == [1, 2, 3] and not loading

@@ -17,6 +17,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from ..widgets import alive, hint, pixmap_from_bytes, show_error
+from .prefetch import ready_in_order
 
 PREFETCH = 3  # groups held ready (all images loaded) ahead of the one shown
 MAX_IMAGES = 8
@@ -156,8 +157,13 @@ class RankPanel(QWidget):
         if self.loading.get(group["group"]) is not group or not alive(self):
             return
         group["pixmaps"][image] = pixmap_from_bytes(data)
-        if len(group["pixmaps"]) == len(group["images"]):
-            self.queue.append(self.loading.pop(group["group"]))
+        self._queue_loaded()
+
+    def _queue_loaded(self) -> None:
+        """Groups whose images have all arrived join the queue in the backend's order (the oldest first)."""
+        ready = ready_in_order(self.loading, lambda g: len(g["pixmaps"]) == len(g["images"]))
+        self.queue.extend(ready)
+        if ready:
             if self.current is None:
                 self._advance()
             self.fill()
@@ -166,6 +172,7 @@ class RankPanel(QWidget):
         self.loading.pop(group["group"], None)
         self.broken.add(group["group"])
         self.message.setText(f"An image of “{group['prompt']}” could not be loaded ({exc}); that prompt stays in the queue.")
+        self._queue_loaded()  # the groups behind it need not wait for it
 
     def _advance(self) -> None:
         self._show(self.queue.popleft() if self.queue else None)

@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 
 from ..widgets import alive, heading, hint, pixmap_from_bytes, show_error
 from .playground import ModelPicker
+from .prefetch import ready_in_order
 from .rank_panel import RankPanel
 
 PREFETCH = 6  # pairs held ready (images loaded) ahead of the one shown
@@ -357,14 +358,9 @@ class RateView(QWidget):
     def _queue_loaded(self) -> None:
         """Move pairs whose images have both arrived into the queue, in the backend's order: images load
         in parallel, and a later pair's arriving first must not jump the queue (the oldest pair first)."""
-        moved = False
-        while self.loading:
-            first = next(iter(self.loading.values()))
-            if len(first["pixmaps"]) < 2:
-                break
-            self.queue.append(self.loading.pop(first["id"]))
-            moved = True
-        if moved:
+        ready = ready_in_order(self.loading, lambda pair: len(pair["pixmaps"]) == 2)
+        self.queue.extend(ready)
+        if ready:
             if self.current is None:
                 self._advance()
             self._fill()
