@@ -65,10 +65,10 @@ def state_of(trainer: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
-def straight_and_killed(tmp_path: Path, make_method, steps: int, kill_at: int = 3, lora: bool = False) -> tuple[Trainer, Trainer]:
+def straight_and_killed(tmp_path: Path, make_method, steps: int, kill_at: int = 3, lora: bool = False, batches=toy_batches) -> tuple[Trainer, Trainer]:
     """One run straight through; a second that resumes from the step-``kill_at`` checkpoint of a
     copy of the first's folder (later checkpoints removed, as if killed before writing them)."""
-    straight = Trainer(make_bundle(lora), make_method(), toy_batches, config(steps), tmp_path / "a", Quiet())
+    straight = Trainer(make_bundle(lora), make_method(), batches, config(steps), tmp_path / "a", Quiet())
     straight.run(resume=False)
     killed = tmp_path / "b"
     shutil.copytree(tmp_path / "a", killed)
@@ -77,7 +77,7 @@ def straight_and_killed(tmp_path: Path, make_method, steps: int, kill_at: int = 
             shutil.rmtree(ckpt)
     (killed / "checkpoints" / "latest").write_text(f"step-{kill_at:07d}\n")
     torch.manual_seed(1234)  # the resumed process starts from other RNG state; the checkpoint restores it
-    resumed = Trainer(make_bundle(lora), make_method(), toy_batches, config(steps), killed, Quiet())
+    resumed = Trainer(make_bundle(lora), make_method(), batches, config(steps), killed, Quiet())
     assert resumed.resume() and resumed.step == kill_at
     resumed.run(resume=False)
     return straight, resumed
