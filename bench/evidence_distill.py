@@ -9,10 +9,10 @@ as anchors, the teacher cut down to the student's steps (CFG 3 and CFG 1) as the
 distillation must beat, and each student at its own steps (CFG 1). Latency is the best of two
 timed batches of 8 images, decode included, in this process. Grids are saved beside the table.
 
-Built so far: progressive and consistency distillation (``--methods progressive,consistency``).
-Reflow/InstaFlow, DMD2 and LADD are not built yet (issue 23).
+Runs are ``method:steps`` pairs (``--runs consistency:4,dmd:1,...``); each trains from the shipped
+base with the given budget (``--steps-per-round`` for progressive, ``--<method>-steps`` otherwise).
 
-    .venv/bin/python bench/evidence_distill.py --steps-per-round 100 --json bench/results/evidence_distill.json
+    .venv/bin/python bench/evidence_distill.py --json bench/results/evidence_distill.json
 """
 
 from __future__ import annotations
@@ -53,13 +53,22 @@ def one_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     with Project.open(Path(args.workdir) / "proj") as project:
         recipe = DistillRecipe(name=args.name, method=args.method, target_steps=args.target,
-                               progressive={"start_steps": args.start, "steps_per_round": args.spr},
-                               consistency={"steps": args.consistency_steps}, lr=args.lr, eval_images=0, sample_every=0)
+                               progressive={"start_steps": max(args.start, args.target), "steps_per_round": args.steps_per_round},
+                               consistency={"steps": args.consistency_steps}, dmd={"steps": args.dmd_steps, "fake_updates": args.fake_updates},
+                               ladd={"steps": args.ladd_steps},
+                               reflow={"pairs": args.pairs, "reflow_steps": args.reflow_steps, "distill_steps": args.instaflow_steps},
+                               lr=args.lr, eval_images=0, sample_every=0)
         t0 = time.perf_counter()
         out = execute_job(project, create_job(project, recipe), echo=False)
         wall = time.perf_counter() - t0
     Path(args.result).write_text(json.dumps({"name": args.name, "wall_s": wall, "summary": out, "steps": recipe.total_steps,
                                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_name(method: str, target: int, args: argparse.Namespace) -> str:
+    budget = {"progressive": f"{args.start}to{target}-{args.steps_per_round}", "consistency": args.consistency_steps, "dmd": args.dmd_steps,
+              "ladd": args.ladd_steps, "reflow": f"{args.pairs}p-{args.reflow_steps}" + (f"+{args.instaflow_steps}" if target == 1 else "")}[method]
+    return f"{method}-{target}step-{budget}"
 
 
 def assess(folder: Path, label: str, steps: int, cfg: float, n: int, kind: str = "euler") -> dict:
@@ -81,12 +90,18 @@ def assess(folder: Path, label: str, steps: int, cfg: float, n: int, kind: str =
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--target", type=int, default=4)
-    ap.add_argument("--start", type=int, default=16)
+    ap.add_argument("--runs", default="consistency:4,consistency:1,dmd:1,dmd:4,ladd:4,ladd:1,reflow:1,reflow:4,progressive:4",
+                    help="comma-separated method:steps (methods: progressive, consistency, reflow, dmd, ladd)")
+    ap.add_argument("--start", type=int, default=16, help="progressive: the first round's student steps")
     ap.add_argument("--steps-per-round", type=int, default=100)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--methods", default="progressive", help="comma-separated: progressive, consistency")
     ap.add_argument("--consistency-steps", type=int, default=300)
+    ap.add_argument("--dmd-steps", type=int, default=300)
+    ap.add_argument("--fake-updates", type=int, default=5)
+    ap.add_argument("--ladd-steps", type=int, default=300)
+    ap.add_argument("--pairs", type=int, default=1024, help="reflow: teacher couplings")
+    ap.add_argument("--reflow-steps", type=int, default=300)
+    ap.add_argument("--instaflow-steps", type=int, default=200, help="reflow at 1 step: the one-step phase")
+    ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--images", type=int, default=240, help="eval images per model (the stratified order's head)")
     ap.add_argument("--world", type=int, default=3000, help="ShapesWorld images for the data latents")
     ap.add_argument("--threads", type=int, default=2)
@@ -94,8 +109,8 @@ def main() -> None:
     ap.add_argument("--json", default="")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--name", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--spr", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--method", default="progressive", help=argparse.SUPPRESS)
+    ap.add_argument("--target", type=int, default=4, help=argparse.SUPPRESS)
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -104,33 +119,37 @@ def main() -> None:
     print(f"work folder {work}", flush=True)
     root = setup(work, args.world)
     runs = {}
-    for method in args.methods.split(","):
-        name = (f"progressive-{args.start}to{args.target}-{args.steps_per_round}" if method == "progressive"
-                else f"consistency-{args.target}step-{args.consistency_steps}")
+    forwarded = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("start", "steps_per_round", "consistency_steps", "dmd_steps", "fake_updates",
+                                                                         "ladd_steps", "pairs", "reflow_steps", "instaflow_steps", "lr", "threads")]
+    for spec in args.runs.split(","):
+        method, target = spec.split(":")
+        name = run_name(method, int(target), args)
         result = work / f"{name}.json"
         if not result.exists():
-            subprocess.run([sys.executable, __file__, "--one", "--name", name, "--method", method, "--result", str(result), "--workdir", str(work),
-                            "--target", str(args.target), "--start", str(args.start), "--spr", str(args.steps_per_round), "--lr", str(args.lr),
-                            "--consistency-steps", str(args.consistency_steps), "--threads", str(args.threads)], check=True)
-        runs[name] = (method, json.loads(result.read_text()))
+            print(f"training {name}", flush=True)
+            subprocess.run([sys.executable, __file__, "--one", "--name", name, "--method", method, "--target", target, "--result", str(result),
+                            "--workdir", str(work), *forwarded], check=True)
+        runs[name] = (method, int(target), json.loads(result.read_text()))
+        print(f"{name}: trained in {runs[name][2]['wall_s'] / 60:.1f} min", flush=True)
     base = root / "models" / "shapes-base"
     n = args.images
-    rows = [assess(base, "teacher-40", 40, 3.0, n), assess(base, "teacher-20", 20, 3.0, n),
-            assess(base, f"teacher-{args.target}-cfg3", args.target, 3.0, n), assess(base, f"teacher-{args.target}-cfg1", args.target, 1.0, n)]
-    rows += [assess(root / run["summary"]["path"], name, args.target, 1.0, n, "consistency" if method == "consistency" else "euler")
-             for name, (method, run) in runs.items()]
+    targets = sorted({t for _, t, _ in runs.values()})
+    rows = [assess(base, "teacher-40", 40, 3.0, n), assess(base, "teacher-20", 20, 3.0, n)]
+    rows += [assess(base, f"teacher-{t}-cfg3", t, 3.0, n) for t in targets]
+    rows += [assess(root / run["summary"]["path"], name, t, 1.0, n, "euler" if method in ("progressive", "reflow") else "consistency")
+             for name, (method, t, run) in runs.items()]
     ref = rows[1]
     lines = [[r["label"], r["steps"], f"{r['cfg']:g}", f"{r['overall']:.3f} ± {r['se']:.3f}", f"{r['overall'] / ref['overall']:.0%}" if ref["overall"] else "-",
               f"{r['single']:.3f} ± {r['single_se']:.3f}", f"{r['fd']:.1f}", f"{r['latency_s'] * 1000:.1f} ms", f"{ref['latency_s'] / r['latency_s']:.1f}x",
-              f"{runs[r['label']][1]['wall_s'] / 60:.1f} min" if r["label"] in runs else "-",
-              f"{runs[r['label']][1]['peak_rss_mb']:.0f} MB" if r["label"] in runs else "-"]
+              f"{runs[r['label']][2]['wall_s'] / 60:.1f} min" if r["label"] in runs else "-",
+              f"{runs[r['label']][2]['peak_rss_mb']:.0f} MB" if r["label"] in runs else "-"]
              for r in rows]
     print(table(lines, ["model", "steps", "cfg", "strict overall", "of teacher-20", "single objects", "FD", "latency / image", "speed-up",
                         "training", "peak RSS"]))
     print(f"{n} images per model (stratified ShapesEval head), 2 CPU cores; training steps: "
-          + ", ".join(f"{name} {run['steps']}" for name, (_, run) in runs.items()))
+          + ", ".join(f"{name} {run['steps']}" for name, (_, _, run) in runs.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"images": n, "runs": {k: v[1] for k, v in runs.items()}, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"images": n, "runs": {k: v[2] for k, v in runs.items()}, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -223,6 +223,15 @@ def test_each_method_saves_a_student_with_its_sampler_and_its_measurements(tmp_p
             card = json.loads((project.root / "models" / method / "card.json").read_text())
             assert card["method"] == method and card["sampler"]["steps"] == target and card["sampler"]["cfg"] == 1.0
             assert card["sampler"]["kind"] == ("euler" if method == "reflow" else "consistency") and "shapes_eval" in card
+        # teacher against student for rating: each draws with its own sampler, and the records say so
+        from backend.recipes.pairs import PairsRecipe
+
+        pairs = PairsRecipe(model="models/shapes-base", model_b="models/ladd", prompts_from="list", prompts=["a red circle"],
+                            sampler={"steps": 4, "cfg": 3.0, "width": 64, "height": 64})
+        assert execute_job(project, create_job(project, pairs), echo=False)["pairs"] == 2
+        metas = [json.loads(r[0]) for r in project.db.execute("SELECT meta FROM comparisons").fetchall()]
+        assert {(m["a"]["sampler"]["steps"], m["a"]["sampler"]["cfg"], m["b"]["sampler"]["steps"], m["b"]["sampler"]["cfg"],
+                 m["b"]["sampler"]["kind"]) for m in metas} == {(4, 3.0, 2, 1.0, "consistency")}
         measured = card["reflow_measured"]
         assert measured["couplings"] == 8 and measured["distance"].startswith("world-encoder") and measured["curvature_after"] >= 0
         assert len(list((project.root / "cache" / "couplings").glob("*/chunk-*.safetensors"))) == 1

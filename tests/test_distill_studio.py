@@ -1,5 +1,5 @@
 """Distilling as a person does it, in the real Studio against a real backend: the Distill page lists
-the methods (those not built yet greyed), keeps the rounds a halving of the target, estimates the
+the five methods with what each holds in memory (DMD2's fake network counted), keeps the rounds a halving of the target, estimates the
 run, starts it; the student lands in the Playground, sampled at its own steps and without guidance
 beside the teacher on the same seeds, each column with its latency per image."""
 
@@ -29,7 +29,11 @@ def test_distill_page_to_run_to_teacher_student_comparison(qtbot, tmp_path: Path
         dv = w.distill
         qtbot.waitUntil(lambda: "minute" in dv.estimate.text(), timeout=60_000)
         assert "4 network passes per image against the teacher's 40" in dv.estimate.text()
-        assert not dv.method_buttons["dmd"].isEnabled() and dv.method_buttons["consistency"].isChecked()  # the recommended one
+        assert dv.method_buttons["consistency"].isChecked() and "target (EMA copy)" in dv.estimate.text()  # the recommended one
+        assert all(b.isEnabled() for b in dv.method_buttons.values())
+        dv.method_buttons["dmd"].setChecked(True)
+        qtbot.waitUntil(lambda: "fake-score network" in dv.estimate.text(), timeout=30_000)
+        assert dv.form.isRowVisible(dv.knobs["dmd.fake_updates"]) and not dv.form.isRowVisible(dv.knobs["ladd.r1"])
         dv.method_buttons["progressive"].setChecked(True)
         assert dv.form.isRowVisible(dv.knobs["progressive.start_steps"]) and not dv.form.isRowVisible(dv.knobs["consistency.ema"])
         dv.target.setCurrentIndex(dv.target.findData(2))
@@ -45,6 +49,11 @@ def test_distill_page_to_run_to_teacher_student_comparison(qtbot, tmp_path: Path
         qtbot.waitUntil(lambda: any(j["kind"] == "distill" and j["state"] in ("done", "failed") for j in client.jobs()), timeout=300_000)
         job = next(j for j in client.jobs() if j["kind"] == "distill")
         assert job["state"] == "done", client.log(job["id"])["text"][-2000:]
+        runs = w.runs
+        # the teacher's pictures of the preview prompts and seeds, under the student's previews
+        qtbot.waitUntil(lambda: len(runs.teacher_samples) == 8 and runs.preview_count() == 8, timeout=30_000)
+        assert "Teacher (20 steps, cfg 3.0)" in runs.teacher_label.text()
+        assert {(s["prompt"], s["seed"]) for s in runs.teacher_samples} == {(s["prompt"], s["seed"]) for s in runs.samples if s["step"] == runs.shown_step}
         student = next(m for m in client.models() if m["name"] == "student")
         assert student["kind"] == "distilled" and student["card"]["sampler"]["steps"] == 4 and student["card"]["parent"] == "models/shapes-base"
 

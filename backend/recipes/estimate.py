@@ -130,17 +130,36 @@ def estimate_personalize(recipe: Any, info: dict[str, Any], cores: int = 2, gpu:
 
 
 def estimate_distill(recipe: Any, info: dict[str, Any], cores: int = 2, gpu: bool = False) -> dict[str, Any]:
-    """Network passes of a distillation: progressive, per sample and step, two teacher steps (guided in
-    the first round: twice the passes) and the student's training pass; consistency, one guided
-    teacher step, the target's forward and the student's training pass; then the student's
-    evaluations at its steps (cfg 1) and the previews."""
+    """Network passes of a distillation and what it holds in memory. Per sample and training step
+    (a training pass counts 3: forward and backward): progressive, two teacher steps (guided in the
+    first round) and the student's training pass; consistency, one guided teacher step, the
+    target's forward, the student's pass; DMD2, the generator's sample, the fake network's
+    ``fake_updates`` passes, the generator's pass, the guided real score and the fake score; LADD,
+    the generator's sample, the teacher's features for the heads (about half a pass each: the
+    forward stops at the deepest block read), the generator's pass with the teacher's features
+    back-propagated, the guided teacher for the distillation term; reflow, the teacher's couplings
+    (drawn once, cached) and the student's pass. Then the student's evaluations at its steps and the
+    previews. Memory: fp32 weights, and for what trains its gradients and two AdamW moments."""
     s = recipe.sampler
     fwd = forward_flops(info, s.width, s.height)
     batch = recipe.data.batch_size
     guided = 2 if s.cfg != 1.0 else 1
+    params = model_params(info)
+    held = [("student (training)", 4 * params), ("teacher (frozen)", params)]
+    rounds, setup_passes = 1, 0
     if recipe.method == "consistency":
-        rounds = 1
         passes = batch * recipe.total_steps * (guided + 1 + 3)
+        held.append(("target (EMA copy)", params))
+    elif recipe.method == "dmd":
+        d = recipe.dmd
+        passes = batch * recipe.total_steps * (1 + 3 * d.fake_updates + 3 + guided + 1 + (2 * d.fake_updates + 1 if d.gan_weight else 0))
+        held.append(("fake-score network (training: a second model)", 4 * params))
+    elif recipe.method == "ladd":
+        passes = batch * recipe.total_steps * (1 + 1 + 3 + 1.5 + guided)
+        held.append(("discriminator heads (training)", 4 * 200_000))
+    elif recipe.method == "reflow":
+        setup_passes = recipe.reflow.pairs * s.steps * guided
+        passes = batch * recipe.total_steps * 3
     else:
         p = recipe.progressive
         rounds = recipe.total_steps // p.steps_per_round
@@ -148,8 +167,9 @@ def estimate_distill(recipe: Any, info: dict[str, Any], cores: int = 2, gpu: boo
     evals = (recipe.total_steps // recipe.eval_every + (1 if recipe.total_steps % recipe.eval_every else 0)) if recipe.eval_images else 0
     eval_passes = evals * recipe.eval_images * recipe.target_steps
     previews = (recipe.total_steps // recipe.sample_every if recipe.sample_every else 0) * 8 * recipe.target_steps
-    flops = (passes + eval_passes + previews) * fwd
+    flops = (setup_passes + passes + eval_passes + previews) * fwd
     rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_CORE * max(1, cores)
-    return {"params": model_params(info), "steps": recipe.total_steps, "images": batch * recipe.total_steps, "seconds": flops / rate * 1.1,
+    return {"params": params, "steps": recipe.total_steps, "images": batch * recipe.total_steps, "seconds": flops / rate * 1.1,
             "flops": flops, "rounds": rounds, "teacher_passes_per_image": 2 * s.steps if s.cfg != 1.0 else s.steps,
-            "student_passes_per_image": recipe.target_steps}
+            "student_passes_per_image": recipe.target_steps, "memory_bytes": sum(b for _, b in held) * 4,
+            "held": [[what, b * 4] for what, b in held]}

@@ -114,6 +114,24 @@ def build_reflow(project: Project, recipe: DistillRecipe, bundle, what: str, rep
                              "_straightness": lambda net: straightness(bundle, net, couplings, embeds, alpha)}
 
 
+def teacher_previews(bundle, recipe: DistillRecipe, reporter: Any) -> None:
+    """The teacher's pictures of the preview prompts and seeds at its own sampler, posted once per job
+    (kind "teacher") before the student trains, so Runs can hold the student's previews against them."""
+    from backend.recipes.pretrain import PreviewSection
+    from backend.sample.euler import generate, settings_from
+
+    project, job = getattr(reporter, "project", None), getattr(reporter, "job_id", None)
+    if project is not None and project.db.execute("SELECT 1 FROM samples WHERE job_id = ? AND json_extract(settings, '$.kind') = 'teacher'",
+                                                  [job]).fetchone():
+        return  # a resumed job: already drawn
+    pv, s = PreviewSection(), recipe.sampler
+    prompts = [p for p in pv.prompts for _ in pv.seeds]
+    seeds = [sd for _ in pv.prompts for sd in pv.seeds]
+    meta = {"steps": s.steps, "cfg": s.cfg, "width": s.width, "height": s.height, "shift": s.shift, "kind": "teacher"}
+    for prompt, seed, img in zip(prompts, seeds, generate(bundle, prompts, seeds, settings_from(s))):
+        reporter.sample(0, prompt, seed, img, meta)
+
+
 def run(project: Project, recipe: DistillRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
     from backend.sample.euler import settings_from
     from backend.train.curriculum import view_batches
@@ -138,6 +156,8 @@ def run(project: Project, recipe: DistillRecipe, run_dir: Path, reporter: Any, r
 
     preview = make_preview(bundle, PreviewSection(sampler={**s.model_dump(), "steps": recipe.target_steps, "cfg": 1.0,
                                                            "kind": recipe.sampler_kind}), reporter) if recipe.sample_every else None
+    if preview is not None:
+        teacher_previews(bundle, recipe, reporter)
     cfg = LoopConfig(steps=steps, lr=recipe.lr, weight_decay=0.0, warmup=min(20, steps // 20), ema=0.0, seed=recipe.seed, schedule="constant",
                      log_every=5, checkpoint_every=every, sample_every=recipe.sample_every,
                      eval_every=recipe.eval_every, loss_bins=8, device="auto")

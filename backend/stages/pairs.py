@@ -53,7 +53,7 @@ def _png(image) -> bytes:
 
 def run(project: Project, recipe: PairsRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
     from backend.sample.euler import generate, settings_from
-    from backend.train.resolve import resolve_model
+    from backend.train.resolve import own_sampler, resolve_model
 
     job_id = getattr(reporter, "job_id", None)
     prompts = choose_prompts(project, recipe)
@@ -63,11 +63,17 @@ def run(project: Project, recipe: PairsRecipe, run_dir: Path, reporter: Any, res
         done = project.db.execute("SELECT count(*) FROM comparisons WHERE job_id = ?", [job_id]).fetchone()[0] // per
         if done:
             reporter.log(f"resuming after {done} prompt(s) already paired")
-    s = recipe.sampler
-    settings = settings_from(s)
-    record = {"sampler": {"steps": s.steps, "cfg": s.cfg, "shift": s.shift, "width": s.width, "height": s.height}}
+    # each model with the sampler it is meant for: a distilled student at its own steps, unguided
+    sa = own_sampler(project, recipe.model, recipe.sampler)
+    sb = own_sampler(project, recipe.model_b, recipe.sampler) if recipe.model_b else sa
+    settings_a, settings_b = settings_from(sa), settings_from(sb)
+    record_a, record_b = ({"sampler": {"steps": s.steps, "cfg": s.cfg, "shift": s.shift, "width": s.width, "height": s.height, "kind": s.kind}}
+                          for s in (sa, sb))
     bundle_a, what_a = resolve_model(project, recipe.model)
     bundle_b, what_b = resolve_model(project, recipe.model_b) if recipe.model_b else (bundle_a, what_a)
+    for s, what in ((sa, what_a), (sb, what_b)) if recipe.model_b else ((sa, what_a),):
+        if s is not recipe.sampler:
+            reporter.log(f"{what} is a distilled student: it draws with its own sampler ({s.steps} steps, cfg {s.cfg:g}, {s.kind})")
     k = recipe.images_per_prompt
     reporter.log(f"{len(prompts)} prompts x {per} pairs from {what_a}" + (f" against {what_b}" if recipe.model_b else f", {k} seeds each"))
     chunk = max(1, 32 // k)
@@ -76,17 +82,19 @@ def run(project: Project, recipe: PairsRecipe, run_dir: Path, reporter: Any, res
         seeds = {i: [recipe.seed * 1_000_003 + i * 16 + j for j in range(k)] for i, _ in part}
         flat_prompts = [p for i, (p, _) in part for _ in range(k)]
         flat_seeds = [sd for i, _ in part for sd in seeds[i]]
-        images_a = generate(bundle_a, flat_prompts, flat_seeds, settings)
-        images_b = generate(bundle_b, flat_prompts, flat_seeds, settings) if recipe.model_b else images_a
+        images_a = generate(bundle_a, flat_prompts, flat_seeds, settings_a)
+        images_b = generate(bundle_b, flat_prompts, flat_seeds, settings_b) if recipe.model_b else images_a
         with write_transaction(project.db):
             for n, (i, (prompt, spec)) in enumerate(part):
-                rec = [{**record, "prompt": prompt, "prompt_sampled": prompt, "seed": sd, **({"spec": spec} if spec else {})} for sd in seeds[i]]
+                rec = [{"prompt": prompt, "prompt_sampled": prompt, "seed": sd, **({"spec": spec} if spec else {})} for sd in seeds[i]]
                 imgs_a = images_a[n * k: (n + 1) * k]
                 imgs_b = images_b[n * k: (n + 1) * k]
                 if recipe.model_b:
-                    pairs = [((imgs_a[j], {**rec[j], "model": what_a}), (imgs_b[j], {**rec[j], "model": what_b})) for j in range(k)]
+                    pairs = [((imgs_a[j], {**record_a, **rec[j], "model": what_a}), (imgs_b[j], {**record_b, **rec[j], "model": what_b}))
+                             for j in range(k)]
                 else:
-                    pairs = [((imgs_a[x], {**rec[x], "model": what_a}), (imgs_a[y], {**rec[y], "model": what_a})) for x, y in itertools.combinations(range(k), 2)]
+                    pairs = [((imgs_a[x], {**record_a, **rec[x], "model": what_a}), (imgs_a[y], {**record_a, **rec[y], "model": what_a}))
+                             for x, y in itertools.combinations(range(k), 2)]
                 # one model: the prompt's k images form a group the Rate page can show at once for ranking
                 group = {} if recipe.model_b else {"group": f"{job_id if job_id is not None else run_dir.name}:{i}"}
                 for (img_a, meta_a), (img_b, meta_b) in pairs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from backend.models.family import ModelBundle, is_model_folder, load_model
 from backend.store import Project
@@ -77,3 +78,18 @@ def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True
         load_checkpoint(ckpt, {"model": bundle.net}, restore_rng=False)
     bundle.net.eval()
     return bundle, f"{run_dir.name}/{ckpt.name} ({which})"
+
+
+def own_sampler(project: Project | None, spec: str, sampler: Any) -> Any:
+    """The sampler ``spec`` draws with: a distilled student's own (its card's steps, guidance and kind,
+    at ``sampler``'s size), any other model's ``sampler`` unchanged. Where teacher and student are
+    paired (rating, comparisons), each must draw the way it is meant to."""
+    card_file = locate(project, spec) / "card.json"
+    try:
+        card = json.loads(card_file.read_text()) if card_file.exists() else {}
+    except (OSError, ValueError):
+        return sampler
+    if card.get("kind") != "distilled" or not isinstance(card.get("sampler"), dict):
+        return sampler
+    own = card["sampler"]
+    return sampler.model_copy(update={k: own[k] for k in ("steps", "cfg", "kind") if k in own})

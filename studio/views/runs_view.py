@@ -4,6 +4,7 @@ history comes from the API, new rows from the event stream."""
 
 from __future__ import annotations
 
+import json
 import math
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -37,8 +38,22 @@ UPPER_KEYS = {"grpo/reward_mean": "rollout reward", "grpo/advantage_collapse": "
               "shapes_eval/overall": "strict ShapesEval", "subject/fidelity": "subject fidelity", "subject/shown": "subject shown",
               "subject/context": "context prompts", "subject/class_strict": "class strict", "subject/leakage": "subject leakage"}
 LOWER_KEYS = {"grpo/kl": "KL to reference", "dpo/reward_margin": "DPO reward margin", "dreambooth/instance_loss": "subject loss",
-              "dreambooth/prior_loss": "prior loss"}
+              "dreambooth/prior_loss": "prior loss",
+              # distillation: DMD2's generator against its fake-score network, LADD's student against its discriminator, reflow's phases
+              "loss/fake": "fake-score loss", "loss/dm": "distribution matching", "dmd/direction": "|real - fake| direction",
+              "loss/gan": "GAN (generator)", "loss/disc": "discriminator loss", "loss/adv": "adversarial (student)",
+              "loss/distill": "distillation term", "loss/reflow": "reflow loss", "loss/l2": "one-step L2", "loss/perceptual": "one-step perceptual",
+              "distill/student_steps": "student steps"}
 CURVE_NAMES = {**UPPER_KEYS, **LOWER_KEYS}
+
+
+def settings_of(sample: dict) -> dict:
+    raw = sample.get("settings") or {}
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
+def sample_kind(sample: dict) -> str:
+    return str(settings_of(sample).get("kind", "preview"))
 
 
 def ema_smooth(values: list[float], weight: float) -> list[float]:
@@ -188,7 +203,18 @@ class RunsView(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         self.grid = TileGrid(cols=4, side=112)
-        scroll.setWidget(self.grid)
+        # a distillation's teacher on the same prompts and seeds, drawn once at the start, under the student's previews
+        self.teacher_label = hint("")
+        self.teacher_grid = TileGrid(cols=4, side=112)
+        inner = QWidget()
+        il = QVBoxLayout(inner)
+        il.setContentsMargins(0, 0, 0, 0)
+        for wdg in (self.grid, self.teacher_label, self.teacher_grid):
+            il.addWidget(wdg)
+        il.addStretch(1)
+        self.teacher_label.hide()
+        self.teacher_samples = []
+        scroll.setWidget(inner)
         pv = QWidget()
         pl = QVBoxLayout(pv)
         self.preview_label = hint("Preview grids appear here as the run samples its fixed prompts.")
@@ -250,6 +276,9 @@ class RunsView(QWidget):
         self._follow, self._ranges = True, None
         self.samples = []
         self.shown_step = None
+        self.teacher_samples: list[dict] = []
+        self.teacher_grid.reset([])
+        self.teacher_label.hide()
         self.log.clear()
         self.log_offset = 0
         self.grid.reset([])
@@ -306,7 +335,8 @@ class RunsView(QWidget):
                 self.series.setdefault(key, []).append([step, value])
             _throttle(self._redraw_timer)
         elif kind == "sample" and ev.get("job") == self.selected:
-            self._add_samples([{"id": ev["id"], "step": ev["step"], "prompt": ev["prompt"], "seed": ev["seed"], "image_hash": ev["image"]}])
+            self._add_samples([{"id": ev["id"], "step": ev["step"], "prompt": ev["prompt"], "seed": ev["seed"], "image_hash": ev["image"],
+                                "settings": ev.get("settings") or {}}])
 
     def _got_metrics(self, job_id: int, metrics: dict) -> None:
         if job_id != self.selected:
@@ -442,6 +472,12 @@ class RunsView(QWidget):
         """
         if not samples:
             return
+        teacher = [s for s in samples if sample_kind(s) == "teacher"]
+        if teacher:
+            self._add_teacher(teacher)
+        samples = [s for s in samples if sample_kind(s) != "teacher"]
+        if not samples:
+            return
         self.samples += samples
         latest = max(s["step"] or 0 for s in self.samples)
         shown = sorted((s for s in self.samples if (s["step"] or 0) == latest), key=lambda s: s["id"])
@@ -455,6 +491,20 @@ class RunsView(QWidget):
             if s["id"] not in self.requested:
                 self.requested.add(s["id"])
                 self.link.call("image", s["image_hash"], done=lambda data, tile=tile: alive(tile) and tile.set_pixmap(pixmap_from_bytes(data)))
+
+    def _add_teacher(self, samples: list[dict]) -> None:
+        """The teacher's pictures of the preview prompts and seeds, to hold the student's against."""
+        first = samples[0]
+        meta = settings_of(first)
+        start = len(self.teacher_samples)
+        self.teacher_samples += samples
+        self.teacher_label.setText(f"Teacher ({meta.get('steps')} steps, cfg {meta.get('cfg')}) on the same prompts and seeds — the student "
+                                   "above samples at its own steps without guidance")
+        self.teacher_label.show()
+        self.teacher_grid.ensure(start + len(samples))
+        for tile, s in zip(self.teacher_grid.tiles[start:], samples):
+            tile.set_caption(f"teacher · {s['prompt']} · seed {s['seed']}")
+            self.link.call("image", s["image_hash"], done=lambda data, tile=tile: alive(tile) and tile.set_pixmap(pixmap_from_bytes(data)))
 
     def _poll_log(self, force: bool = False) -> None:
         j = self.jobs.get(self.selected or -1)
