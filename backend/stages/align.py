@@ -24,6 +24,8 @@ from backend.recipes.align import AlignRecipe
 from backend.store import Project, ratings
 from backend.store.ratings import heldout_prompt
 
+from .lineage import register_model
+
 METHOD_NAMES = {"dpo": "diffusion-dpo", "grpo": "flow-grpo", "refl": "refl", "sft": "sft"}
 
 
@@ -205,7 +207,6 @@ def save_tuned(project: Project, recipe: AlignRecipe, bundle, trainer, method, i
         merge_adapters(net)
     prefix = recipe.method
     name = recipe.name or f"{prefix}-{getattr(reporter, 'job_id', 0)}"
-    parent = project.db.execute("SELECT id FROM models WHERE path = ?", [recipe.model.rstrip("/")]).fetchone()
     report = evaluate.last if evaluate is not None else None
     card: dict[str, Any] = {"kind": "tuned", "method": METHOD_NAMES[recipe.method], "parent": recipe.model, "steps": recipe.steps, "lr": recipe.lr,
                             "lora_rank": recipe.lora_rank, "data": {k: v for k, v in info.items() if k != "rating_ids"},
@@ -223,12 +224,7 @@ def save_tuned(project: Project, recipe: AlignRecipe, bundle, trainer, method, i
     if lora:
         save_lora(adapter_net, folder / "lora")
     (folder / "card.json").write_text(json.dumps({**card, **({"rating_ids": info["rating_ids"]} if "rating_ids" in info else {})}, indent=2))
-    if evaluate is not None and evaluate.grid is not None:
-        evaluate.grid.save(folder / "samples.png")
-    with project.transaction():
-        model_id = int(project.db["models"].insert({"kind": "tuned", "name": name, "path": str(folder.relative_to(project.root)),
-                                                    "parent_id": parent[0] if parent else None, "job_id": getattr(reporter, "job_id", None),
-                                                    "card": json.dumps(card)}).last_pk)
+    model_id = register_model(project, folder, "tuned", name, recipe.model, card, reporter, evaluate.grid if evaluate is not None else None)
     said = (f"held-out implicit accuracy {method.last.get('implicit_accuracy', float('nan')):.3f}" if recipe.method == "dpo"
             else f"strict ShapesEval {report.overall:.3f}" if report is not None else "no evaluation")
     reporter.log(f"saved the {METHOD_NAMES[recipe.method]}-tuned model #{model_id} to {folder.relative_to(project.root)} (from {what}): {said}")

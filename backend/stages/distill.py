@@ -21,6 +21,8 @@ import torch
 from backend.recipes.distill import DistillRecipe
 from backend.store import Project
 
+from .lineage import register_model
+
 
 def latency(bundle, settings, net=None, images: int = 8, repeats: int = 2) -> float:
     """Seconds per image to sample (decode included) at ``settings``, best of ``repeats`` batches."""
@@ -198,13 +200,7 @@ def save_student(project: Project, recipe: DistillRecipe, bundle, trainer, evalu
         card["shapes_eval"] = {k: v for k, v in report.to_json().items() if k != "per_image"}
     folder = bundle.save(project.root / "models" / name, net=getattr(net, "module", net), extra={"card": card})
     (folder / "card.json").write_text(json.dumps(card, indent=2))
-    if evaluate is not None and evaluate.grid is not None:
-        evaluate.grid.save(folder / "samples.png")
-    parent = project.db.execute("SELECT id FROM models WHERE path = ?", [recipe.model.rstrip("/")]).fetchone()
-    with project.transaction():
-        model_id = int(project.db["models"].insert({"kind": "distilled", "name": name, "path": str(folder.relative_to(project.root)),
-                                                    "parent_id": parent[0] if parent else None, "job_id": getattr(reporter, "job_id", None),
-                                                    "card": json.dumps(card)}).last_pk)
+    model_id = register_model(project, folder, "distilled", name, recipe.model, card, reporter, evaluate.grid if evaluate is not None else None)
     reporter.log(f"saved the {recipe.target_steps}-step student #{model_id} to {folder.relative_to(project.root)} (teacher {what}): "
                  + (f"strict ShapesEval {report.overall:.3f} at {recipe.target_steps} steps, cfg 1; " if report is not None else "")
                  + f"{lat_student * 1000:.1f} ms per image against the teacher's {lat_teacher * 1000:.1f} ms at {s.steps} steps "

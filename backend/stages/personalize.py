@@ -25,6 +25,8 @@ from PIL import Image
 from backend.recipes.personalize import PersonalizeRecipe
 from backend.store import Project
 
+from .lineage import register_model
+
 
 def subject_images(project: Project, recipe: PersonalizeRecipe) -> list[Image.Image]:
     """The subject's reference images from the recipe's dataset view."""
@@ -188,13 +190,7 @@ def save_personalized(project: Project, recipe: PersonalizeRecipe, bundle, train
     else:
         bundle.save(folder, net=net, extra={"card": card})
         (folder / "card.json").write_text(json.dumps(card, indent=2))
-    if evaluate.grid is not None:
-        evaluate.grid.save(folder / "samples.png")
-    parent = project.db.execute("SELECT id FROM models WHERE path = ?", [recipe.model.rstrip("/")]).fetchone()
-    with project.transaction():
-        model_id = int(project.db["models"].insert({"kind": "personalized", "name": name, "path": str(folder.relative_to(project.root)),
-                                                    "parent_id": parent[0] if parent else None, "job_id": getattr(reporter, "job_id", None),
-                                                    "card": json.dumps(card)}).last_pk)
+    model_id = register_model(project, folder, "personalized", name, recipe.model, card, reporter, evaluate.grid)
     if report is not None:
         reporter.log(f"saved personalization #{model_id} to {folder.relative_to(project.root)} (from {what}): subject fidelity "
                      f"{report['fidelity']:.3f} (base {base['fidelity']:.3f}, references {evaluate.ceiling:.3f}), subject shown {report['shown']:.2f}, "
