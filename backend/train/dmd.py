@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from backend.flow.timesteps import sampling_schedule
 from backend.models.family import PromptEmbeds
 
 from .consistency import consistency_fn
 from .critic import FeatureCritic, FeatureTap, separation
 from .distill import guided_velocity
-from .few_step import mix, noise_times, student_input
+from .few_step import mix, noise_times, student_batch
 from .method import Method
 
 
@@ -83,16 +82,13 @@ class DMD2(Method):
         return run.module("gan_head")(feats, prompt.pooled)
 
     def step(self, run) -> None:
-        batch = run.batch(0)
-        x0, gen, prompt = batch.latents, batch.generator, batch.prompt
+        sb = student_batch(run, self.s.student_steps, self.s.cfg)
+        x0, gen, prompt, x_in, t_in, empty = sb.x0, sb.gen, sb.prompt, sb.x_in, sb.t_in, sb.empty
         n = x0.shape[0]
-        ts = sampling_schedule(self.s.student_steps, batch.alpha)
-        x_in, t_in = student_input(x0, ts, gen)
-        empty = run.bundle.empty_prompt().to(run.device) if self.s.cfg != 1.0 else None
         with torch.no_grad():
             x_gen = consistency_fn(run.bundle, run.model, x_in, t_in, prompt)
         for _ in range(self.s.fake_updates):  # the fake score follows the generator's current samples
-            t = noise_times(n, batch.alpha, gen).to(x0.device)
+            t = noise_times(n, sb.alpha, gen).to(x0.device)
             eps = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
             with run.accumulate():
                 with run.autocast():
@@ -106,7 +102,7 @@ class DMD2(Method):
                         run.log("gan/accuracy", separation(d_real.detach(), d_fake.detach()))
                 run.update("fake", total)
             run.log("loss/fake", loss_fake.detach())
-        t = noise_times(n, batch.alpha, gen).to(x0.device)
+        t = noise_times(n, sb.alpha, gen).to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
         with run.accumulate():
             with run.autocast():
@@ -123,4 +119,4 @@ class DMD2(Method):
         run.log("loss/dm", loss_dm.detach())
         run.log("dmd/direction", g.float().pow(2).mean().sqrt().detach())  # |g|: how far the two scores disagree
         run.log_by_t(t, ((g.float() ** 2).flatten(1).mean(1)).detach())
-        run.count_images(batch)
+        run.count_images(sb.batch)

@@ -9,9 +9,14 @@ noise at k = 0): the "no backward simulation" variant, cheap and good enough at 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from backend.flow.timesteps import sample_t, shift
+from backend.flow.timesteps import sample_t, sampling_schedule, shift
+from backend.models.family import PromptEmbeds
+
+from .objectives.base import Batch
 
 
 def student_input(x0: torch.Tensor, ts: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,3 +36,24 @@ def mix(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def noise_times(n: int, alpha: float, gen: torch.Generator, lo: float = 0.02, hi: float = 0.98) -> torch.Tensor:
     """Times to re-noise a sample to for a critic or a score: logit-normal, shifted like training, in [lo, hi]."""
     return shift(sample_t("logit_normal", n, gen), alpha).clamp(lo, hi)
+
+
+@dataclass
+class StudentBatch:
+    """One step's data for a few-step student: the data latents, where its jumps start, the prompts."""
+
+    x0: torch.Tensor
+    x_in: torch.Tensor  # at t_in, a point of the student's schedule
+    t_in: torch.Tensor
+    prompt: PromptEmbeds
+    empty: PromptEmbeds | None  # the empty prompt when the teacher is guided
+    gen: torch.Generator
+    alpha: float
+    batch: Batch  # the loop's Batch (for counting)
+
+
+def student_batch(run, student_steps: int, cfg: float) -> StudentBatch:
+    batch = run.batch(0)
+    x_in, t_in = student_input(batch.latents, sampling_schedule(student_steps, batch.alpha), batch.generator)
+    empty = run.bundle.empty_prompt().to(run.device) if cfg != 1.0 else None
+    return StudentBatch(batch.latents, x_in, t_in, batch.prompt, empty, batch.generator, batch.alpha, batch)

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from backend.flow.timesteps import sampling_schedule
 from backend.models.family import PromptEmbeds
 
 from .consistency import consistency_fn
 from .critic import FeatureCritic, FeatureTap, hinge_d, r1_penalty, separation
 from .distill import guided_velocity
-from .few_step import mix, noise_times, student_input
+from .few_step import mix, noise_times, student_batch
 from .method import Method
 
 
@@ -69,13 +68,10 @@ class LADD(Method):
         return loss, separation(d_real.detach(), d_fake.detach())
 
     def step(self, run) -> None:
-        batch = run.batch(0)
-        x0, gen, prompt = batch.latents, batch.generator, batch.prompt
+        sb = student_batch(run, self.s.student_steps, self.s.cfg)
+        x0, gen, prompt, x_in, t_in, empty = sb.x0, sb.gen, sb.prompt, sb.x_in, sb.t_in, sb.empty
         n = x0.shape[0]
-        ts = sampling_schedule(self.s.student_steps, batch.alpha)
-        x_in, t_in = student_input(x0, ts, gen)
-        empty = run.bundle.empty_prompt().to(run.device) if self.s.cfg != 1.0 else None
-        t = noise_times(n, batch.alpha, gen).to(x0.device)
+        t = noise_times(n, sb.alpha, gen).to(x0.device)
         eps_real, eps_fake = (torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype) for _ in range(2))
         with torch.no_grad():
             x_gen = consistency_fn(run.bundle, run.model, x_in, t_in, prompt)
@@ -100,4 +96,4 @@ class LADD(Method):
         run.log("loss/adv", adv.detach())
         run.log("loss/distill", per.mean().detach())
         run.log_by_t(t, per.detach())
-        run.count_images(batch)
+        run.count_images(sb.batch)
