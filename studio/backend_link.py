@@ -15,8 +15,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
-from backend.service.client import BackendError, Client, find_backends
+from backend.service.client import BackendError, Client, find_backends, incompatibility
 
+from . import __version__ as studio_version
 from .tasks import EventStream, Tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,6 +108,11 @@ class BackendLink(QObject):
         client = Client(url, token, timeout=30.0)
 
         def ok(info: dict) -> None:
+            why = incompatibility(info, f"Signal Studio {studio_version}")
+            if why is not None:  # one clear message, not a stream of errors from routes that differ
+                client.close()
+                self.failed.emit(why, f"backend at {url}: {info.get('version')} (API {info.get('api_schema')}), project {info.get('project')}")
+                return
             self.client = client
             self.info = info
             self.stream = EventStream(lambda: Client(url, token, timeout=30.0), self)

@@ -265,7 +265,7 @@ class MainWindow(QMainWindow):
     def _failed(self, message: str, details: str) -> None:
         self.progress.setVisible(False)
         self.backend_label.setText("no backend")
-        show_error(self, message, "The Studio could not reach a backend for this project.",
+        show_error(self, message, "The Studio could not use a backend for this project.",
                    "Check that the folder is a project (or create one), then try again; the backend's output is under Details.", details)
 
     def _connected(self, info: dict) -> None:

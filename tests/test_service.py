@@ -60,6 +60,20 @@ def _fill(path: str) -> str:
         .replace("{path}", "runs/x.txt")
 
 
+def test_the_client_knows_the_api_it_talks_to(backend):
+    """The service reports its version and API schema hash; the client in this tree expects exactly
+    that hash (change a route, update ``client.API_SCHEMA``), and a different one reads as a clear
+    mismatch naming both sides."""
+    from backend import __version__
+    from backend.service.client import API_SCHEMA, incompatibility
+
+    info = backend[1].info()
+    assert info["version"] == __version__ and info["api_schema"] == API_SCHEMA, info["api_schema"]
+    assert incompatibility(info, "0.1.0") is None
+    msg = incompatibility({**info, "api_schema": "feedfacecafe", "version": "9.9"}, "0.1.0")
+    assert msg is not None and "feedfacecafe" in msg and API_SCHEMA in msg and "9.9" in msg
+
+
 def test_every_route_refuses_missing_and_wrong_tokens(backend):
     _, client = backend
     schema = _openapi(client)

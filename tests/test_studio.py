@@ -151,3 +151,23 @@ def test_results_delivered_to_the_gui_thread_keep_python_refcounts_balanced():
     assert proc.returncode == 0, proc.stderr[-2000:]
     lost_none, lost_true = map(int, proc.stdout.split())
     assert lost_none < 100 and lost_true < 100, (lost_none, lost_true)
+
+
+def test_a_backend_of_another_api_version_gets_one_clear_message(qtbot, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The Studio compares the API schema hash the backend reports at attach with its own; a mismatch
+    is one message naming both versions, and the Studio stays detached (no stream of route errors)."""
+    import backend.service.client as client_module
+    from backend.store import Project
+
+    with Project.init(tmp_path / "p"):
+        pass
+    monkeypatch.setattr(client_module, "API_SCHEMA", "000000000000")  # as if this Studio were another release
+    got: list[str] = []
+    window.link.failed.connect(lambda message, details: got.append(message))
+    window.open_project(str(tmp_path / "p"))
+    qtbot.waitUntil(lambda: bool(got), timeout=120_000)
+    assert "different versions of the API" in got[0] and "000000000000" in got[0]
+    assert window.link.client is None and window.backend_label.text() == "no backend"
+    from PySide6.QtWidgets import QMessageBox
+
+    assert any("different versions" in b.text() for b in window.findChildren(QMessageBox))

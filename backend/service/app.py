@@ -64,6 +64,15 @@ class HostGuard:
         await self.app(scope, receive, send)
 
 
+def api_schema(app: FastAPI) -> str:
+    """A short hash of the API's routes (method and path of every ``/api`` route): what a client was
+    written against. ``client.API_SCHEMA`` holds the value the Studio expects (a test keeps them equal)."""
+    import hashlib
+
+    routes = sorted(f"{m} {r.path}" for r in app.routes if getattr(r, "path", "").startswith("/api") for m in sorted(getattr(r, "methods", None) or []))
+    return hashlib.sha1("\n".join(routes).encode()).hexdigest()[:12]
+
+
 def create_app(state: ServiceState, *, start_runner: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -103,6 +112,7 @@ def create_app(state: ServiceState, *, start_runner: bool = True) -> FastAPI:
         counts = {t: state.db()[t].count for t in ("datasets", "items", "jobs", "samples", "comparisons", "models")}
         return {
             "version": __version__,
+            "api_schema": api_schema(app),
             "project": str(state.project_root),
             "name": state.project_root.name,
             "counts": counts,

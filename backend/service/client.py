@@ -20,6 +20,19 @@ import httpx
 
 from .discovery import find_backends
 
+# the API this client was written against (``app.api_schema``; tests/test_service.py keeps it current)
+API_SCHEMA = "d25214ef036f"
+
+
+def incompatibility(info: dict[str, Any], client_version: str) -> str | None:
+    """Why a client of ``client_version`` cannot use the backend that answered ``info``, or None."""
+    theirs = info.get("api_schema")
+    if theirs == API_SCHEMA:
+        return None
+    return (f"This Studio ({client_version}, API {API_SCHEMA}) and the backend ({info.get('version', 'unknown version')}, API "
+            f"{theirs or 'unknown'}) speak different versions of the API. Install the same signal-studio version for both "
+            "(or let the Studio start its own backend for the project) and connect again.")
+
 
 class BackendError(Exception):
     """The backend answered with an error; ``status`` and ``detail`` say what and why."""
