@@ -47,7 +47,7 @@ def own_project(tmp_path: Path) -> Path:
 
 def test_a_second_service_for_the_same_project_is_refused(backend, shapes_project: Path):
     out = run_cli("serve", "--project", str(shapes_project), timeout=60)
-    assert out.returncode == 2 and "already serves" in out.stderr
+    assert out.returncode == 2 and f"signal-backend (pid {backend[0].pid}) already serves" in out.stderr
 
 
 def _openapi(client: Client) -> dict:

@@ -20,7 +20,8 @@ class ServiceRunning(RuntimeError):
 def hold_service_lock(root: Path):
     """One service per project: an exclusive lock on ``.service.lock``, released when the process dies.
 
-    Two services would both start queued jobs; the lock makes the second one refuse to start.
+    Two services would both start queued jobs; the lock makes the second one refuse to start, naming
+    the holder's pid (written into the lock file).
     """
     import os
 
@@ -36,8 +37,16 @@ def hold_service_lock(root: Path):
 
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        fh.seek(0)
+        holder = fh.read().strip()
         fh.close()
-        raise ServiceRunning(f"another signal-backend already serves {root}; connect to it instead (its discovery file has the URL and token)") from None
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise ServiceRunning(f"another signal-backend{who} already serves {root}; connect to it instead (its discovery file has the URL "
+                             "and token)") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))  # the holder, named to whoever is refused
+    fh.flush()
     return fh
 
 
