@@ -287,7 +287,25 @@ class MainWindow(QMainWindow):
         if not any(d["name"] == "shapesworld" for d in datasets):
             self.backend_label.setText(self.backend_label.text() + " · preparing the demo data (rendering and importing ShapesWorld)…")
             self.link.call("create_job", 'kind = "world"\ndataset = "shapesworld"\nimages = 6000\nresolution = [64, 64]\nbase_model = true\n', "demo data",
-                           done=self._job_started)
+                           done=self._demo_job_started)
+
+    def _demo_job_started(self, job: dict) -> None:
+        self.demo_job = job["id"]
+        self._job_started(job)
+
+    def _demo_job_ended(self, job: dict) -> None:
+        """The demo data is in (or failed): the status bar stops saying it is being prepared and the
+        Studio leads on, to the Playground with the shipped base, the next step named."""
+        self.demo_job = None
+        self.backend_label.setText(self.backend_label.text().split(" · preparing the demo data")[0])
+        if job["state"] != "done":
+            show_error(self, "Preparing the demo data failed.", job.get("error") or "", "Its log is in Runs; open the demo project again to retry.")
+            return
+        self.data_view.reload()
+        self.playground.reload()
+        self.show_stage("Playground")
+        self.statusBar().showMessage("The demo data and the shipped base model are ready: try a prompt here, then pretrain your own base "
+                                     "(Pretrain) or rate pairs (Rate).", 30_000)
 
     def refresh(self) -> None:
         if self.link.client is None:
@@ -350,7 +368,9 @@ class MainWindow(QMainWindow):
         self.runs.on_event(ev)
         self.playground.on_event(ev)
         self.rate.on_event(ev)
-        if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("world", "import"):
+        if ev.get("type") == "job" and ev["job"]["id"] == getattr(self, "demo_job", None) and ev["job"]["state"] in ("done", "failed", "stopped"):
+            self._demo_job_ended(ev["job"])
+        elif ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("world", "import"):
             self.data_view.reload()
         if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("pretrain", "align", "personalize", "distill"):
             self.playground.reload()

@@ -171,3 +171,24 @@ def test_a_backend_of_another_api_version_gets_one_clear_message(qtbot, window: 
     from PySide6.QtWidgets import QMessageBox
 
     assert any("different versions" in b.text() for b in window.findChildren(QMessageBox))
+
+
+def test_after_the_demo_data_the_studio_leads_on_and_a_data_job_shows_no_training_controls(qtbot, window: MainWindow, tmp_path: Path):
+    """The demo's data job (here a small one, through the same path): while it runs, Runs shows its log
+    and no Pause / Sample now / Save now; when it is done the status bar stops saying the data is being
+    prepared and the Studio moves on to the Playground, naming the next steps."""
+    from backend.store import Project
+
+    with Project.init(tmp_path / "p"):
+        pass
+    window.open_project(str(tmp_path / "p"))
+    qtbot.waitUntil(lambda: window.stack.currentIndex() == 1, timeout=120_000)
+    window.backend_label.setText(window.backend_label.text() + " · preparing the demo data (rendering and importing ShapesWorld)…")
+    window.link.call("create_job", 'kind = "world"\ndataset = "shapesworld"\nimages = 24\nresolution = [32, 32]\nsubject = false\n', "demo data",
+                     done=window._demo_job_started)
+    runs = window.runs
+    qtbot.waitUntil(lambda: runs.selected is not None and runs.jobs.get(runs.selected, {}).get("kind") == "world", timeout=30_000)
+    assert not runs.btn["pause"].isVisible() and not runs.btn["sample"].isEnabled() and runs.btn["stop"].isVisible()
+    assert runs.tabs.tabText(runs.tabs.currentIndex()) == "Log" and not runs.tabs.isTabVisible(0)
+    qtbot.waitUntil(lambda: window.page_names[window.sidebar.currentRow()] == "Playground", timeout=180_000)
+    assert "preparing" not in window.backend_label.text() and "ready" in window.statusBar().currentMessage()

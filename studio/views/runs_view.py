@@ -31,6 +31,9 @@ from PySide6.QtWidgets import (
 from ..widgets import TileGrid, alive, heading, hint, pixmap_from_bytes, show_error, themed_plot
 
 LIVE = ("queued", "running")
+# jobs that run the training loop: they have curves, previews and the pause / sample / save controls;
+# the others (data, pairs, sampling, scoring) show their log and progress only
+TRAINING_KINDS = ("pretrain", "align", "personalize", "distill", "reward")
 
 
 # a method's own curves (see ``_draw_accuracy``); anything ending in "accuracy" joins the upper plot too
@@ -309,9 +312,15 @@ class RunsView(QWidget):
         j = self.jobs.get(self.selected or -1)
         state = j.get("state") if j else None
         running = state == "running"
+        training = bool(j) and j.get("kind") in TRAINING_KINDS
         self.btn["stop"].setEnabled(state in ("running", "queued"))
         for a in ("pause", "sample", "save"):
-            self.btn[a].setEnabled(running)
+            self.btn[a].setEnabled(running and training)
+            self.btn[a].setVisible(training or not j)
+        for i in range(self.tabs.count()):  # a data job has no curves or previews: its log is what there is to see
+            self.tabs.setTabVisible(i, training or not j or self.tabs.tabText(i) == "Log")
+        if j and not training and self.tabs.tabText(self.tabs.currentIndex()) != "Log":
+            self.tabs.setCurrentIndex(next(i for i in range(self.tabs.count()) if self.tabs.tabText(i) == "Log"))
         self.btn["resume"].setEnabled(state in ("paused", "stopped", "interrupted", "failed"))
         self.delete_btn.setEnabled(bool(j) and not running)
 
