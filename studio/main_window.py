@@ -5,10 +5,12 @@ from __future__ import annotations
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -17,6 +19,8 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QStackedWidget,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -43,6 +47,9 @@ MAX_RECENT = 10
 
 
 class PretrainPage(QWidget):
+    """The stage's home: start a run, the project's pretraining runs (double-click opens one in Runs),
+    the data a run would train on, and the last base model with its strict score."""
+
     def __init__(self, window: MainWindow):
         super().__init__()
         self.window = window
@@ -63,7 +70,56 @@ class PretrainPage(QWidget):
         lay.addLayout(row)
         self.next_step = hint("")
         lay.addWidget(self.next_step)
-        lay.addStretch(1)
+        self.data_label = hint("")
+        lay.addWidget(self.data_label)
+        self.result_label = hint("")
+        lay.addWidget(self.result_label)
+        lay.addWidget(QLabel("<b>Pretraining runs of this project</b>"))
+        self.runs = QTableWidget(0, 4)
+        self.runs.setHorizontalHeaderLabels(["run", "state", "step", "progress"])
+        self.runs.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.runs.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.runs.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.runs.verticalHeader().setVisible(False)
+        self.runs.cellDoubleClicked.connect(self._open_run)
+        lay.addWidget(self.runs, 1)
+        self.empty = hint("No pretraining run yet: start one above (the demo recipe trains the shipped base's recipe on this project's "
+                          "ShapesWorld data), or use the shipped base in the Playground right away.")
+        lay.addWidget(self.empty)
+        self.job_ids: list[int] = []
+
+    def on_jobs(self, jobs: list[dict]) -> None:
+        mine = sorted((j for j in jobs if j.get("kind") == "pretrain"), key=lambda j: -j["id"])
+        self.job_ids = [j["id"] for j in mine]
+        self.runs.setRowCount(len(mine))
+        for r, j in enumerate(mine):
+            step = f"{j.get('step') or 0}" + (f" / {j['total_steps']}" if j.get("total_steps") else "")
+            for c, text in enumerate([f"#{j['id']} {j.get('name') or ''}", str(j.get("state")), step, f"{100 * (j.get('progress') or 0):.0f} %"]):
+                self.runs.setItem(r, c, QTableWidgetItem(text))
+        self.runs.setVisible(bool(mine))
+        self.empty.setVisible(not mine)
+
+    def on_data(self, datasets: list[dict]) -> None:
+        if not datasets:
+            self.data_label.setText("Data: none yet — add ShapesWorld scenes or import a folder in <b>Data</b> first.")
+            return
+        self.data_label.setText("Data a run trains on: " + " · ".join(
+            f"<b>{d['name']}</b> {d['items']} images ({', '.join(f'{k} {v}' for k, v in sorted(d['categories'].items()))})" for d in datasets))
+
+    def on_models(self, models: list[dict]) -> None:
+        bases = [m for m in models if m.get("kind") == "base"]
+        if not bases:
+            self.result_label.setText("")
+            return
+        m = bases[-1]
+        ev = m.get("card", {}).get("shapes_eval") or {}
+        score = f" · strict ShapesEval {ev['overall']:.3f}" if "overall" in ev else ""
+        self.result_label.setText(f"Last base model: <b>{m['name']}</b> ({m['path']}){score} — try it in the Playground.")
+
+    def _open_run(self, row: int, _col: int) -> None:
+        if 0 <= row < len(self.job_ids):
+            self.window.show_stage("Runs")
+            self.window.runs.select(self.job_ids[row])
 
 
 class ConnectDialog(QDialog):
@@ -313,6 +369,8 @@ class MainWindow(QMainWindow):
         self.data_view.reload()
         self.runs.reload()
         self.playground.reload()
+        self.link.call("datasets", done=self.pretrain_page.on_data, failed=lambda e, d: None)
+        self.link.call("models", done=self.pretrain_page.on_models, failed=lambda e, d: None)
         self.link.call("builtin_recipe", "demo_pretrain", done=self._demo_estimate, failed=lambda e, d: None)
 
     def _demo_estimate(self, text: str) -> None:
@@ -357,6 +415,7 @@ class MainWindow(QMainWindow):
 
     def _jobs_changed(self, jobs: list[dict]) -> None:
         self.personalize.on_jobs(jobs)
+        self.pretrain_page.on_jobs(jobs)
         running = [j for j in jobs if j.get("state") == "running"]
         if running:
             j = running[0]
@@ -372,8 +431,10 @@ class MainWindow(QMainWindow):
             self._demo_job_ended(ev["job"])
         elif ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("world", "import"):
             self.data_view.reload()
+            self.link.call("datasets", done=self.pretrain_page.on_data, failed=lambda e, d: None)
         if ev.get("type") == "job" and ev["job"]["state"] == "done" and ev["job"].get("kind") in ("pretrain", "align", "personalize", "distill"):
             self.playground.reload()
+            self.link.call("models", done=self.pretrain_page.on_models, failed=lambda e, d: None)
 
     # --- closing ----------------------------------------------------------------------------------
 

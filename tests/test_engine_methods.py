@@ -332,3 +332,53 @@ def test_a_methods_own_evaluation_is_logged_at_eval_every_and_at_the_end(tmp_pat
     Trainer(make_bundle(), method, toy_batches, config(5, eval_every=2), tmp_path / "e", Recording()).run(resume=False)
     assert method.calls == [(2, False), (4, False), (5, False)]  # evaluated in eval mode, at 2, 4 and the end
     assert [s for s, v in rows if "toy/evaluated_at" in v] == [2, 4, 5]
+
+
+# --- a non-finite loss ---------------------------------------------------------------------------
+
+
+class Poisoned(Method):
+    """The flow loss, made NaN (or inf) at chosen steps, as a bad batch or an overflow would."""
+
+    name = "poisoned"
+
+    def __init__(self, bad: set[int]):
+        self.bad = bad
+
+    def step(self, run) -> None:
+        batch = run.batch(0)
+        loss = flow_loss(run, run.model, batch)
+        if run.step in self.bad:
+            loss = loss * (float("nan") if run.step % 2 else float("inf"))
+        run.update("main", loss)
+        run.log("loss", loss.detach())
+
+
+def test_a_non_finite_loss_is_skipped_and_counted_and_too_many_stop_the_job(tmp_path: Path):
+    class Logs(Quiet):
+        def __init__(self):
+            self.lines: list[str] = []
+
+        def log(self, text: str) -> None:
+            self.lines.append(text)
+
+    reporter = Logs()
+    tr = Trainer(make_bundle(), Poisoned({3, 4}), toy_batches, config(6, ema=0.0, log_every=100), tmp_path / "a", reporter)
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    after = tr.method.after_step
+    tr.method.after_step = lambda run: (weights.__setitem__(run.step, {k: v.clone() for k, v in run.model.state_dict().items()}), after(run))
+    assert tr.run(resume=False).state == "done"
+    assert all(torch.equal(weights[2][k], weights[4][k]) for k in weights[2])  # steps 3 and 4 applied nothing
+    assert not all(torch.equal(weights[4][k], weights[5][k]) for k in weights[4])  # step 5 trained again
+    assert all(torch.isfinite(v).all() for v in tr.model.state_dict().values() if v.is_floating_point())
+    skips = [line for line in reporter.lines if "update skipped" in line]
+    assert len(skips) == 2 and "step 3: non-finite main loss nan" in skips[0] and "(2 in a row, 2 in all)" in skips[1]
+    assert int(next(iter(tr.optimizers["main"].state_dict()["state"].values()))["step"]) == 4  # 6 steps, 2 skipped
+
+    stopped = Trainer(make_bundle(), Poisoned(set(range(4, 20))), toy_batches, config(12, ema=0.0, checkpoint_every=3, max_bad_steps=3),
+                      tmp_path / "b", Quiet())
+    with pytest.raises(FloatingPointError, match="step 6: 3 non-finite losses in a row.*last checkpoint is intact"):
+        stopped.run(resume=False)
+    resumed = Trainer(make_bundle(), Poisoned(set()), toy_batches, config(12, ema=0.0, checkpoint_every=3), tmp_path / "b", Quiet())
+    assert resumed.resume() and resumed.step == 3  # the last good checkpoint loads
+    assert all(torch.isfinite(v).all() for v in resumed.model.state_dict().values() if v.is_floating_point())

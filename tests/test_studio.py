@@ -50,8 +50,11 @@ def test_studio_end_to_end(qtbot, window: MainWindow, tmp_path: Path, monkeypatc
     qtbot.waitUntil(lambda: 0 < w.data_view.model.total < 100, timeout=10_000)
     w.data_view.search.setText("")
 
-    # Pretrain through the wizard
+    # Pretrain through the wizard; the page shows the data it would train on and says there is no run yet
     w.show_stage("Pretrain")
+    qtbot.waitUntil(lambda: "shapes" in w.pretrain_page.data_label.text(), timeout=20_000)
+    assert "images (" in w.pretrain_page.data_label.text() and "single_object" in w.pretrain_page.data_label.text()
+    assert w.pretrain_page.empty.isVisibleTo(w.pretrain_page) and not w.pretrain_page.runs.isVisibleTo(w.pretrain_page)
     qtbot.mouseClick(w.pretrain_page.new_btn, Qt.LeftButton)
     qtbot.waitUntil(lambda: getattr(w, "wizard", None) is not None and w.wizard.isVisible(), timeout=20_000)
     wiz = w.wizard
@@ -103,6 +106,13 @@ def test_studio_end_to_end(qtbot, window: MainWindow, tmp_path: Path, monkeypatc
     qtbot.mouseClick(w.runs.btn["stop"], Qt.LeftButton)
     qtbot.waitUntil(lambda: w.runs.jobs[job_id]["state"] == "stopped", timeout=120_000)
     assert w.runs.btn["resume"].isEnabled() and not w.runs.btn["stop"].isEnabled()
+    # the Pretrain page lists the run; a double-click opens it in Runs
+    w.show_stage("Pretrain")
+    page = w.pretrain_page
+    assert page.job_ids == [job_id] and page.runs.item(0, 1).text() == "stopped" and not page.empty.isVisibleTo(page)
+    w.runs.select(-1)
+    page._open_run(0, 0)
+    assert w.pages.currentWidget() is w.runs and w.runs.selected == job_id
 
     # Playground: generate from the stopped run's latest checkpoint
     w.show_stage("Playground")

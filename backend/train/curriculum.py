@@ -47,6 +47,7 @@ class BucketTable:
     categories: list[str]
     by_category: dict[str, torch.Tensor] = field(default_factory=dict)
     repa: torch.Tensor | None = None  # (N, D, gh, gw)
+    item_ids: list[int] = field(default_factory=list)  # the project's item id of each row (named when a batch goes wrong)
 
 
 @dataclass
@@ -173,7 +174,7 @@ class CurriculumData:
             by_cat = {c: torch.tensor([i for i, x in enumerate(cats) if x == c]) for c in sorted(set(cats))}
             tokens = (size[0] // self.bundle.token_pixels) * (size[1] // self.bundle.token_pixels)
             tables.append(BucketTable(size, bucket_alpha(self.recipe.allocation.shift, size[0], size[1], tokens), latents,
-                                      torch.tensor([text_row[it.caption] for it in its]), cats, by_cat, repa))
+                                      torch.tensor([text_row[it.caption] for it in its]), cats, by_cat, repa, [it.id for it in its]))
         eligible = sum(len(v) for v in per_bucket.values())
         self.log(
             f"stage '{stage.name}': {eligible} items in {len(tables)} bucket(s) "
@@ -217,7 +218,9 @@ class CurriculumData:
             states[drop] = self.empty_states
             pooled[drop] = self.empty_pooled
             lengths[drop] = self.empty_length
-        extras = {"categories": [bucket.categories[int(i)] for i in idx]}
+        extras: dict = {"categories": [bucket.categories[int(i)] for i in idx]}
+        if bucket.item_ids:
+            extras["items"] = [bucket.item_ids[int(i)] for i in idx]
         if bucket.repa is not None:
             extras["repa_features"] = bucket.repa[idx].float()
         return Batch(bucket.latents[idx].clone(), PromptEmbeds(states, pooled, lengths), bucket.size[0], bucket.size[1], bucket.alpha, gen, extras)

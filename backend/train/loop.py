@@ -53,6 +53,7 @@ class LoopConfig:
     device: str = "auto"
     compile: bool = False
     keep_checkpoints: int = 2
+    max_bad_steps: int = 5  # non-finite losses in a row before the job stops (each one is skipped, not applied)
 
 
 @dataclass
@@ -159,12 +160,14 @@ def compile_blocks(model: torch.nn.Module, blocks: list[torch.nn.Module] | None 
     return len(blocks)
 
 
-def _mean(values: list[float | torch.Tensor]) -> float:
-    """Average a window of logged values; tensors are read here, once per log step."""
+def _mean(values: list[float | torch.Tensor], finite_only: bool = False) -> float:
+    """Average a window of logged values; tensors are read here, once per log step. ``finite_only``
+    leaves out non-finite values (those of updates the loop skipped); nan if none is left."""
     tensors = [v.detach().float().reshape(()) for v in values if isinstance(v, torch.Tensor)]
-    floats = [float(v) for v in values if not isinstance(v, torch.Tensor)]
-    total = float(torch.stack(tensors).sum()) if tensors else 0.0
-    return (total + sum(floats)) / len(values)
+    got = (torch.stack(tensors).tolist() if tensors else []) + [float(v) for v in values if not isinstance(v, torch.Tensor)]
+    if finite_only:
+        got = [v for v in got if math.isfinite(v)]
+    return sum(got) / len(got) if got else float("nan")
 
 
 def pick_precision(precision: str, device: str) -> str:
@@ -235,6 +238,10 @@ class Trainer:
         self._bins_n = torch.zeros(config.loss_bins, device=acc.device)
         self._mix: dict[str, int] = defaultdict(int)
         self._images = 0
+        self._bad_in_row = 0  # updates skipped for a non-finite loss, in a row
+        self._bad_total = 0
+        self._bad_logged = 0
+        self._last_batch: Batch | None = None
         self.method.setup(self)
         if "main" not in self.optimizers and not self.optimizers:
             self.add_optimizer("main", ["model"])
@@ -287,6 +294,7 @@ class Trainer:
 
     def batch(self, micro: int = 0) -> Batch:
         batch = self.batches(self.step, micro, self.accelerator.process_index)
+        self._last_batch = batch
         batch.latents = to_device(batch.latents, self.accelerator.device)
         batch.prompt = batch.prompt.to(self.accelerator.device)
         return batch
@@ -301,6 +309,10 @@ class Trainer:
         """Backward, clip this optimizer's parameters, step it and its schedule (a no-op until the
         last micro-batch when accumulating), clear the gradients."""
         acc = self.accelerator
+        if not self._finite(loss):
+            self._skip_update(optimizer, loss)
+            return
+        self._bad_in_row = 0
         acc.backward(loss)
         if acc.sync_gradients:
             gn = acc.clip_grad_norm_(self._params[optimizer], self._clip[optimizer])
@@ -313,6 +325,33 @@ class Trainer:
         # leaves gradients in the critic, which its next update would otherwise add to its own
         for other in self.optimizers.values():
             other.zero_grad(set_to_none=True)
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether every process's loss is finite (one host read per update: a skipped update must be
+        skipped by every process alike, before any backward pass)."""
+        ok = torch.isfinite(loss.detach()).all().float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            ok = self.accelerator.reduce(ok, reduction="sum") / self.accelerator.num_processes
+        return bool(ok.item() == 1.0)
+
+    def _skip_update(self, optimizer: str, loss: torch.Tensor) -> None:
+        """A non-finite loss: nothing is applied (no backward, no optimizer or schedule step), the skip
+        is counted and logged; after ``max_bad_steps`` in a row the job stops with the step, the
+        batch's items and a hint, the last checkpoint untouched."""
+        self._bad_in_row += 1
+        self._bad_total += 1
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.log("skipped_updates", float(self._bad_total))
+        batch = self._last_batch
+        items = batch.extras.get("items") if batch is not None else None
+        where = f" (batch items {items})" if items else ""
+        self.reporter.log(f"step {self.step}: non-finite {optimizer} loss {float(loss.detach().float().mean())}; update skipped "
+                          f"({self._bad_in_row} in a row, {self._bad_total} in all){where}")
+        if self._bad_in_row >= self.cfg.max_bad_steps:
+            raise FloatingPointError(f"training diverged at step {self.step}: {self._bad_in_row} non-finite losses in a row{where}. "
+                                     "The last checkpoint is intact: lower the learning rate (or raise the warm-up), check the "
+                                     "batch's images, then resume")
 
     def log(self, key: str, value: float | torch.Tensor) -> None:
         """A value for the next metrics row (averaged over the log window; tensors are read then)."""
@@ -449,7 +488,11 @@ class Trainer:
 
     def _log_window(self, step: int, seconds: float, steps: int) -> None:
         cfg = self.cfg
-        values = {k: _mean(v) for k, v in self._window.items() if v}  # waits for the device
+        skipped = self._bad_total > self._bad_logged  # skipped updates logged their non-finite losses: leave those out
+        self._bad_logged = self._bad_total
+        values = {k: _mean(v, finite_only=skipped) for k, v in self._window.items() if v}  # waits for the device
+        if skipped:
+            values = {k: v for k, v in values.items() if math.isfinite(v)}
         if not all(math.isfinite(v) for v in values.values()):
             self.reporter.log(f"step {step}: non-finite loss {values}; stopping with the last checkpoint intact")
             raise FloatingPointError(f"training diverged at step {step} (loss {values.get('loss')})")
