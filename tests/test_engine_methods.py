@@ -18,7 +18,7 @@ from backend.models.family import PromptEmbeds, build_embedded
 from backend.models.lora import adapter_parameters, adapters_disabled, add_lora, save_lora
 from backend.train.curriculum import batch_generator
 from backend.train.loop import LoopConfig, Trainer
-from backend.train.method import Method
+from backend.train.method import Method, ObjectivesMethod
 from backend.train.objectives import Batch, FlowMatching
 from backend.train.reporter import Reporter
 
@@ -382,3 +382,32 @@ def test_a_non_finite_loss_is_skipped_and_counted_and_too_many_stop_the_job(tmp_
     resumed = Trainer(make_bundle(), Poisoned(set()), toy_batches, config(12, ema=0.0, checkpoint_every=3), tmp_path / "b", Quiet())
     assert resumed.resume() and resumed.step == 3  # the last good checkpoint loads
     assert all(torch.isfinite(v).all() for v in resumed.model.state_dict().values() if v.is_floating_point())
+
+
+def test_a_damaged_checkpoint_is_caught_by_its_checksum_and_the_one_before_it_is_used(tmp_path: Path):
+    """The newest checkpoint's weights are truncated after it was written: resuming names it in the log,
+    loads the one before it and continues on the straight run's trajectory; with every checkpoint
+    damaged it refuses rather than start over."""
+
+    class Logs(Quiet):
+        def __init__(self):
+            self.lines: list[str] = []
+
+        def log(self, text: str) -> None:
+            self.lines.append(text)
+
+    straight = Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(9, keep_checkpoints=3), tmp_path / "a", Quiet())
+    straight.run(resume=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    newest = tmp_path / "b" / "checkpoints" / "step-0000009" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])
+    logs = Logs()
+    resumed = Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(9, keep_checkpoints=3), tmp_path / "b", logs)
+    assert resumed.resume() and resumed.step == 6
+    assert any("step-0000009 is damaged: model.safetensors does not match its checksum" in line for line in logs.lines)
+    resumed.run(resume=False)
+    assert_same_trajectory(straight, resumed)
+    for ckpt in (tmp_path / "b" / "checkpoints").glob("step-*"):
+        (ckpt / "rng.safetensors").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="every checkpoint .* is damaged"):
+        Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(9), tmp_path / "b", Quiet()).resume()

@@ -6,11 +6,14 @@ a JSON file for the scalars: model, EMA and extra modules, AdamW moments, LR-sch
 state, the torch RNG state, the step (which fixes the data position: batches are drawn from
 (seed, step)), and any objective state. A checkpoint folder is written under a temporary
 name and renamed into place, then ``latest`` is replaced atomically, so a kill at any moment
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. ``state.json`` carries the sha256 of every other file, so
+a checkpoint damaged after it was written (a truncated copy, a bad disk) is caught on resume and the
+one before it is used (``damage``, ``checkpoints_newest_first``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -95,6 +98,7 @@ def save_checkpoint(
         opt_tensors, opt_meta[name] = _flatten_optimizer(optimizer)
         save_file(opt_tensors or {"_empty": torch.zeros(0)}, str(tmp / _optimizer_file(name)))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    files = {path.name: file_digest(path) for path in sorted(tmp.iterdir())}
     meta = {
         "step": step,
         "optimizer": opt_meta.get("main"),
@@ -103,6 +107,7 @@ def save_checkpoint(
         "schedulers": {k: v.state_dict() for k, v in schedulers.items() if k != "main" and v is not None},
         "modules": sorted(modules),
         "extra": extra or {},
+        "files": files,  # sha256 of every file above: a truncated or damaged checkpoint is caught on load
     }
     (tmp / "state.json").write_text(json.dumps(meta, default=_json_default) + "\n")
     for path in tmp.iterdir():
@@ -132,6 +137,43 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".step-*.partial"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint folder (a missing, truncated or altered file), or None. Checkpoints
+    written before checksums existed are taken as they are."""
+    try:
+        meta = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"state.json unreadable ({e})"
+    for name, digest in (meta.get("files") or {}).items():
+        file = path / name
+        if not file.exists():
+            return f"{name} is missing"
+        if file_digest(file) != digest:
+            return f"{name} does not match its checksum (truncated or altered)"
+    return None
+
+
+def checkpoints_newest_first(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, the one ``latest`` points at first, then the others newest first."""
+    root = run_dir / "checkpoints"
+    complete = sorted((p for p in root.glob("step-*") if (p / "state.json").exists()), reverse=True)
+    pointer = root / "latest"
+    if pointer.exists():
+        first = root / pointer.read_text().strip()
+        if first in complete:
+            complete.remove(first)
+            complete.insert(0, first)
+    return complete
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from backend.models.family import ModelBundle, to_device
 
-from .checkpoint import TrainableOnly, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import TrainableOnly, checkpoints_newest_first, damage, load_checkpoint, save_checkpoint
 from .method import Method, ObjectivesMethod
 from .objectives.base import Batch, Objective
 from .reporter import Reporter
@@ -400,8 +400,19 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        path = latest_checkpoint(self.run_dir)
+        """Load the newest sound checkpoint: one whose files fail their checksums is named in the log
+        and the one before it is used."""
+        path, damaged = None, []
+        for candidate in checkpoints_newest_first(self.run_dir):
+            why = damage(candidate)
+            if why is None:
+                path = candidate
+                break
+            damaged.append(f"{candidate.name}: {why}")
+            self.reporter.log(f"checkpoint {candidate.name} is damaged: {why}; trying the one before it")
         if path is None:
+            if damaged:  # never start over silently on top of a run's folder
+                raise RuntimeError(f"every checkpoint of {self.run_dir} is damaged ({'; '.join(damaged)}); nothing to resume from")
             return False
         meta = load_checkpoint(path, self._checkpointed(), self.optimizers, self.schedulers)
         extra = meta.get("extra", {})
