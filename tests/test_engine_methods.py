@@ -411,3 +411,36 @@ def test_a_damaged_checkpoint_is_caught_by_its_checksum_and_the_one_before_it_is
         (ckpt / "rng.safetensors").write_bytes(b"")
     with pytest.raises(RuntimeError, match="every checkpoint .* is damaged"):
         Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(9), tmp_path / "b", Quiet()).resume()
+
+
+def test_a_full_disk_during_a_checkpoint_loses_nothing_and_the_run_resumes_after_space_is_freed(tmp_path: Path, monkeypatch):
+    """The disk fills while the step-6 checkpoint is written (the filesystem is the fake here): the job
+    stops with "disk full at <folder>", no half-written checkpoint is left, step 3's still loads, and
+    once space is back the run resumes from it onto the straight run's trajectory."""
+    import errno
+
+    import backend.train.checkpoint as checkpoint
+    from backend.store import DiskFull
+
+    straight = Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(9), tmp_path / "a", Quiet())
+    straight.run(resume=False)
+    real_save = checkpoint.save_file
+    calls = {"n": 0}
+
+    def filling(tensors, path, *a, **k):
+        calls["n"] += 1
+        if "step-0000006" in path and calls["n"] > 2:  # part of the checkpoint is on disk when space runs out
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real_save(tensors, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", filling)
+    run = Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(9), tmp_path / "b", Quiet())
+    with pytest.raises(DiskFull, match=r"disk full at .*checkpoints: the checkpoint of step 6 \(the previous one is intact\)"):
+        run.run(resume=False)
+    ckpts = tmp_path / "b" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-0000003"]  # no partial folder left
+    monkeypatch.setattr(checkpoint, "save_file", real_save)  # space freed
+    resumed = Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(9), tmp_path / "b", Quiet())
+    assert resumed.resume() and resumed.step == 3
+    resumed.run(resume=False)
+    assert_same_trajectory(straight, resumed)

@@ -170,3 +170,27 @@ def test_concurrent_transactions_wait_for_each_other_instead_of_failing(tmp_path
     assert not errors, errors[:3]
     with Project.open(tmp_path / "p") as p:
         assert p.db.execute("SELECT count(*) FROM datasets").fetchone()[0] == 160
+
+
+def test_a_full_disk_while_storing_an_image_says_where_and_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+
+    import backend.store.project as project_module
+    from backend.store import DiskFull
+
+    with Project.init(tmp_path / "p") as project:
+        kept = project.put_blob(b"an earlier image", "png")
+
+        def no_space(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(project_module.os, "fsync", no_space)
+        with pytest.raises(DiskFull, match=r"disk full at .*images.*was not written \(nothing half-written was kept\)"):
+            project.put_blob(b"a new image", "png")
+        monkeypatch.undo()
+        blobs = [p for p in (tmp_path / "p").rglob("*") if p.is_file() and "images" in p.parts]
+        assert [p.name for p in blobs if p.name.startswith(".tmp-")] == []  # no temporary file left behind
+        assert project.blob_path(kept, "png").read_bytes() == b"an earlier image"
+        assert not any(b.read_bytes() == b"a new image" for b in blobs)
+        digest = project.put_blob(b"a new image", "png")  # space back: the same write goes through
+        assert project.blob_path(digest, "png").read_bytes() == b"a new image"

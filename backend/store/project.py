@@ -7,6 +7,7 @@ anything that leaves the project folder (``..``, absolute paths, symlinks pointi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -180,6 +181,17 @@ class Project:
         return {"root": str(self.root), "migrations": self.applied_migrations(), "counts": counts}
 
 
+class DiskFull(OSError):
+    """A write failed for lack of space; the message says where and that nothing half-written was kept."""
+
+
+def disk_full(exc: OSError, where: Path, what: str) -> OSError:
+    """``exc`` as a DiskFull naming ``where`` when it is ENOSPC (or EDQUOT), else ``exc`` itself."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return DiskFull(exc.errno, f"disk full at {where}: {what} was not written (nothing half-written was kept); free space, then resume")
+    return exc
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +202,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise disk_full(e, path.parent, path.name) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from backend.store import atomic_write_text
+from backend.store.project import atomic_write_text, disk_full
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -91,6 +91,21 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        _write_state(tmp, step, modules, optimizers, schedulers, extra)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_full(e, root, f"the checkpoint of step {step} (the previous one is intact)") from e
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    atomic_write_text(root / "latest", final.name + "\n")
+    _prune(root, keep)
+    return final
+
+
+def _write_state(tmp: Path, step: int, modules: dict[str, Any], optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
+                 extra: dict[str, Any] | None) -> None:
     for name, module in modules.items():
         save_file(_state(module), str(tmp / f"{name}.safetensors"))
     opt_meta: dict[str, Any] = {}
@@ -113,12 +128,6 @@ def save_checkpoint(
     for path in tmp.iterdir():
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    atomic_write_text(root / "latest", final.name + "\n")
-    _prune(root, keep)
-    return final
 
 
 def _optimizer_file(name: str) -> str:
