@@ -444,3 +444,23 @@ def test_a_full_disk_during_a_checkpoint_loses_nothing_and_the_run_resumes_after
     assert resumed.resume() and resumed.step == 3
     resumed.run(resume=False)
     assert_same_trajectory(straight, resumed)
+
+
+def test_a_kill_inside_a_checkpoint_write_leaves_the_previous_one_to_resume_from(tmp_path: Path):
+    """What a SIGKILL in the middle of writing step 9's checkpoint leaves: a partial folder with some of
+    its files. Resuming ignores it (``latest`` still names step 6), continues on the straight run's
+    trajectory, and the next checkpoint clears the partial folder away."""
+    straight = Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(12), tmp_path / "a", Quiet())
+    straight.run(resume=False)
+    first = Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(12), tmp_path / "b", Quiet())
+    first.cfg.steps = 6
+    first.run(resume=False)
+    root = tmp_path / "b" / "checkpoints"
+    partial = root / ".step-0000009.partial"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes((root / "step-0000006" / "model.safetensors").read_bytes()[:1000])
+    resumed = Trainer(make_bundle(), ObjectivesMethod([FlowMatching()]), toy_batches, config(12), tmp_path / "b", Quiet())
+    assert resumed.resume() and resumed.step == 6
+    resumed.run(resume=False)
+    assert_same_trajectory(straight, resumed)
+    assert not partial.exists() and (root / "latest").read_text().strip() == "step-0000012"
