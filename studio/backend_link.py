@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
+from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal, Slot
 
 from backend.service.client import BackendError, Client, find_backends, incompatibility
 
@@ -44,6 +44,10 @@ class BackendLink(QObject):
         self._started_at = 0.0
         self._output = b""
         self.info: dict[str, Any] = {}
+        # a lost stream: the service may have been restarted (new port and token); look for it again
+        self._rediscover = QTimer(self)
+        self._rediscover.setInterval(1000)
+        self._rediscover.timeout.connect(self._look_again)
 
     # --- connecting ----------------------------------------------------------------------------
 
@@ -118,6 +122,7 @@ class BackendLink(QObject):
             self.stream = EventStream(lambda: Client(url, token, timeout=30.0), self)
             self.stream.event.connect(self.event)
             self.stream.connected.connect(self.stream_state)
+            self.stream.connected.connect(self._stream_changed)
             self.stream.start()
             self.connected.emit(info)
 
@@ -134,7 +139,29 @@ class BackendLink(QObject):
 
         self.tasks.run(client.info, done=ok, failed=bad)
 
+    @Slot(bool)  # a slot of this object: queued onto the GUI thread, where its timer lives
+    def _stream_changed(self, ok: bool) -> None:
+        if ok:
+            self._rediscover.stop()
+        elif self.project is not None and not self._rediscover.isActive():
+            self._rediscover.start()
+
+    def _look_again(self) -> None:
+        """Attach to the project's service again when it came back at another address or token."""
+        if self.project is None or self.client is None:
+            self._rediscover.stop()
+            return
+        for found in find_backends(str(self.project)):
+            if (found["url"], found["token"]) != (self.client.url, self.client.token):
+                self._rediscover.stop()
+                url, token = found["url"], found["token"]
+                self.status.emit(f"The backend for {self.project.name} restarted; reconnecting…")
+                self.disconnect_backend()
+                self._attach(url, token)
+                return
+
     def disconnect_backend(self, stop_process: bool = False) -> None:
+        self._rediscover.stop()
         if self.stream is not None:
             self.stream.stop()
             self.stream = None

@@ -95,6 +95,7 @@ class EventStream(QThread):
         while not self._stop.is_set():
             try:
                 self._client = self.make_client()
+                self._client.info()  # making a client connects nothing: only a service that answers counts as live
                 self.connected.emit(True)
                 backoff = 0.5
                 for ev in self._client.events(timeout=None):

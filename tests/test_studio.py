@@ -202,3 +202,38 @@ def test_after_the_demo_data_the_studio_leads_on_and_a_data_job_shows_no_trainin
     assert runs.tabs.tabText(runs.tabs.currentIndex()) == "Log" and not runs.tabs.isTabVisible(0)
     qtbot.waitUntil(lambda: window.page_names[window.sidebar.currentRow()] == "Playground", timeout=180_000)
     assert "preparing" not in window.backend_label.text() and "ready" in window.statusBar().currentMessage()
+
+
+def test_the_studio_reconnects_by_itself_when_its_service_restarts(qtbot, window: MainWindow, tmp_path: Path):
+    """The project's service stops and another starts (new port, new token) while the Studio is
+    attached: the Studio finds it through the discovery file and attaches again, no action needed."""
+    from backend.service.client import start_backend
+    from backend.store import Project
+
+    with Project.init(tmp_path / "p"):
+        pass
+    proc, client = start_backend(tmp_path / "p", log_path=tmp_path / "one.log")
+    procs = [proc]
+    try:
+        window.open_project(str(tmp_path / "p"))
+        qtbot.waitUntil(lambda: window.link.client is not None and window.link.client.url == client.url, timeout=60_000)
+        qtbot.waitUntil(lambda: window.stream_label.text() == "live", timeout=30_000)
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        qtbot.waitUntil(lambda: window.stream_label.text() == "reconnecting…", timeout=30_000)
+        proc2, client2 = start_backend(tmp_path / "p", log_path=tmp_path / "two.log")
+        procs.append(proc2)
+        qtbot.waitUntil(lambda: window.link.client is not None and window.link.client.url == client2.url
+                        and window.stream_label.text() == "live", timeout=60_000)
+        got: list = []
+        window.link.call("datasets", done=got.append)
+        qtbot.waitUntil(lambda: bool(got), timeout=20_000)
+        assert got == [[]] and window.backend_label.text().startswith(f"backend {client2.url}")
+        client2.close()
+    finally:
+        window.link.disconnect_backend()
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
