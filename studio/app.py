@@ -11,6 +11,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo", action="store_true", help="open the embedded ShapesWorld demo project")
     parser.add_argument("--project", default=None, help="open this project folder")
     args = parser.parse_args(argv)
+    from .system_check import missing_xcb_libraries, uses_xcb, xcb_advice
+
+    if uses_xcb() and (missing := missing_xcb_libraries()):
+        print(xcb_advice(missing), file=sys.stderr)  # instead of Qt's abort that names no library
+        return 3
     from PySide6.QtWidgets import QApplication
 
     from .main_window import MainWindow

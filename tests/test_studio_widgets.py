@@ -134,3 +134,22 @@ def test_prefetched_items_leave_loading_in_the_backends_order():
     assert ready_in_order(loading, complete) == [] and list(loading) == [1, 2, 3]  # 2 and 3 wait for 1
     loading[1]["n"] = 2
     assert [i["id"] for i in ready_in_order(loading, complete)] == [1, 2, 3] and not loading
+
+
+def test_missing_xcb_libraries_are_named_before_qt_aborts(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """With Qt's X11 plugin chosen and a library it needs absent (the system's loader is the fake here),
+    signal-studio stops before Qt starts and names the packages to install; offscreen never checks."""
+    import ctypes.util
+
+    from studio import app, system_check
+
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None if name == "xcb-icccm" else real(name) or f"lib{name}.so")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.setattr(system_check.sys, "platform", "linux")
+    assert system_check.missing_xcb_libraries() == ["xcb-icccm"]
+    assert app.main([]) == 3
+    err = capsys.readouterr().err
+    assert "libxcb-icccm" in err and "sudo apt install libxcb-icccm4" in err and "sudo dnf install xcb-util-wm" in err
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert not system_check.uses_xcb()
