@@ -8,6 +8,7 @@ tunnel, say) is just a URL and a token.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,23 @@ from .tasks import EventStream, Tasks
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90.0
+FROZEN = bool(getattr(sys, "frozen", False))  # running from the desktop bundle (packaging/): no engine inside
+
+
+def backend_python(configured: str | None = None) -> str | None:
+    """The Python that runs the backend: ``SIGNAL_STUDIO_PYTHON``, else the one the user chose (File →
+    Backend environment…), else this interpreter when the Studio runs from a source checkout or a
+    venv; a bundled Studio has none of its own (it ships without torch), so None until one is chosen."""
+    chosen = os.environ.get("SIGNAL_STUDIO_PYTHON") or configured
+    if chosen:
+        return chosen
+    return None if FROZEN else sys.executable
+
+
+NO_BACKEND = ("This Studio has no backend environment yet.",
+              "The desktop bundle holds the Studio only; the engine (PyTorch and the rest) lives in a Python environment of its own. "
+              "Either choose the Python of an environment where signal-studio is installed (File → Backend environment…; "
+              "packaging/README.md says how to make one), or connect to a backend that is already running (File → Connect to a backend…).")
 
 
 class BackendLink(QObject):
@@ -31,9 +49,10 @@ class BackendLink(QObject):
     event = Signal(object)  # a dict, passed through as is (no QVariantMap round trip)
     stream_state = Signal(bool)
 
-    def __init__(self, tasks: Tasks, parent: QObject | None = None):
+    def __init__(self, tasks: Tasks, parent: QObject | None = None, python: str | None = None):
         super().__init__(parent)
         self.tasks = tasks
+        self.python = python  # the backend environment the user chose, if any (see ``backend_python``)
         self.client: Client | None = None
         self.project: Path | None = None
         self.process: QProcess | None = None
@@ -59,17 +78,22 @@ class BackendLink(QObject):
             self.status.emit(f"Connecting to the running backend for {self.project.name}…")
             self._attach(found[0]["url"], found[0]["token"])
             return
+        python = backend_python(self.python)
+        if python is None:
+            self.failed.emit(*NO_BACKEND)
+            return
         self.status.emit(f"Starting the backend for {self.project.name}…")
         proc = QProcess(self)
         proc.setProcessChannelMode(QProcess.MergedChannels)
         proc.readyReadStandardOutput.connect(lambda: self._collect(proc))
-        proc.setWorkingDirectory(str(REPO))
+        if not FROZEN:
+            proc.setWorkingDirectory(str(REPO))  # a source checkout: its backend package is importable from here
         env = QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONUNBUFFERED", "1")
         proc.setProcessEnvironment(env)
         args = ["-m", "backend", "serve", "--project", str(self.project)] + (["--create"] if create else [])
         self._output = b""
-        proc.start(sys.executable, args)
+        proc.start(python, args)
         self.process = proc
         self._started_at = time.time()
         self._poll.start()

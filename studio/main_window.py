@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
@@ -27,7 +29,7 @@ from PySide6.QtWidgets import (
 
 from backend.service.client import demo_project_path
 
-from .backend_link import BackendLink
+from .backend_link import NO_BACKEND, BackendLink
 from .tasks import Tasks
 from .views.align_view import AlignView
 from .views.data_view import DataView
@@ -147,7 +149,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Signal Studio")
         self.tasks = Tasks(self)
         self.tasks.error.connect(lambda msg, details: show_error(self, "A backend call failed.", msg, "", details))
-        self.link = BackendLink(self.tasks, self)
+        self.link = BackendLink(self.tasks, self, python=self.settings.value("backend/python") or None)
         self.link.status.connect(self._status_text)
         self.link.connected.connect(self._connected)
         self.link.failed.connect(self._failed)
@@ -219,6 +221,7 @@ class MainWindow(QMainWindow):
         file = self.menuBar().addMenu("&File")
         for label, key, fn in (("New project…", QKeySequence.New, self.start._new), ("Open project…", QKeySequence.Open, self.start._open),
                                ("Open the demo project", "Ctrl+D", self.open_demo), ("Connect to a backend…", "Ctrl+K", self.connect_dialog),
+                               ("Backend environment…", "", self.choose_backend_python),
                                ("Start page", "Ctrl+Home", lambda: self.stack.setCurrentIndex(0)), ("Quit", QKeySequence.Quit, self.close)):
             act = QAction(label, self)
             act.setShortcut(key)
@@ -308,6 +311,17 @@ class MainWindow(QMainWindow):
         self.demo_pending = True
         self.open_project(str(demo_project_path()), True)
 
+    def choose_backend_python(self) -> None:
+        """The Python of the environment that runs the backend (a bundled Studio has none of its own)."""
+        from PySide6.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self, "The Python of an environment with signal-studio installed",
+                                              self.link.python or str(Path.home()))
+        if path:
+            self.link.python = path
+            self.settings.setValue("backend/python", path)
+            self.statusBar().showMessage(f"Backends start with {path}", 10_000)
+
     def connect_dialog(self) -> None:
         dlg = ConnectDialog(self)
         if dlg.exec() == QDialog.Accepted:
@@ -321,6 +335,9 @@ class MainWindow(QMainWindow):
     def _failed(self, message: str, details: str) -> None:
         self.progress.setVisible(False)
         self.backend_label.setText("no backend")
+        if message == NO_BACKEND[0]:  # a bundled Studio before its backend environment is chosen: say how, up front
+            show_error(self, message, details)
+            return
         show_error(self, message, "The Studio could not use a backend for this project.",
                    "Check that the folder is a project (or create one), then try again; the backend's output is under Details.", details)
 

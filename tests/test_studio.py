@@ -237,3 +237,28 @@ def test_the_studio_reconnects_by_itself_when_its_service_restarts(qtbot, window
             if p.poll() is None:
                 p.terminate()
                 p.wait(timeout=30)
+
+
+def test_a_bundled_studio_without_a_backend_environment_says_how_to_get_one(qtbot, window: MainWindow, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """From the desktop bundle (no engine inside) and no environment chosen, opening a project says what
+    to do instead of failing to start; once the environment's Python is chosen, projects open with it."""
+    import sys
+
+    import studio.backend_link as backend_link
+    from backend.store import Project
+
+    with Project.init(tmp_path / "p"):
+        pass
+    monkeypatch.setattr(backend_link, "FROZEN", True)
+    monkeypatch.delenv("SIGNAL_STUDIO_PYTHON", raising=False)
+    got: list[str] = []
+    window.link.failed.connect(lambda message, details: got.append(message))
+    window.link.python = None
+    window.open_project(str(tmp_path / "p"))
+    qtbot.waitUntil(lambda: bool(got), timeout=10_000)
+    assert got == ["This Studio has no backend environment yet."] and window.link.process is None
+    window.link.python = sys.executable  # what File → Backend environment… stores
+    window.open_project(str(tmp_path / "p"))
+    qtbot.waitUntil(lambda: window.stack.currentIndex() == 1, timeout=120_000)
+    assert window.link.process is not None and window.link.process.program() == sys.executable
