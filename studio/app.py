@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def icon_path() -> Path | None:
+    """The 256 px icon: beside the modules in a bundle (PyInstaller's data folder), under resources/ in a checkout."""
+    base = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parent.parent))
+    path = base / "resources" / "icons" / "signal-studio-256.png"
+    return path if path.exists() else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="signal-studio", description="Signal Studio desktop application")
     parser.add_argument("--demo", action="store_true", help="open the embedded ShapesWorld demo project")
     parser.add_argument("--project", default=None, help="open this project folder")
+    parser.add_argument("--screenshot", default=None, help=argparse.SUPPRESS)  # save the start page to this PNG and quit (the bundle's smoke test)
     args = parser.parse_args(argv)
     from .system_check import missing_xcb_libraries, uses_xcb, xcb_advice
 
@@ -23,8 +32,26 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Signal Studio")
     app.setOrganizationName("SignalStudio")
+    icon = icon_path()
+    if icon is not None:
+        from PySide6.QtGui import QIcon
+
+        app.setWindowIcon(QIcon(str(icon)))
     window = MainWindow()
     window.show()
+    if args.screenshot:
+        from PySide6.QtCore import QTimer
+
+        def grab() -> None:
+            window.grab().save(args.screenshot)
+            app.quit()
+
+        QTimer.singleShot(1500, grab)
+        return app.exec()
+    if not window.settings.value("tour/seen", False, type=bool) and not (args.project or args.demo):
+        from PySide6.QtCore import QTimer
+
+        QTimer.singleShot(300, window.show_tour)  # the first start: four short pages, skippable
     if args.project:
         window.open_project(args.project)
     elif args.demo:

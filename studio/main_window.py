@@ -161,6 +161,7 @@ class MainWindow(QMainWindow):
         self.start = StartPage(self._recent())
         self.start.open_project.connect(self.open_project)
         self.start.open_demo.connect(self.open_demo)
+        self.start.tour.connect(self.show_tour)
         self.start.connect_remote.connect(self.connect_dialog)
         self.stack.addWidget(self.start)
 
@@ -310,6 +311,13 @@ class MainWindow(QMainWindow):
     def open_demo(self) -> None:
         self.demo_pending = True
         self.open_project(str(demo_project_path()), True)
+
+    def show_tour(self) -> None:
+        from .views.tour import Tour
+
+        self.tour = Tour(self)
+        self.tour.finished.connect(lambda *_: self.settings.setValue("tour/seen", True))
+        self.tour.open()
 
     def choose_backend_python(self) -> None:
         """The Python of the environment that runs the backend (a bundled Studio has none of its own)."""

@@ -105,6 +105,10 @@ def main() -> int:
 
     win.start.set_recent([str(project)])
     shot("01-start")
+    win.show_tour()
+    win.tour.go(1)
+    shot("01b-tour", win.tour)
+    win.tour.reject()
     win.open_project(str(project))
     until(lambda: win.stack.currentIndex() == 1)
     until(lambda: win.data_view.model.total > 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import QLabel
 
 from studio.views.playground import Playground
 from studio.views.runs_view import nice_ceiling, settled_range
@@ -153,3 +154,23 @@ def test_missing_xcb_libraries_are_named_before_qt_aborts(monkeypatch: pytest.Mo
     assert "libxcb-icccm" in err and "sudo apt install libxcb-icccm4" in err and "sudo dnf install xcb-util-wm" in err
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
     assert not system_check.uses_xcb()
+
+
+def test_the_tour_pages_through_and_is_remembered_once_seen(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from studio.main_window import MainWindow
+
+    w = MainWindow(QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    assert not w.settings.value("tour/seen", False, type=bool)
+    w.show_tour()
+    tour = w.tour
+    assert tour.where.text() == "1 / 4" and not tour.back.isEnabled()
+    for _ in range(3):
+        tour.next.click()
+    assert tour.where.text() == "4 / 4" and tour.next.text() == "Done" and "Runs" in tour.pages.currentWidget().findChildren(QLabel)[1].text()
+    tour.back.click()
+    assert tour.where.text() == "3 / 4"
+    tour.skip.click()
+    assert not tour.isVisible() and w.settings.value("tour/seen", False, type=bool)

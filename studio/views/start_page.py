@@ -14,6 +14,7 @@ class StartPage(QWidget):
     open_project = Signal(str, bool)  # path, create
     open_demo = Signal()
     connect_remote = Signal()
+    tour = Signal()
 
     def __init__(self, recent: list[str], parent: QWidget | None = None):
         super().__init__(parent)
@@ -42,7 +43,10 @@ class StartPage(QWidget):
         opn.clicked.connect(self._open)
         remote = QPushButton("Connect to a backend…")
         remote.clicked.connect(self.connect_remote.emit)
-        for b in (new, opn, remote):
+        tour = QPushButton("Take the tour")
+        tour.setToolTip("Four short pages: what a project is, the stages, the demo project, where results show")
+        tour.clicked.connect(self.tour.emit)
+        for b in (new, opn, remote, tour):
             row.addWidget(b)
         col.addLayout(row)
         col.addWidget(QLabel("Recent projects"))
