@@ -255,6 +255,8 @@ class RunsView(QWidget):
         self._fill_table()
         if self.selected is None and jobs:
             self.select(jobs[0]["id"])
+        elif not jobs:
+            self._update_title()  # an empty project: say how runs come about
         self.jobs_changed.emit(list(self.jobs.values()))
 
     def _fill_table(self) -> None:
@@ -301,7 +303,9 @@ class RunsView(QWidget):
     def _update_title(self) -> None:
         j = self.jobs.get(self.selected or -1)
         if not j:
-            self.title.setText("Select a run")
+            self.title.setText("Select a run" if self.jobs else "No runs yet. Start one from <b>Pretrain</b> (or its demo recipe), "
+                               "<b>Align</b>, <b>Personalize</b> or <b>Distill</b>, or make pairs to rate in <b>Rate</b>; it shows up here "
+                               "with its curves, previews and log.")
         else:
             err = f"<br><span style='color:#c0392b'>{j['error']}</span>" if j.get("error") else ""
             self.title.setText(f"<b>#{j['id']} {j.get('name') or ''}</b> · {j.get('kind')} · <b>{j.get('state')}</b> · step {j.get('step') or 0}"
