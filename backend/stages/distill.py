@@ -3,7 +3,8 @@
 Progressive (``train/distill.py``), consistency (``train/consistency.py``), DMD2
 (``train/dmd.py``) and LADD (``train/ladd.py``) read data latents from a dataset view
 (pretraining's data path); reflow (``train/reflow.py``) reads the teacher's own couplings, drawn
-for the view's captions and cached. All evaluate the student at its steps with its own sampler (cfg 1: the teacher's guidance is folded in). The student is saved as an ordinary model whose card
+for the view's captions and cached. All evaluate the student at its steps with its own sampler
+(cfg 1: the teacher's guidance is folded in). The student is saved as an ordinary model whose card
 carries its sampler (steps, guidance), names the teacher as its parent, and records strict
 ShapesEval and the per-image latency of student and teacher measured the same way; ``sample`` and
 the Playground read the card's sampler.
@@ -102,15 +103,16 @@ def build_reflow(project: Project, recipe: DistillRecipe, bundle, what: str, rep
     with torch.no_grad():
         embeds = bundle.encode_prompts(prompts).to(torch.device("cpu"))
     one_step = recipe.target_steps == 1 and r.distill_steps > 0
-    distance, distance_name = perceptual_distance(torch.device("cpu"), r.distance) if one_step and r.l2_share < 1 else (None, "")
+    # the distance's name now (and a refusal of 'lpips' without its weights, before any training); the network on the run's device later
+    distance_name = perceptual_distance(torch.device("cpu"), r.distance)[1] if one_step and r.l2_share < 1 else ""
     alpha = bundle.default_alpha(s.width, s.height)
     before = straightness(bundle, bundle.net, couplings, embeds, alpha)
     reporter.log(f"reflow of {what}: {r.reflow_steps} steps on the straight lines (path curvature before: {before:.3f})"
                  + (f", then {r.distill_steps} one-step steps ({round(r.l2_share * r.distill_steps)} with L2"
-                    + (f", the rest with {distance_name})" if distance else ")") if one_step else
+                    + (f", the rest with {distance_name})" if distance_name else ")") if one_step else
                     f"; a {recipe.target_steps}-step student samples the reflowed ODE (no one-step phase)"))
     method = ReflowInstaFlow(ReflowSettings(reflow_steps=r.reflow_steps, distill_steps=r.distill_steps if one_step else 0, l2_share=r.l2_share),
-                             distance)
+                             distance_on=(lambda device: perceptual_distance(device, r.distance)[0]) if distance_name else None)
     batches = CouplingBatches(couplings, embeds, recipe.data.batch_size, (s.width, s.height), alpha, recipe.seed)
     return method, batches, {"couplings": r.pairs, "curvature_before": round(before, 4), "distance": distance_name or "l2",
                              "_straightness": lambda net: straightness(bundle, net, couplings, embeds, alpha)}

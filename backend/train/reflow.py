@@ -94,15 +94,19 @@ class ReflowSettings:
 class ReflowInstaFlow(Method):
     name = "reflow"
 
-    def __init__(self, settings: ReflowSettings, distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, settings: ReflowSettings, distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 distance_on: Callable[[torch.device], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None):
+        """``distance``: the perceptual distance as is; or ``distance_on(device)`` makes it on the run's device at first use."""
         self.s = settings
         self.distance = distance
+        self.distance_on = distance_on
 
     def phase(self, k: int) -> str:
         """The phase of 0-based step ``k``: "reflow", "l2" or "perceptual"."""
         if k < self.s.reflow_steps:
             return "reflow"
-        return "l2" if k - self.s.reflow_steps < round(self.s.l2_share * self.s.distill_steps) or self.distance is None else "perceptual"
+        perceptual = self.distance is not None or self.distance_on is not None
+        return "l2" if k - self.s.reflow_steps < round(self.s.l2_share * self.s.distill_steps) or not perceptual else "perceptual"
 
     def step(self, run) -> None:
         k = run.step - 1
@@ -121,6 +125,8 @@ class ReflowInstaFlow(Method):
                     if phase == "l2":
                         per = ((x.float() - x0.float()) ** 2).flatten(1).mean(1)
                     else:
+                        if self.distance is None:
+                            self.distance = self.distance_on(run.device)  # type: ignore[misc]
                         with torch.no_grad():
                             target = run.bundle.decode_latents(x0)
                         per = self.distance(run.bundle.decode_latents(x).float(), target.float())  # type: ignore[misc]
