@@ -38,8 +38,8 @@ def backend_python(configured: str | None = None) -> str | None:
 
 NO_BACKEND = ("This Studio has no backend environment yet.",
               "The desktop bundle holds the Studio only; the engine (PyTorch and the rest) lives in a Python environment of its own. "
-              "Either choose the Python of an environment where signal-studio is installed (File → Backend environment…; "
-              "packaging/README.md says how to make one), or connect to a backend that is already running (File → Connect to a backend…).")
+              "Either make one (File → Create a backend environment…), or choose the Python of an environment where "
+              "signal-studio is installed (File → Backend environment…), or connect to a backend that is already running (File → Connect to a backend…).")
 
 
 class BackendLink(QObject):

@@ -223,6 +223,7 @@ class MainWindow(QMainWindow):
         for label, key, fn in (("New project…", QKeySequence.New, self.start._new), ("Open project…", QKeySequence.Open, self.start._open),
                                ("Open the demo project", "Ctrl+D", self.open_demo), ("Connect to a backend…", "Ctrl+K", self.connect_dialog),
                                ("Backend environment…", "", self.choose_backend_python),
+                               ("Create a backend environment…", "", self.create_backend_env),
                                ("Start page", "Ctrl+Home", lambda: self.stack.setCurrentIndex(0)), ("Quit", QKeySequence.Quit, self.close)):
             act = QAction(label, self)
             act.setShortcut(key)
@@ -319,6 +320,18 @@ class MainWindow(QMainWindow):
         self.tour.finished.connect(lambda *_: self.settings.setValue("tour/seen", True))
         self.tour.open()
 
+    def create_backend_env(self, venv_args: list[str] | None = None, pip_args: list[str] | None = None) -> None:
+        from .views.backend_env import BackendEnvDialog
+
+        self.env_dialog = BackendEnvDialog(self, venv_args, pip_args)
+        self.env_dialog.created.connect(self._use_backend_python)
+        self.env_dialog.open()
+
+    def _use_backend_python(self, path: str) -> None:
+        self.link.python = path
+        self.settings.setValue("backend/python", path)
+        self.statusBar().showMessage(f"Backends start with {path}", 10_000)
+
     def choose_backend_python(self) -> None:
         """The Python of the environment that runs the backend (a bundled Studio has none of its own)."""
         from PySide6.QtWidgets import QFileDialog
@@ -326,9 +339,7 @@ class MainWindow(QMainWindow):
         path, _ = QFileDialog.getOpenFileName(self, "The Python of an environment with signal-studio installed",
                                               self.link.python or str(Path.home()))
         if path:
-            self.link.python = path
-            self.settings.setValue("backend/python", path)
-            self.statusBar().showMessage(f"Backends start with {path}", 10_000)
+            self._use_backend_python(path)
 
     def connect_dialog(self) -> None:
         dlg = ConnectDialog(self)

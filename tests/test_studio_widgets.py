@@ -174,3 +174,47 @@ def test_the_tour_pages_through_and_is_remembered_once_seen(qtbot, tmp_path):
     assert tour.where.text() == "3 / 4"
     tour.skip.click()
     assert not tour.isVisible() and w.settings.value("tour/seen", False, type=bool)
+
+
+def _tiny_wheel(folder) -> str:
+    """A minimal wheel (the package index is outside the project: the install must not need it)."""
+    import zipfile
+
+    name = "signal_probe-0.1-py3-none-any.whl"
+    files = {"signal_probe.py": "ANSWER = 42\n",
+             "signal_probe-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: signal-probe\nVersion: 0.1\n",
+             "signal_probe-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files["signal_probe-0.1.dist-info/RECORD"] = "".join(f"{k},,\n" for k in files) + "signal_probe-0.1.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(folder / name, "w") as z:
+        for k, v in files.items():
+            z.writestr(k, v)
+    return str(folder / name)
+
+
+def test_the_backend_environment_is_created_from_the_studio_with_its_log(qtbot, tmp_path):
+    """File → Create a backend environment…: a venv, then pip installing the given source, each step in
+    the log; the new environment's Python is what backends start with from then on (remembered). A step
+    that fails stops with its output in the log."""
+    import subprocess
+
+    from PySide6.QtCore import QSettings
+
+    from studio.main_window import MainWindow
+
+    w = MainWindow(QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    w.create_backend_env(pip_args=["--no-index", "--no-deps"])
+    dlg = w.env_dialog
+    dlg.folder.setText(str(tmp_path / "env"))
+    dlg.source.setText(str(tmp_path / "missing.whl"))
+    dlg.start()
+    qtbot.waitUntil(lambda: "failed" in dlg.step.text(), timeout=120_000)
+    assert "Installing signal-studio" in dlg.step.text() and dlg.create_btn.isEnabled() and "missing.whl" in dlg.log.toPlainText()
+    assert w.link.python is None
+    dlg.source.setText(_tiny_wheel(tmp_path))
+    dlg.start()
+    qtbot.waitUntil(lambda: dlg.step.text().startswith("Done"), timeout=120_000)
+    py = str(tmp_path / "env" / "bin" / "python")
+    assert w.link.python == py and w.settings.value("backend/python") == py
+    assert "$ " in dlg.log.toPlainText() and "Successfully installed signal-probe" in dlg.log.toPlainText()
+    assert subprocess.run([py, "-c", "import signal_probe; print(signal_probe.ANSWER)"], capture_output=True, text=True).stdout.strip() == "42"
