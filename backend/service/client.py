@@ -278,3 +278,10 @@ def demo_project_path() -> Path:
     from backend.paths import demo_project_dir
 
     return demo_project_dir()
+
+
+def default_backend_env() -> Path:
+    """Where the Studio offers to create the backend's own environment (a venv) by default."""
+    from backend.paths import data_home
+
+    return data_home() / "backend-env"

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from backend.paths import data_home
+from backend.service.client import default_backend_env
 
 from ..widgets import hint
 
@@ -54,7 +54,7 @@ class BackendEnvDialog(QDialog):
         base = shutil.which("python3.11") or shutil.which("python3") or ("" if getattr(sys, "frozen", False) else sys.executable)
         self.base = QLineEdit(base)
         self.base.setToolTip("The Python (3.11) the environment is made from")
-        self.folder = QLineEdit(str(data_home() / "backend-env"))
+        self.folder = QLineEdit(str(default_backend_env()))
         self.source = QLineEdit(str(SOURCE) if (SOURCE / "pyproject.toml").exists() else "")
         self.source.setPlaceholderText("a signal-studio checkout (folder with pyproject.toml) or a .whl file")
         form.addRow("Python", self.base)

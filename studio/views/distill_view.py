@@ -35,16 +35,21 @@ METHODS = {
                     "the next round. Stable and cheap (one teacher and one student in memory); each halving loses a little, so 1-2 steps suffer."),
     "reflow": ("Reflow → InstaFlow", "Draws the teacher's samples once (cached), straightens its paths on them, then (for 1 step) regresses a "
                "one-step student onto them, L2 then a perceptual distance (LPIPS only if its weights are cached here, else the world "
-               "encoder's features). Costs the couplings up front; inherits the teacher's mistakes."),
+               "encoder's features). Costs the couplings up front; inherits the teacher's mistakes. Measured: 88 % at 4 steps "
+               "(reflow alone), 23 % at 1 step."),
     "consistency": ("Consistency distillation (LCM-style)",
                     "The student learns to jump from any point of a teacher trajectory to its end, against a slowly moving copy of "
                     "itself; samples by jumping and re-noising, 1-4 steps. One training phase (no rounds); a third network (the target) "
-                    "in memory; too few teacher points or a fast target make it drift."),
+                    "in memory; too few teacher points or a fast target make it drift. "
+                    "Recommended: on the shipped base its 4-step student kept 96 % of the 20-step teacher's strict score at cfg 1, "
+                    "4.9x faster, the best or tied-best at 1, 2, 4 and 8 steps (bench/evidence_distill.py)."),
     "dmd": ("DMD2", "Matches the student's output distribution to the teacher's through a second, fake-score network trained on the "
             "student's samples (several updates per student update): strong at 1 step, twice the memory (the fake network is a "
-            "whole model with its optimizer); collapses when the two are out of balance."),
+            "whole model with its optimizer); collapses when the two are out of balance. Measured: 96 % at 4 steps, 27 % at 1 step, "
+            "2.7x consistency's training time."),
     "ladd": ("LADD", "Adversarial heads on the frozen teacher's features of re-noised latents, plus the teacher's denoising as a "
-             "distillation term; no decoding. Sharp at 2-4 steps; adversarial training can be unstable (watch the discriminator's accuracy)."),
+             "distillation term; no decoding. Sharp shapes; adversarial training can be unstable (watch the discriminator's accuracy). "
+             "Measured: 69 % at 4 steps after 300 steps."),
 }
 
 
