@@ -88,6 +88,7 @@ class PretrainPage(QWidget):
         self.empty = hint("No pretraining run yet: start one above (the demo recipe trains the shipped base's recipe on this project's "
                           "ShapesWorld data), or use the shipped base in the Playground right away.")
         lay.addWidget(self.empty)
+        lay.addStretch(1)  # with no run yet (the table hidden), the page's lines stay together at the top
         self.job_ids: list[int] = []
 
     def on_jobs(self, jobs: list[dict]) -> None:
