@@ -193,7 +193,6 @@ def test_after_the_demo_data_the_studio_leads_on_and_a_data_job_shows_no_trainin
         pass
     window.open_project(str(tmp_path / "p"))
     qtbot.waitUntil(lambda: window.stack.currentIndex() == 1, timeout=120_000)
-    qtbot.waitUntil(lambda: "No runs yet" in window.runs.title.text(), timeout=20_000)  # an empty view says what to do
     window.backend_label.setText(window.backend_label.text() + " · preparing the demo data (rendering and importing ShapesWorld)…")
     window.link.call("create_job", 'kind = "world"\ndataset = "shapesworld"\nimages = 24\nresolution = [32, 32]\nsubject = false\n', "demo data",
                      done=window._demo_job_started)
