@@ -48,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
 
         QTimer.singleShot(1500, grab)
         return app.exec()
-    if not window.settings.value("tour/seen", False, type=bool) and not (args.project or args.demo):
+    if not (args.project or args.demo):
         from PySide6.QtCore import QTimer
 
-        QTimer.singleShot(300, window.show_tour)  # the first start: four short pages, skippable
+        if not window.settings.value("tour/seen", False, type=bool):
+            QTimer.singleShot(300, window.show_tour)  # the first start: four short pages, skippable (then the backend choice)
+        elif window.needs_backend_choice():
+            QTimer.singleShot(300, window.choose_backend)  # a bundle with no backend environment chosen yet
     if args.project:
         window.open_project(args.project)
     elif args.demo:

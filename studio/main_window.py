@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
@@ -29,7 +27,7 @@ from PySide6.QtWidgets import (
 
 from backend.service.client import demo_project_path
 
-from .backend_link import NO_BACKEND, BackendLink
+from .backend_link import NO_BACKEND, BackendLink, backend_python
 from .tasks import Tasks
 from .views.align_view import AlignView
 from .views.data_view import DataView
@@ -126,11 +124,11 @@ class PretrainPage(QWidget):
 
 
 class ConnectDialog(QDialog):
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QWidget | None = None, url: str = ""):
         super().__init__(parent)
         self.setWindowTitle("Connect to a backend")
         form = QFormLayout(self)
-        self.url = QLineEdit("http://127.0.0.1:8765")
+        self.url = QLineEdit(url or "http://127.0.0.1:8765")
         self.token = QLineEdit()
         self.token.setEchoMode(QLineEdit.Password)
         form.addRow(hint("A backend on another machine: forward its port through SSH "
@@ -157,6 +155,7 @@ class MainWindow(QMainWindow):
         self.link.event.connect(self._event)
         self.link.stream_state.connect(lambda ok: self.stream_label.setText("live" if ok else "reconnecting…"))
         self.demo_pending = False
+        self.pending_project: str | None = None  # opened before a backend environment was chosen
 
         self.stack = QStackedWidget()
         self.start = StartPage(self._recent())
@@ -223,7 +222,7 @@ class MainWindow(QMainWindow):
         file = self.menuBar().addMenu("&File")
         for label, key, fn in (("New project…", QKeySequence.New, self.start._new), ("Open project…", QKeySequence.Open, self.start._open),
                                ("Open the demo project", "Ctrl+D", self.open_demo), ("Connect to a backend…", "Ctrl+K", self.connect_dialog),
-                               ("Backend environment…", "", self.choose_backend_python),
+                               ("Backend environment…", "", self.choose_backend),
                                ("Create a backend environment…", "", self.create_backend_env),
                                ("Start page", "Ctrl+Home", lambda: self.stack.setCurrentIndex(0)), ("Quit", QKeySequence.Quit, self.close)):
             act = QAction(label, self)
@@ -318,8 +317,13 @@ class MainWindow(QMainWindow):
         from .views.tour import Tour
 
         self.tour = Tour(self)
-        self.tour.finished.connect(lambda *_: self.settings.setValue("tour/seen", True))
+        self.tour.finished.connect(self._tour_done)
         self.tour.open()
+
+    def _tour_done(self, *_: object) -> None:
+        self.settings.setValue("tour/seen", True)
+        if self.needs_backend_choice() and self.link.client is None:
+            self.choose_backend()  # the bundle's first start: after the tour, where the engine runs
 
     def create_backend_env(self, venv_args: list[str] | None = None, pip_args: list[str] | None = None) -> None:
         from .views.backend_env import BackendEnvDialog
@@ -328,26 +332,40 @@ class MainWindow(QMainWindow):
         self.env_dialog.created.connect(self._use_backend_python)
         self.env_dialog.open()
 
+    def needs_backend_choice(self) -> bool:
+        """A Studio with no backend environment of its own (the desktop bundle) and none chosen yet."""
+        return backend_python(self.link.python) is None and self.settings.value("backend/choice", "") != "remote"
+
+    def choose_backend(self) -> None:
+        """Create an environment, use one, or connect to a running backend (the first-run choice, remembered)."""
+        from .views.backend_choice import BackendChoiceDialog
+
+        self.choice_dialog = BackendChoiceDialog(self, self.link.python or "", self.settings.value("backend/remote_url", "") or "")
+        self.choice_dialog.create_env.connect(lambda: self.create_backend_env())
+        self.choice_dialog.use_python.connect(self._use_backend_python)
+        self.choice_dialog.connect_to.connect(self._connect_remote)
+        self.choice_dialog.open()
+
     def _use_backend_python(self, path: str) -> None:
         self.link.python = path
         self.settings.setValue("backend/python", path)
+        self.settings.setValue("backend/choice", "python")
         self.statusBar().showMessage(f"Backends start with {path}", 10_000)
+        pending, self.pending_project = self.pending_project, None
+        if pending:  # the project the user tried to open before there was an environment
+            self.open_project(pending)
 
-    def choose_backend_python(self) -> None:
-        """The Python of the environment that runs the backend (a bundled Studio has none of its own)."""
-        from PySide6.QtWidgets import QFileDialog
-
-        path, _ = QFileDialog.getOpenFileName(self, "The Python of an environment with signal-studio installed",
-                                              self.link.python or str(Path.home()))
-        if path:
-            self._use_backend_python(path)
+    def _connect_remote(self, url: str, token: str) -> None:
+        self.settings.setValue("backend/choice", "remote")
+        self.settings.setValue("backend/remote_url", url)  # the token is not stored: it changes with each service start
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.link.connect_remote(url, token)
 
     def connect_dialog(self) -> None:
-        dlg = ConnectDialog(self)
+        dlg = ConnectDialog(self, self.settings.value("backend/remote_url", "") or "")
         if dlg.exec() == QDialog.Accepted:
-            self.progress.setRange(0, 0)
-            self.progress.setVisible(True)
-            self.link.connect_remote(dlg.url.text().strip(), dlg.token.text().strip())
+            self._connect_remote(dlg.url.text().strip(), dlg.token.text().strip())
 
     def _status_text(self, text: str) -> None:
         self.backend_label.setText(text)
@@ -355,8 +373,9 @@ class MainWindow(QMainWindow):
     def _failed(self, message: str, details: str) -> None:
         self.progress.setVisible(False)
         self.backend_label.setText("no backend")
-        if message == NO_BACKEND[0]:  # a bundled Studio before its backend environment is chosen: say how, up front
-            show_error(self, message, details)
+        if message == NO_BACKEND[0]:  # a bundled Studio before its backend environment is chosen: offer the ways in
+            self.pending_project = str(self.link.project) if self.link.project else None
+            self.choose_backend()
             return
         show_error(self, message, "The Studio could not use a backend for this project.",
                    "Check that the folder is a project (or create one), then try again; the backend's output is under Details.", details)

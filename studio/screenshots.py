@@ -109,6 +109,9 @@ def main() -> int:
     win.tour.go(1)
     shot("01b-tour", win.tour)
     win.tour.reject()
+    win.choose_backend()  # what a bundle without a backend environment offers on its first start
+    shot("01c-backend-choice", win.choice_dialog)
+    win.choice_dialog.reject()
     win.open_project(str(project))
     until(lambda: win.stack.currentIndex() == 1)
     until(lambda: win.data_view.model.total > 0)

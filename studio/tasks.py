@@ -28,12 +28,13 @@ class _Task(QRunnable):
         self.setAutoDelete(True)
 
     def run(self) -> None:
+        relay, self.relay = self.relay, None  # the GUI thread owns the relay; this thread only emits through it
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:  # delivered to the GUI as an error, never raised in a pool thread
-            self.relay.failed.emit(exc, traceback.format_exc())
+            relay.failed.emit(exc, traceback.format_exc())
             return
-        self.relay.done.emit(result)
+        relay.done.emit(result)
 
 
 class Tasks(QObject):
@@ -45,18 +46,18 @@ class Tasks(QObject):
         super().__init__(parent)
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(threads)
-        self._relays: set[_Relay] = set()
         self.pending = 0
 
     def run(self, fn: Callable[..., Any], *args: Any, done: Callable[[Any], None] | None = None,
             failed: Callable[[BaseException, str], None] | None = None, **kwargs: Any) -> None:
-        relay = _Relay()
-        self._relays.add(relay)
+        # parented to this object, so the relay (a QObject of the GUI thread) is destroyed on the GUI thread
+        # by deleteLater once its signal is handled, never by the last reference dropping in a pool thread
+        relay = _Relay(self)
         self.pending += 1
 
         def finish() -> None:
             self.pending -= 1
-            self._relays.discard(relay)
+            relay.deleteLater()
 
         def on_done(result: Any) -> None:
             finish()

@@ -239,10 +239,12 @@ def test_the_studio_reconnects_by_itself_when_its_service_restarts(qtbot, window
                 p.wait(timeout=30)
 
 
-def test_a_bundled_studio_without_a_backend_environment_says_how_to_get_one(qtbot, window: MainWindow, tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch):
-    """From the desktop bundle (no engine inside) and no environment chosen, opening a project says what
-    to do instead of failing to start; once the environment's Python is chosen, projects open with it."""
+def test_a_bundled_studio_without_a_backend_environment_offers_the_ways_in_and_remembers_the_choice(
+        qtbot, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """From the desktop bundle (no engine inside) and no environment chosen, opening a project offers to
+    create an environment, use one, or connect to a running backend, instead of failing to start; a bad
+    path is refused with the reason; the chosen Python opens the project the user asked for and is
+    remembered for the next start."""
     import sys
 
     import studio.backend_link as backend_link
@@ -255,10 +257,25 @@ def test_a_bundled_studio_without_a_backend_environment_says_how_to_get_one(qtbo
     got: list[str] = []
     window.link.failed.connect(lambda message, details: got.append(message))
     window.link.python = None
+    assert window.needs_backend_choice()
     window.open_project(str(tmp_path / "p"))
     qtbot.waitUntil(lambda: bool(got), timeout=10_000)
     assert got == ["This Studio has no backend environment yet."] and window.link.process is None
-    window.link.python = sys.executable  # what File → Backend environment… stores
-    window.open_project(str(tmp_path / "p"))
+    dialog = window.choice_dialog
+    qtbot.waitUntil(dialog.isVisible, timeout=5_000)
+    assert {dialog.create_btn.text(), dialog.use_btn.text(), dialog.connect_btn.text()} == {"Create…", "Use it", "Connect"}
+    dialog.python.setText(str(tmp_path))  # a folder, not a program
+    dialog.use_btn.click()
+    assert dialog.isVisible() and "folder" in dialog.problem.text() and window.link.process is None
+    dialog.url.setText("127.0.0.1:8765")
+    dialog.connect_btn.click()
+    assert dialog.isVisible() and "http://" in dialog.problem.text()
+    dialog.python.setText(sys.executable)
+    dialog.use_btn.click()
+    assert not dialog.isVisible()
     qtbot.waitUntil(lambda: window.stack.currentIndex() == 1, timeout=120_000)
     assert window.link.process is not None and window.link.process.program() == sys.executable
+    assert window.settings.value("backend/python") == sys.executable and not window.needs_backend_choice()
+    again = MainWindow(window.settings)  # the next start remembers it
+    qtbot.addWidget(again)
+    assert again.link.python == sys.executable and not again.needs_backend_choice()

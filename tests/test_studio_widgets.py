@@ -176,6 +176,47 @@ def test_the_tour_pages_through_and_is_remembered_once_seen(qtbot, tmp_path):
     assert not tour.isVisible() and w.settings.value("tour/seen", False, type=bool)
 
 
+
+def test_a_bundle_first_start_goes_from_the_tour_to_where_the_engine_runs(qtbot, tmp_path, monkeypatch):
+    """The bundle's first start (no engine inside, none chosen): closing the tour offers the three ways to
+    a backend; "Create…" opens the environment dialog; a connection is remembered (its URL, not the token)."""
+    from PySide6.QtCore import QSettings
+
+    import studio.backend_link as backend_link
+    from studio.main_window import MainWindow
+
+    monkeypatch.setattr(backend_link, "FROZEN", True)
+    monkeypatch.delenv("SIGNAL_STUDIO_PYTHON", raising=False)
+    w = MainWindow(QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    assert w.needs_backend_choice()
+    w.show_tour()
+    w.tour.skip.click()
+    qtbot.waitUntil(lambda: hasattr(w, "choice_dialog") and w.choice_dialog.isVisible(), timeout=5_000)
+    w.choice_dialog.create_btn.click()
+    qtbot.waitUntil(lambda: hasattr(w, "env_dialog") and w.env_dialog.isVisible(), timeout=5_000)
+    assert not w.choice_dialog.isVisible()
+    w.env_dialog.reject()
+    w.choose_backend()
+    d = w.choice_dialog
+    d.url.setText("http://127.0.0.1:9")  # nothing listens there: the attempt fails, the choice is still remembered
+    d.token.setText("")
+    d.connect_btn.click()
+    assert d.isVisible() and "token" in d.problem.text()
+    d.token.setText("secret-token")
+    failed: list[str] = []
+    w.link.failed.connect(lambda message, details: failed.append(message))
+    d.connect_btn.click()
+    qtbot.waitUntil(lambda: bool(failed), timeout=40_000)
+    assert "127.0.0.1:9" in failed[0]
+    assert w.settings.value("backend/remote_url") == "http://127.0.0.1:9" and not w.needs_backend_choice()
+    w.settings.sync()
+    assert "secret-token" not in (tmp_path / "s.ini").read_text()
+    w.choose_backend()
+    assert w.choice_dialog.url.text() == "http://127.0.0.1:9"
+
+
 def _tiny_wheel(folder) -> str:
     """A minimal wheel (the package index is outside the project: the install must not need it)."""
     import zipfile
