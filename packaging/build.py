@@ -24,20 +24,20 @@ EXCLUDE = ["torch", "torchvision", "diffusers", "transformers", "accelerate", "p
            "fastapi", "uvicorn", "pyarrow", "pandas", "scipy", "matplotlib", "tkinter", "IPython", "pytest"]
 
 
-def build() -> Path:
+def build(dist: Path = DIST, work: Path = REPO / "build" / "pyinstaller") -> Path:
     import PyInstaller.__main__
 
     sep = os.pathsep
     args = [str(REPO / "packaging" / "launcher.py"), "--name", "signal-studio", "--onedir", "--windowed", "--noconfirm", "--clean",
-            "--distpath", str(DIST), "--workpath", str(REPO / "build" / "pyinstaller"), "--specpath", str(REPO / "build" / "pyinstaller"),
+            "--distpath", str(dist), "--workpath", str(work), "--specpath", str(work),
             "--paths", str(REPO), "--icon", str(REPO / "resources" / "icons" / "signal-studio.ico"),
             "--add-data", f"{REPO / 'resources' / 'icons'}{sep}resources/icons", "--log-level", "WARN"]
     for mod in EXCLUDE:
         args += ["--exclude-module", mod]
     PyInstaller.__main__.run(args)
-    out = DIST / "signal-studio"
-    shutil.copy(REPO / "packaging" / "signal-studio.desktop", DIST / "signal-studio.desktop")
-    shutil.copytree(REPO / "resources" / "icons", DIST / "icons", dirs_exist_ok=True)
+    out = dist / "signal-studio"
+    shutil.copy(REPO / "packaging" / "signal-studio.desktop", dist / "signal-studio.desktop")
+    shutil.copytree(REPO / "resources" / "icons", dist / "icons", dirs_exist_ok=True)
     return out
 
 
@@ -45,28 +45,37 @@ def size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def smoke(folder: Path, shot: Path) -> None:
-    """Start the bundle offscreen; it shows its start page, saves a screenshot and quits."""
+def smoke(folder: Path, shot: Path) -> str:
+    """Start the bundle offscreen (a fresh settings folder, no backend chosen): it shows its start page,
+    saves a screenshot and quits. Returns what it said it showed."""
     exe = folder / ("signal-studio.exe" if os.name == "nt" else "signal-studio")
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(shot.parent / "smoke-config")}
     env.pop("SIGNAL_STUDIO_PYTHON", None)
-    subprocess.run([str(exe), "--screenshot", str(shot)], env=env, check=True, timeout=120)
+    run = subprocess.run([str(exe), "--screenshot", str(shot)], env=env, check=True, timeout=120, capture_output=True, text=True)
     if not shot.exists():
-        raise SystemExit(f"the bundle started but wrote no screenshot to {shot}")
+        raise SystemExit(f"the bundle started but wrote no screenshot to {shot}\n{run.stdout}{run.stderr}")
+    return run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="launch the built bundle offscreen and screenshot its start page")
+    ap.add_argument("--dist", type=Path, default=DIST, help="where the bundle goes (default dist/)")
     args = ap.parse_args()
-    folder = build()
-    bundled_torch = [p for p in folder.rglob("*") if p.name.startswith(("libtorch", "torch"))]
-    print(f"bundle {folder.relative_to(REPO)}: {size_mb(folder):.0f} MiB" + (f"; WARNING torch files inside: {bundled_torch[:3]}" if bundled_torch else ", no torch inside"))
+    dist = args.dist.resolve()
+    folder = build(dist, dist.parent / f"{dist.name}-pyinstaller-work" if args.dist != DIST else REPO / "build" / "pyinstaller")
+    bundled = engine_files(folder)
+    print(f"bundle {folder}: {size_mb(folder):.0f} MiB" + (f"; WARNING engine files inside: {bundled[:3]}" if bundled else ", no torch inside"))
     if args.smoke:
-        shot = DIST / "signal-studio-smoke.png"
+        shot = dist / "signal-studio-smoke.png"
         shot.unlink(missing_ok=True)
-        smoke(folder, shot)
-        print(f"smoke launch: start page screenshot {shot.relative_to(REPO)}")
+        said = smoke(folder, shot)
+        print(f"smoke launch: {said or 'no report'}; screenshot {shot}")
+
+
+def engine_files(folder: Path) -> list[Path]:
+    """Files of the engine libraries the bundle must not hold (the Studio imports none of them)."""
+    return [p for p in folder.rglob("*") if p.name.split(".")[0].lower() in ("torch", "libtorch", "libtorch_cpu", "diffusers", "transformers")]
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def grab() -> None:
             window.grab().save(args.screenshot)
+            page = window.stack.currentWidget()
+            print(f"shown: {page.objectName() or type(page).__name__} of {window.windowTitle()!r}, "
+                  f"backend {'to choose' if window.needs_backend_choice() else 'ready'}", flush=True)
             app.quit()
 
         QTimer.singleShot(1500, grab)

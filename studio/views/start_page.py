@@ -18,6 +18,7 @@ class StartPage(QWidget):
 
     def __init__(self, recent: list[str], parent: QWidget | None = None):
         super().__init__(parent)
+        self.setObjectName("start page")
         outer = QHBoxLayout(self)
         outer.addStretch(1)
         col = QVBoxLayout()
