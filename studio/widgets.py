@@ -22,6 +22,10 @@ def show_error(parent: QWidget | None, what: str, why: str = "", todo: str = "",
     box.open()
 
 
+NO_MODEL = ("This project has no model yet: pretrain one (<b>Pretrain</b>), or open the demo project "
+            "(<b>File → Open the demo project</b>), which ships a base model that draws.")
+
+
 def alive(widget: QWidget) -> bool:
     """False once Qt has deleted the widget (a late reply for a tile that was replaced)."""
     import shiboken6

@@ -279,3 +279,25 @@ def test_a_bundled_studio_without_a_backend_environment_offers_the_ways_in_and_r
     again = MainWindow(window.settings)  # the next start remembers it
     qtbot.addWidget(again)
     assert again.link.python == sys.executable and not again.needs_backend_choice()
+
+def test_every_view_of_an_empty_project_says_what_to_do_next(qtbot, window: MainWindow, tmp_path: Path):
+    """A new project has no data, model, pairs or runs: each view names the next step instead of an empty
+    list, a disabled-looking form or a failed estimate, and nothing can be started that needs a model."""
+    from backend.store import Project
+    from studio.widgets import NO_MODEL
+
+    with Project.init(tmp_path / "p"):
+        pass
+    window.open_project(str(tmp_path / "p"))
+    qtbot.waitUntil(lambda: window.stack.currentIndex() == 1, timeout=120_000)
+    for name in ("Align", "Personalize", "Distill", "Playground", "Rate", "Runs"):
+        window.show_stage(name)
+    forms = (window.align, window.personalize, window.distill)
+    qtbot.waitUntil(lambda: all(f._built and f.estimate.text() == NO_MODEL for f in forms) and window.playground.status.text() == NO_MODEL,
+                    timeout=60_000)
+    for form in forms:
+        assert not form.start_btn.isEnabled() and form.model.placeholderText() == "no model yet"
+    assert not window.playground.generate_btn.isEnabled()
+    qtbot.waitUntil(lambda: window.rate.progress.text() == "no pairs yet", timeout=20_000)
+    assert "Generate pairs" in window.rate.prompt.text()
+    assert "No runs yet" in window.runs.title.text() and "no data yet" in window.data_view.summary.text()

@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..widgets import TileGrid, alive, heading, hint, pixmap_from_bytes, show_error
+from ..widgets import NO_MODEL, TileGrid, alive, heading, hint, pixmap_from_bytes, show_error
 
 
 class ModelPicker(QComboBox):
@@ -192,6 +192,14 @@ class Playground(QWidget):
             self.adapters.addItem(item)
         self.model_a.fill(models, jobs)
         self.model_b.fill(models, jobs)
+        empty = self.model_a.count() == 0
+        self.model_a.setPlaceholderText("no model yet" if empty else "")
+        if empty:
+            self.generate_btn.setEnabled(False)
+            self.status.setText(NO_MODEL)
+        elif self.status.text() == NO_MODEL:  # the first model arrived
+            self.generate_btn.setEnabled(True)
+            self.status.setText("Pick a model (a saved model or a run's latest checkpoint) and generate.")
         if self.model_b.count() > 1 and self.model_b.currentIndex() == 0:
             self.model_b.setCurrentIndex(1)
 

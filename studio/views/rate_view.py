@@ -459,6 +459,7 @@ class RateView(QWidget):
             return
         self.progress.setMaximum(max(1, s["pairs"]))
         self.progress.setValue(s["rated"])
+        self.progress.setFormat("%v rated of %m" if s["pairs"] else "no pairs yet")
         t = s["tally"]
         parts = [f"a/b picks {t['a'] + t['b']}", f"tie {t['tie']}", f"both bad {t['both_bad']}", f"skipped {t['skip']}"]
         if s["left_share"] is not None:

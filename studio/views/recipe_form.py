@@ -15,7 +15,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPlainTextEdit, QPushButton
 
-from ..widgets import show_error
+from ..widgets import NO_MODEL, show_error
 
 
 class RecipeForm:
@@ -65,6 +65,13 @@ class RecipeForm:
             combo.addItem(f"#{m['id']} {m['name']} ({m['kind']})" + (f" · strict {overall:.2f}" if overall is not None else ""), m["path"])
         combo.setCurrentIndex(max(0, combo.findData(current or default)))
         combo.blockSignals(False)
+        # an empty project: say what to do instead of an empty list and a failed estimate
+        self.missing_model = NO_MODEL if combo.count() == 0 else None
+        combo.setPlaceholderText("no model yet" if self.missing_model else "")
+        if getattr(self, "start_btn", None) is not None:
+            self.start_btn.setEnabled(self.missing_model is None)
+        if self.missing_model and getattr(self, "estimate", None) is not None:
+            self.estimate.setText(self.missing_model)  # type: ignore[attr-defined]
 
     def _add_knobs(self, knobs: list[tuple[str, str, Any]]) -> None:
         """Spin boxes for recipe fields: the schema's help as tooltip, a re-review when one moves, a form row each."""
@@ -96,6 +103,9 @@ class RecipeForm:
         def rendered(text: str) -> None:
             self.text = text
             self.recipe_text.setPlainText(text)  # type: ignore[attr-defined]
+            if getattr(self, "missing_model", None):
+                self.estimate.setText(self.missing_model)  # type: ignore[attr-defined]
+                return  # nothing to estimate or start until there is a model
             self.link.call("estimate_recipe", text, done=self._show_estimate,  # type: ignore[attr-defined]
                            failed=lambda e, d: self.estimate.setText(f"no estimate: {e}"))  # type: ignore[attr-defined]
             if then:
