@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from test_engine_methods import Quiet, assert_same_trajectory, config, make_bundle, straight_and_killed, toy_batches
 
@@ -162,3 +163,14 @@ def test_a_consistency_job_saves_a_student_that_samples_with_its_own_sampler(tmp
         assert first["state"] == again["state"] == "done"
         a, b = (project.root / "exports" / d / "0000_s3.png" for d in ("a", "b"))
         assert a.read_bytes() == b.read_bytes()  # the re-noising is seeded: same seed, same image
+        # a student is not a starting point for stages that train with the flow loss: refused, naming its teacher
+        from backend.recipes.personalize import PersonalizeRecipe
+
+        for refused in (DistillRecipe(method="consistency", model="models/lcm", target_steps=1, consistency={"steps": 2}, eval_images=0,
+                                      sample_every=0, data={"batch_size": 2}),
+                        PersonalizeRecipe(model="models/lcm", steps=2, eval_images=1, sample_every=0)):
+            job = create_job(project, refused)
+            with pytest.raises(ValueError, match=r"distilled student \(2-step sampler\).*models/shapes-base"):
+                execute_job(project, job, echo=False)
+            state, error = project.db.execute("SELECT state, error FROM jobs WHERE id = ?", [job]).fetchone()
+            assert state == "failed" and "distilled student" in error

@@ -141,12 +141,13 @@ def run(project: Project, recipe: DistillRecipe, run_dir: Path, reporter: Any, r
     from backend.train.curriculum import view_batches
     from backend.train.loop import LoopConfig, Trainer
     from backend.train.pretrain import make_evaluator, make_preview
-    from backend.train.resolve import resolve_model
+    from backend.train.resolve import refuse_distilled, resolve_model
 
     torch.manual_seed(recipe.seed)
     s = recipe.sampler
     if s.width != s.height:
         raise ValueError("distill trains at a square size for now: set sampler.width = sampler.height")
+    refuse_distilled(project, recipe.model, "distillation", "distil from its teacher {parent!r} with fewer target steps instead")
     bundle, what = resolve_model(project, recipe.model, merge=True)
     steps = recipe.total_steps
     method, batches, extra = build_method(project, recipe, bundle, what, reporter)

@@ -96,12 +96,14 @@ def run(project: Project, recipe: PersonalizeRecipe, run_dir: Path, reporter: An
     from backend.train.dreambooth import CaptionedLatents, DreamBooth
     from backend.train.loop import LoopConfig, Trainer
     from backend.train.pretrain import make_preview
-    from backend.train.resolve import resolve_model
+    from backend.train.resolve import refuse_distilled, resolve_model
 
     torch.manual_seed(recipe.seed)
     s = recipe.sampler
     if s.width != s.height:
         raise ValueError("personalize trains at a square size for now: set sampler.width = sampler.height")
+    refuse_distilled(project, recipe.model, "personalization",
+                     "personalize its teacher {parent!r}, then distil the personalized model (Distill takes it as a teacher)")
     bundle, what = resolve_model(project, recipe.model, merge=True)
     references = subject_images(project, recipe)
     instance_prompt = recipe.fill(recipe.instance_prompt)

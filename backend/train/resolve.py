@@ -80,15 +80,31 @@ def resolve_model(project: Project | None, spec: str, *, prefer_ema: bool = True
     return bundle, f"{run_dir.name}/{ckpt.name} ({which})"
 
 
-def own_sampler(project: Project | None, spec: str, sampler: Any) -> Any:
-    """The sampler ``spec`` draws with: a distilled student's own (its card's steps, guidance and kind,
-    at ``sampler``'s size), any other model's ``sampler`` unchanged. Where teacher and student are
-    paired (rating, comparisons), each must draw the way it is meant to."""
+def model_card(project: Project | None, spec: str) -> dict:
+    """The card a model folder carries (empty when it has none or it cannot be read)."""
     card_file = locate(project, spec) / "card.json"
     try:
         card = json.loads(card_file.read_text()) if card_file.exists() else {}
     except (OSError, ValueError):
-        return sampler
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def refuse_distilled(project: Project | None, spec: str, stage: str, instead: str) -> None:
+    """Stages that train with the flow loss or sample with a many-step sampler (personalize, distill)
+    would undo a student's few-step sampling or draw it wrongly: say so and name the model to use."""
+    card = model_card(project, spec)
+    if card.get("kind") == "distilled":
+        steps = (card.get("sampler") or {}).get("steps", "few")
+        raise ValueError(f"{spec!r} is a distilled student ({steps}-step sampler); {stage} starts from a model that samples with "
+                         f"many steps: {instead.format(parent=card.get('parent') or 'its teacher')}")
+
+
+def own_sampler(project: Project | None, spec: str, sampler: Any) -> Any:
+    """The sampler ``spec`` draws with: a distilled student's own (its card's steps, guidance and kind,
+    at ``sampler``'s size), any other model's ``sampler`` unchanged. Where teacher and student are
+    paired (rating, comparisons), each must draw the way it is meant to."""
+    card = model_card(project, spec)
     if card.get("kind") != "distilled" or not isinstance(card.get("sampler"), dict):
         return sampler
     own = card["sampler"]
