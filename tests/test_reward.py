@@ -78,6 +78,39 @@ def test_reward_model_learns_the_raters_preference(tmp_path: Path):
     assert wins / 100 >= 0.65  # chance 0.5, standard error 0.05
 
 
+def test_the_reward_stage_keeps_the_head_before_it_memorises_noisy_judgements(tmp_path: Path):
+    """A quarter of the judgements flipped and many steps: the head comes to fit the training pairs, noise
+    included. The stage keeps the head with the lowest loss on validation prompts (set aside from the
+    training prompts; the held-out prompts stay untouched for the figure it reports), says which step
+    it kept, and the saved model is that head."""
+    import json
+
+    rng = random.Random(1)
+    with Project.init(tmp_path / "p") as project:
+        for i in range(320):
+            prompt, good, bad = _good_and_bad(7, i)
+            hg, hb = project.put_blob(_png(good), "png"), project.put_blob(_png(bad), "png")
+            good_is_a = rng.random() < 0.5
+            cid = ratings.queue_pair(project.db, prompt, *((hg, hb) if good_is_a else (hb, hg)))
+            choice = ("a" if good_is_a else "b") if rng.random() > 0.25 else ("b" if good_is_a else "a")
+            ratings.record(project.db, cid, choice, rng.choice("ab"), "rater", 400)
+        job = create_job(project, RewardRecipe(name="kept", init="none", steps=400, eval_every=20, lr=1e-3, weight_decay=0.0, validation=0.25))
+        summary = execute_job(project, job, echo=False)
+        assert summary["state"] == "done" and summary["validation_judgements"] > 20
+        rows = project.db.execute("SELECT step, key, value FROM metrics WHERE job_id = ? AND key IN "
+                                  "('reward/validation_loss', 'reward/kept_step', 'reward/train_accuracy') ORDER BY step", [job]).fetchall()
+        val = {step: v for step, k, v in rows if k == "reward/validation_loss"}
+        kept = json.loads(project.db.execute("SELECT card FROM models WHERE job_id = ?", [job]).fetchone()[0])["kept"]
+        train_acc = [v for _, k, v in rows if k == "reward/train_accuracy"]
+    assert len(val) >= 10
+    assert max(train_acc[-5:]) > 0.75  # it fits past the noise ceiling: memorising flipped judgements
+    val[0] = kept["start_validation"]["loss"]  # the starting head is a candidate too
+    best_step = min(val, key=val.get)
+    assert kept["by"] == "lowest validation loss" and kept["step"] == best_step, (kept, val)
+    assert abs(kept["validation"]["loss"] - val[best_step]) < 1e-6 and val[best_step] < val[400] - 0.05, val  # the last head is worse
+    assert "accuracy" in kept["heldout_of_last_step"]
+
+
 def test_reward_refuses_too_few_judgements(tmp_path: Path):
     with Project.init(tmp_path / "p") as project:
         prompt, good, bad = _good_and_bad(5, 0)

@@ -15,6 +15,8 @@ class RewardRecipe(RecipeBase):
     kind: Literal["reward"] = "reward"
     rater: str | None = Field(None, description="Only this rater's judgements; empty = every rater's")
     heldout: float = Field(0.2, ge=0.05, le=0.5, description="Share of prompts held out (every pair of a prompt on the same side of the split)")
+    validation: float = Field(0.2, ge=0.0, le=0.5, description="Share of the training prompts set aside to choose the head by (lowest "
+                                                           "validation loss, the starting head included); 0 = keep the last step's head")
     steps: int = Field(600, ge=1, le=1_000_000, description="Optimizer steps")
     batch_size: int = Field(64, ge=1, le=4096, description="Pairs per step")
     lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (AdamW, cosine after warm-up)")

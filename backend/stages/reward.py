@@ -59,8 +59,8 @@ class Features:
         return tuple(t[idx].to(device) for t in (self.grid_a, self.grid_b, self.states, self.mask, self.label))
 
 
-def gather(project: Project, recipe: RewardRecipe, model: Any, log=print) -> tuple[Features, Features, dict[str, Any]]:
-    """Read the judgements, split them by prompt and turn them into features."""
+def gather(project: Project, recipe: RewardRecipe, model: Any, log=print) -> tuple[Features, Features, dict[str, Any], Features | None]:
+    """Read the judgements, split them by prompt (train, validation, held out) and turn them into features."""
     from PIL import Image
 
     rows = [r for r in ratings.history(project.db, rater=recipe.rater, limit=10_000_000) if not r["is_repeat"]]
@@ -83,26 +83,56 @@ def gather(project: Project, recipe: RewardRecipe, model: Any, log=print) -> tup
                         states[idx], mask[idx], torch.tensor([LABEL[r["choice"]] for r in subset]))
 
     held = [r for r in rows if heldout_prompt(r["prompt"], recipe.heldout, recipe.seed)]
-    train = [r for r in rows if not heldout_prompt(r["prompt"], recipe.heldout, recipe.seed)]
-    if not train or not held:
-        raise ValueError(f"the split by prompt left {len(train)} training and {len(held)} held-out judgements; rate more prompts")
-    info = {"judgements": len(rows), "train_judgements": len(train), "heldout_judgements": len(held), "prompts": len(prompts), "left_out": left_out,
-            "ties": sum(1 for r in rows if r["choice"] == "tie")}
-    log(f"{len(rows)} judgements on {len(prompts)} prompts: {len(train)} to train on, {len(held)} held out "
+    rest = [r for r in rows if not heldout_prompt(r["prompt"], recipe.heldout, recipe.seed)]
+    # the head is chosen on prompts of its own (validation), so the held-out figure stays unbiased
+    val = [r for r in rest if recipe.validation > 0 and heldout_prompt(r["prompt"], recipe.validation, recipe.seed + 1)]
+    train = [r for r in rest if not (recipe.validation > 0 and heldout_prompt(r["prompt"], recipe.validation, recipe.seed + 1))]
+    if not train or not held or (recipe.validation > 0 and not val):
+        raise ValueError(f"the split by prompt left {len(train)} training, {len(val)} validation and {len(held)} held-out judgements; "
+                         "rate more prompts")
+    info = {"judgements": len(rows), "train_judgements": len(train), "validation_judgements": len(val), "heldout_judgements": len(held),
+            "prompts": len(prompts), "left_out": left_out, "ties": sum(1 for r in rows if r["choice"] == "tie")}
+    log(f"{len(rows)} judgements on {len(prompts)} prompts: {len(train)} to train on, {len(val)} to choose the head by, {len(held)} held out "
         f"({info['ties']} ties counted half; left out: {left_out['both_bad']} both bad, {left_out['skip']} skipped)")
-    return build(train), build(held), info
+    return build(train), build(held), info, (build(val) if val else None)
 
 
 class BradleyTerry(Method):
     """One step: a batch of judged pairs, the head's reward difference, the BT loss; at each
-    evaluation, accuracy, loss and calibration on the held-out prompts."""
+    evaluation, accuracy, loss and calibration on the held-out prompts.
+
+    With validation pairs the method also keeps the best head so far (lowest validation loss,
+    the starting head included) as a frozen module of the run: a few hundred noisy judgements are
+    memorised within a few hundred steps (train accuracy past the noise ceiling while held-out
+    accuracy falls), and the head saved is the one before that happened. It lives in checkpoints,
+    so a resumed run keeps the same choice."""
 
     name = "bradley-terry"
 
-    def __init__(self, train: Features, held: Features, batch_size: int, seed: int, anchor: float = 0.0, start: dict[str, torch.Tensor] | None = None):
+    def __init__(self, train: Features, held: Features, batch_size: int, seed: int, anchor: float = 0.0, start: dict[str, torch.Tensor] | None = None,
+                 val: Features | None = None):
         self.train, self.held, self.batch_size, self.seed = train, held, batch_size, seed
         self.anchor, self.start = anchor, start or {}
+        self.val = val
         self.last: dict[str, float] = {}
+        self.best: dict[str, Any] = {}  # step and validation figures of the head kept
+        self.start_validation: dict[str, Any] = {}  # the starting head's (a candidate like any other)
+
+    def setup(self, run) -> None:
+        super().setup(run)
+        if self.val is not None:
+            import copy
+
+            head = _unwrapped(run.module("model"))
+            run.add_module("best", copy.deepcopy(head), trainable=False)
+            self.best = {"step": 0, **evaluate_head(head, self.val, run.device)}
+            self.start_validation = dict(self.best)
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best", self.best)
 
     def step(self, run) -> None:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + run.step)  # the batch depends only on the step: exact resume
@@ -123,7 +153,15 @@ class BradleyTerry(Method):
 
     def evaluate(self, run, step: int, net: torch.nn.Module) -> dict[str, float]:
         self.last = evaluate_head(net, self.held, run.device)
-        return {f"reward/heldout_{k}": v for k, v in self.last.items()}
+        out = {f"reward/heldout_{k}": v for k, v in self.last.items()}
+        if self.val is not None:
+            val = evaluate_head(net, self.val, run.device)
+            if val["loss"] < self.best["loss"]:
+                run.module("best").load_state_dict(_unwrapped(net).state_dict())
+                self.best = {"step": step, **val}
+            out.update({f"reward/validation_{k}": v for k, v in val.items()})
+            out["reward/kept_step"] = float(self.best["step"])
+        return out
 
 
 def _unwrapped(net: torch.nn.Module) -> torch.nn.Module:
@@ -162,24 +200,31 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
     head, origin = starting_head(recipe, project)
     reporter.log(f"the head starts from {origin}" + (f", pulled back towards it with weight {recipe.anchor:g}" if recipe.anchor else ""))
     model = RewardModel(head)
-    train, held, info = gather(project, recipe, model, log=reporter.log)
+    train, held, info, val = gather(project, recipe, model, log=reporter.log)
     start_metrics = evaluate_head(head, held, torch.device("cpu"))
     reporter.log(f"before training: held-out accuracy {start_metrics['accuracy']:.3f}, loss {start_metrics['loss']:.3f}")
     start = {n: p.detach().clone() for n, p in head.named_parameters()}
     cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=min(50, recipe.steps // 10), ema=0.0,
                      seed=recipe.seed, log_every=10, checkpoint_every=max(50, recipe.eval_every), sample_every=0, eval_every=recipe.eval_every,
                      loss_bins=1, device="cpu")
-    method = BradleyTerry(train, held, recipe.batch_size, recipe.seed, recipe.anchor, start)
+    method = BradleyTerry(train, held, recipe.batch_size, recipe.seed, recipe.anchor, start, val)
     trainer = Trainer(None, method, lambda *a: None, cfg, run_dir, reporter, trainable=model.head)
     result = trainer.run(resume=resume)
-    last = method.last
     if result.state != "done":
         return {"state": result.state, "step": result.step}
-    head = trainer.accelerator.unwrap_model(trainer.model).cpu().eval()
+    final = trainer.accelerator.unwrap_model(trainer.model).cpu().eval()
+    head = trainer.module("best").cpu().eval() if val is not None else final
+    last = evaluate_head(head, held, torch.device("cpu"))
     chance = pair_metrics(torch.zeros(len(held)), held.label.float())
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "init": recipe.init, "anchor": recipe.anchor,
             "heldout": last, "heldout_before": start_metrics, "chance": {"accuracy": 0.5, "loss": chance["loss"]},
+            "kept": ({"step": method.best["step"], "by": "lowest validation loss", "validation": {k: v for k, v in method.best.items() if k != "step"},
+                      "start_validation": {k: v for k, v in method.start_validation.items() if k != "step"},
+                      "heldout_of_last_step": evaluate_head(final, held, torch.device("cpu"))} if val is not None else {"step": result.step, "by": "last step"}),
             "data": info, "rater": recipe.rater, "steps": recipe.steps, "job": getattr(reporter, "job_id", None)}
+    if val is not None:
+        reporter.log(f"kept the head of step {method.best['step']} (lowest validation loss {method.best['loss']:.3f}, accuracy "
+                     f"{method.best['accuracy']:.3f}); the last step's held-out accuracy was {card['kept']['heldout_of_last_step']['accuracy']:.3f}")
     name = recipe.name or f"reward-{getattr(reporter, 'job_id', 0)}"
     folder = save_reward(head, project.root / "models" / name, card)
     with project.transaction():
