@@ -80,6 +80,8 @@ def test_rate_fifty_pairs_with_the_keyboard_and_undo_one(qtbot, trained_project,
         assert rate.current["id"] == last_id  # the undone pair is shown again at once
         qtbot.waitUntil(lambda: len(client.ratings(rater="tester", include_undone=True)) == 50, timeout=30_000)
         qtbot.waitUntil(lambda: len(client.ratings(rater="tester")) == 49, timeout=30_000)
+        # the running tally counts the kept judgements (7 of every 10 keys pick a side; the undone one did)
+        qtbot.waitUntil(lambda: rate.tally.text().startswith("a/b picks 34 · tie 5 · both bad 5 · skipped 5"), timeout=20_000)
         rate.rater.setText("second")  # another rater's queue starts from the oldest pair, which "tester" judged
         rate._rater_changed()
         qtbot.waitUntil(lambda: rate.current is not None, timeout=30_000)

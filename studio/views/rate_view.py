@@ -161,6 +161,8 @@ class RateView(QWidget):
         self.progress.setFormat("%v rated of %m")
         row.addWidget(self.progress, 1)
         self.tally = QLabel("")
+        self._tally = {"a": 0, "b": 0, "tie": 0, "both_bad": 0, "skip": 0}  # as of the last figures, plus this session's key presses
+        self._figures: list[str] = []  # position bias and repeat agreement from the backend
         row.addWidget(self.tally, 2)
         lay.addLayout(row)
 
@@ -412,7 +414,7 @@ class RateView(QWidget):
         self.link.call("submit", pair["id"], choice, pair["left"], self.rater_name(), ms, bool(pair.get("repeat")),
                        done=lambda r, e=entry: self._submitted(e, r), failed=lambda exc, d, e=entry: self._submit_failed(e, exc, d))
         self._advance()
-        self._count(+1)
+        self._count(+1, choice)
 
     def _submitted(self, entry: dict, result: dict) -> None:
         entry["rating_id"] = result["id"]
@@ -425,7 +427,7 @@ class RateView(QWidget):
         if entry in self.submitted:
             self.submitted.remove(entry)
         self.queue.appendleft(entry["pair"])
-        self._count(-1)
+        self._count(-1, entry["choice"])
         show_error(self, "A rating was not saved.", str(exc), "The pair is back in the queue; rate it again.", details)
 
     def undo_last(self) -> None:
@@ -441,11 +443,20 @@ class RateView(QWidget):
         if self.current is not None:
             self.queue.appendleft(self.current)
         self._show(entry["pair"])
-        self._count(-1)
+        self._count(-1, entry["choice"])
         self.status.setText(f"Undid your {CHOICE_LABEL[entry['choice']]} on “{entry['pair']['prompt']}”; rate it again.")
 
-    def _count(self, delta: int) -> None:
+    def _count(self, delta: int, choice: str | None = None) -> None:
+        """The bar and the tally move with each key press; the backend's figures replace them every few ratings."""
         self.progress.setValue(max(0, self.progress.value() + delta))
+        if choice in self._tally:
+            self._tally[choice] = max(0, self._tally[choice] + delta)
+            self._show_tally()
+
+    def _show_tally(self) -> None:
+        t = self._tally
+        parts = [f"a/b picks {t['a'] + t['b']}", f"tie {t['tie']}", f"both bad {t['both_bad']}", f"skipped {t['skip']}"]
+        self.tally.setText(" · ".join(parts + self._figures))
 
     # --- figures and history ----------------------------------------------------------------------
 
@@ -460,13 +471,13 @@ class RateView(QWidget):
         self.progress.setMaximum(max(1, s["pairs"]))
         self.progress.setValue(s["rated"])
         self.progress.setFormat("%v rated of %m" if s["pairs"] else "no pairs yet")
-        t = s["tally"]
-        parts = [f"a/b picks {t['a'] + t['b']}", f"tie {t['tie']}", f"both bad {t['both_bad']}", f"skipped {t['skip']}"]
+        self._tally = {k: int(s["tally"].get(k, 0)) for k in self._tally}
+        self._figures = []
         if s["left_share"] is not None:
-            parts.append(f"left picked {100 * s['left_share']:.0f}% of {s['left_n']}")
+            self._figures.append(f"left picked {100 * s['left_share']:.0f}% of {s['left_n']}")
         if s["agreement"] is not None:
-            parts.append(f"agreement on {s['repeats']} repeats {100 * s['agreement']:.0f}%")
-        self.tally.setText(" · ".join(parts))
+            self._figures.append(f"agreement on {s['repeats']} repeats {100 * s['agreement']:.0f}%")
+        self._show_tally()
 
     def reload_history(self) -> None:
         if self.link.client is None:

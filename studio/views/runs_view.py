@@ -407,7 +407,9 @@ class RunsView(QWidget):
                 if key not in self._acc_curves:
                     color = [(40, 120, 230), (230, 120, 40), (60, 170, 90), (200, 60, 160), (120, 90, 200)][i % 5]
                     name = CURVE_NAMES.get(key, key.split("/")[-1].replace("_", " "))
-                    self._acc_curves[key] = plot.plot([], [], pen={"color": color, "width": 2}, name=name)
+                    # dots as well as the line: evaluations are sparse, and a first one is a single point
+                    self._acc_curves[key] = plot.plot([], [], pen={"color": color, "width": 2}, name=name, symbol="o", symbolSize=6,
+                                                      symbolBrush=color, symbolPen=None)
                 self._acc_curves[key].setData([s for s, _ in rows], [v for _, v in rows])
 
     def _show_eval(self) -> None:
