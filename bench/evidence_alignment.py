@@ -10,6 +10,13 @@ shows what the KL holds back. Each model's labelled grid (green = strict pass) i
 table, and the in-run strict curve (96 images every ``--eval-every`` steps) is charted.
 
     .venv/bin/python bench/evidence_alignment.py --steps 150 --json bench/results/evidence_alignment.json
+
+DPO, SFT (on the winners) and ReFL learn from a rated project's judgements and reward model; give
+one with ``--rated`` (the demo project after ``make demo``: 712 judgements of the scripted rater, whose
+hidden taste is the detector rule, so the table's mean rule reward is what the ratings prefer):
+
+    .venv/bin/python bench/evidence_alignment.py --no-grpo --rated ~/.local/share/signal-studio/projects/shapesworld-demo \
+        --methods dpo:1e-5,sft:1e-5,refl:1e-5 --steps 200 --json bench/results/evidence_alignment_rated.json
 """
 
 from __future__ import annotations
@@ -40,8 +47,12 @@ def one_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     root = Path(args.workdir)
     project = Project.init(root / "proj") if not (root / "proj").exists() else Project.open(root / "proj")
-    recipe = AlignRecipe(method="grpo", name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96, eval_every=args.eval_every,
-                         sample_every=0, grpo={"kl": args.kl, "rewards": args.rewards, "group_size": args.group, "prompts_per_step": args.prompts})
+    if args.method == "grpo":
+        recipe = AlignRecipe(method="grpo", name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96, eval_every=args.eval_every,
+                             sample_every=0, grpo={"kl": args.kl, "rewards": args.rewards, "group_size": args.group, "prompts_per_step": args.prompts})
+    else:  # the rated project's judgements (DPO, SFT on winners) or its reward model (ReFL)
+        recipe = AlignRecipe(method=args.method, name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96,
+                             eval_every=args.eval_every, sample_every=0, beta=args.beta, refl={"reward": args.refl_reward})
     class Watch(Collect):  # the log file shows the run as it goes
         def metrics(self, step: int, values: dict[str, float]) -> None:
             super().metrics(step, values)
@@ -53,7 +64,7 @@ def one_run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out = align.run(project, recipe, root / "runs" / args.name, rep, resume=True)
     wall = time.perf_counter() - t0
-    res = {"name": args.name, "kl": args.kl, "lr": args.lr, "steps": args.steps, "wall_s": wall, "path": str(project.root / out["path"]),
+    res = {"name": args.name, "method": args.method, "kl": args.kl, "lr": args.lr, "steps": args.steps, "wall_s": wall, "path": str(project.root / out["path"]),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "curve": rep.series("shapes_eval/overall"), "reward": rep.series("grpo/reward_mean"), "kl_curve": rep.series("grpo/kl"),
            "collapse": rep.series("grpo/advantage_collapse")}
@@ -96,6 +107,12 @@ def main() -> None:
     ap.add_argument("--name", default="", help=argparse.SUPPRESS)
     ap.add_argument("--kl", type=float, default=0.04, help=argparse.SUPPRESS)
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--method", default="grpo", help=argparse.SUPPRESS)
+    ap.add_argument("--rated", default="", help="a project with judgements (and a reward model) to copy for --methods, e.g. the demo project")
+    ap.add_argument("--methods", default="", help="rating-based runs 'METHOD:LR,...' (dpo, sft, refl) on the --rated project's judgements")
+    ap.add_argument("--beta", type=float, default=100.0, help="DPO's β")
+    ap.add_argument("--refl-reward", default="models/demo-reward", help="ReFL's reward model (a folder of the rated project)")
+    ap.add_argument("--no-grpo", action="store_true", help="only the --methods runs (GRPO rows come from an earlier run)")
     args = ap.parse_args()
     if args.one:
         return one_run(args)
@@ -104,13 +121,25 @@ def main() -> None:
     runs = []
     plan = ([(float(k), float(lr)) for k, lr in (part.split(":") for part in args.runs.split(","))] if args.runs
             else [(float(k), args.lr) for k in args.kls.split(",")])
-    for kl, lr in plan:
-        name = f"grpo-kl{kl:g}-lr{lr:g}"
+    if args.no_grpo:
+        plan = []
+    rated = [(m, float(lr)) for m, lr in (part.split(":") for part in args.methods.split(","))] if args.methods else []
+    if rated:
+        if not args.rated:
+            raise SystemExit("--methods needs --rated PROJECT (a project with judgements, e.g. the demo project after `make demo`)")
+        if not (work / "proj").exists():
+            import shutil
+
+            shutil.copytree(args.rated, work / "proj", ignore=shutil.ignore_patterns("runs", "cache", "*.lock", "service.json"))
+    jobs = [("grpo", f"grpo-kl{kl:g}-lr{lr:g}", kl, lr) for kl, lr in plan] + [(m, f"{m}-lr{lr:g}" + (f"-beta{args.beta:g}" if m == "dpo" else ""),
+                                                                                0.0, lr) for m, lr in rated]
+    for method, name, kl, lr in jobs:
         result = work / f"{name}.json"
         if not result.exists():
             cmd = [sys.executable, __file__, "--one", "--name", name, "--kl", str(kl), "--result", str(result), "--workdir", str(work),
                    "--steps", str(args.steps), "--lr", str(lr), "--rewards", args.rewards, "--group", str(args.group),
-                   "--prompts", str(args.prompts), "--eval-every", str(args.eval_every), "--threads", str(args.threads)]
+                   "--prompts", str(args.prompts), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
+                   "--method", method, "--beta", str(args.beta), "--refl-reward", args.refl_reward]
             subprocess.run(cmd, check=True)
         runs.append(json.loads(result.read_text()))
     n = args.assess_images or None
@@ -127,7 +156,7 @@ def main() -> None:
     print(table(lines, header))
     series = {r["name"]: [(s, v, 0.0) for s, v in r["curve"]] for r in runs}
     if any(series.values()):
-        chart(series, OUT / "strict_curve.png", xlabel="step", ylabel="strict ShapesEval (96 images)", hlines=[(rows[0]["overall"], "base")],
+        chart(series, OUT / ("strict_curve.png" if plan else "strict_curve_rated.png"), xlabel="step", ylabel="strict ShapesEval (96 images)", hlines=[(rows[0]["overall"], "base")],
               ylim=(0.0, 0.5))
     window = 10
     rew = {r["name"]: [(r["reward"][i][0], sum(v for _, v in r["reward"][max(0, i - window + 1): i + 1]) / len(r["reward"][max(0, i - window + 1): i + 1]), 0.0)

@@ -43,15 +43,19 @@ def _good_and_bad(seed: int, index: int) -> tuple[str, object, object]:
     return caption(scene), render(scene), render(_swapped(scene, 1 + index % (len(SHAPES) - 1)))
 
 
+def _queue_good_and_bad(project: Project, world_seed: int, i: int, rng: random.Random) -> tuple[int, str]:
+    """Queue a render of a prompt's scene and its shape-swapped copy on random sides; returns the pair and the good side."""
+    prompt, good, bad = _good_and_bad(world_seed, i)
+    hg, hb = project.put_blob(_png(good), "png"), project.put_blob(_png(bad), "png")
+    good_is_a = rng.random() < 0.5
+    return ratings.queue_pair(project.db, prompt, *((hg, hb) if good_is_a else (hb, hg))), ("a" if good_is_a else "b")
+
+
 def test_reward_model_learns_the_raters_preference(tmp_path: Path):
     rng = random.Random(0)
     with Project.init(tmp_path / "p") as project:
         for i in range(320):
-            prompt, good, bad = _good_and_bad(5, i)
-            hg, hb = project.put_blob(_png(good), "png"), project.put_blob(_png(bad), "png")
-            good_is_a = rng.random() < 0.5
-            cid = ratings.queue_pair(project.db, prompt, *((hg, hb) if good_is_a else (hb, hg)))
-            choice = "a" if good_is_a else "b"
+            cid, choice = _queue_good_and_bad(project, 5, i, rng)
             if i % 80 == 0:
                 choice = "both_bad"
             elif i % 80 == 1:
@@ -88,11 +92,8 @@ def test_the_reward_stage_keeps_the_head_before_it_memorises_noisy_judgements(tm
     rng = random.Random(1)
     with Project.init(tmp_path / "p") as project:
         for i in range(320):
-            prompt, good, bad = _good_and_bad(7, i)
-            hg, hb = project.put_blob(_png(good), "png"), project.put_blob(_png(bad), "png")
-            good_is_a = rng.random() < 0.5
-            cid = ratings.queue_pair(project.db, prompt, *((hg, hb) if good_is_a else (hb, hg)))
-            choice = ("a" if good_is_a else "b") if rng.random() > 0.25 else ("b" if good_is_a else "a")
+            cid, good = _queue_good_and_bad(project, 7, i, rng)
+            choice = good if rng.random() > 0.25 else ("b" if good == "a" else "a")
             ratings.record(project.db, cid, choice, rng.choice("ab"), "rater", 400)
         job = create_job(project, RewardRecipe(name="kept", init="none", steps=400, eval_every=20, lr=1e-3, weight_decay=0.0, validation=0.25))
         summary = execute_job(project, job, echo=False)
