@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--rated", default="", help="a project with judgements (and a reward model) to copy for --methods, e.g. the demo project")
     ap.add_argument("--methods", default="", help="rating-based runs 'METHOD:LR,...' (dpo, sft, refl) on the --rated project's judgements")
     ap.add_argument("--beta", type=float, default=100.0, help="DPO's β")
+    ap.add_argument("--betas", default="", help="a DPO run per β, e.g. 20,100,500 (the β sweep; β multiplies the per-element mean flow error)")
     ap.add_argument("--refl-reward", default="models/demo-reward", help="ReFL's reward model (a folder of the rated project)")
     ap.add_argument("--no-grpo", action="store_true", help="only the --methods runs (GRPO rows come from an earlier run)")
     args = ap.parse_args()
@@ -131,15 +132,17 @@ def main() -> None:
             import shutil
 
             shutil.copytree(args.rated, work / "proj", ignore=shutil.ignore_patterns("runs", "cache", "*.lock", "service.json"))
-    jobs = [("grpo", f"grpo-kl{kl:g}-lr{lr:g}", kl, lr) for kl, lr in plan] + [(m, f"{m}-lr{lr:g}" + (f"-beta{args.beta:g}" if m == "dpo" else ""),
-                                                                                0.0, lr) for m, lr in rated]
-    for method, name, kl, lr in jobs:
+    betas = [float(b) for b in args.betas.split(",")] if args.betas else [args.beta]  # a DPO run per β: the sweep
+    jobs = [("grpo", f"grpo-kl{kl:g}-lr{lr:g}", kl, lr, args.beta) for kl, lr in plan]
+    for m, lr in rated:
+        jobs += [(m, f"{m}-lr{lr:g}-beta{b:g}", 0.0, lr, b) for b in betas] if m == "dpo" else [(m, f"{m}-lr{lr:g}", 0.0, lr, args.beta)]
+    for method, name, kl, lr, beta in jobs:
         result = work / f"{name}.json"
         if not result.exists():
             cmd = [sys.executable, __file__, "--one", "--name", name, "--kl", str(kl), "--result", str(result), "--workdir", str(work),
                    "--steps", str(args.steps), "--lr", str(lr), "--rewards", args.rewards, "--group", str(args.group),
                    "--prompts", str(args.prompts), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
-                   "--method", method, "--beta", str(args.beta), "--refl-reward", args.refl_reward]
+                   "--method", method, "--beta", str(beta), "--refl-reward", args.refl_reward]
             subprocess.run(cmd, check=True)
         runs.append(json.loads(result.read_text()))
     n = args.assess_images or None
