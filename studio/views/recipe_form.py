@@ -21,6 +21,7 @@ from ..widgets import NO_MODEL, show_error
 class RecipeForm:
     recipe: dict[str, Any] | None
     text: str
+    missing_model: str | None = None  # what to do when the project has no model to start from (set when the list fills)
 
     def _make_tail(self, name_hint: str) -> QHBoxLayout:
         """The name field, Review and Start buttons (returned as a row), the read-only recipe view and the
@@ -103,7 +104,7 @@ class RecipeForm:
         def rendered(text: str) -> None:
             self.text = text
             self.recipe_text.setPlainText(text)  # type: ignore[attr-defined]
-            if getattr(self, "missing_model", None):
+            if self.missing_model:
                 self.estimate.setText(self.missing_model)  # type: ignore[attr-defined]
                 return  # nothing to estimate or start until there is a model
             self.link.call("estimate_recipe", text, done=self._show_estimate,  # type: ignore[attr-defined]
