@@ -27,7 +27,11 @@ def now_iso() -> str:
 
 
 def create_job(project: Project, recipe: RecipeBase, name: str | None = None) -> int:
-    """A queued job row with its run folder and a copy of its recipe."""
+    """A queued job row with its run folder and a copy of its recipe; a recipe this machine cannot run
+    (``preflight``: an incomplete model folder, more memory than the device has) is refused first."""
+    from backend.preflight import preflight
+
+    preflight(project, recipe)
     text = dumps_recipe(recipe, comments=False)
     with project.transaction():
         job_id = job_state.create(project.db, kind=recipe.kind, name=name or recipe.name or recipe.kind, recipe=text)

@@ -87,7 +87,7 @@ def test_model_family_is_a_real_choice():
     base = 'kind = "pretrain"\n[model]\n'
     assert loads_recipe(base + 'family = "unet"\n').model.family == "unet"
     assert loads_recipe(base + 'family = "embedded"\n').model.family == "mmdit"  # recipes from before the UNet family
-    for bad, why in (('family = "sd3"', "not supported yet"), ('family = "mmdit"\nchannels = [32, 64]', "UNet family"),
+    for bad, why in (('family = "sd3"', "set model.init to its local diffusers folder"), ('family = "mmdit"\nchannels = [32, 64]', "UNet family"),
                      ('family = "unet"\nheads = 4', "MMDiT family"), ('family = "gan"', "family")):
         with pytest.raises(RecipeError) as info:
             loads_recipe(base + bad + "\n")

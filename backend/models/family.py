@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ ALIASES = {"embedded": "mmdit"}  # models saved before the UNet family existed
 
 
 def get_family(name: str) -> Family:
-    from . import mmdit, unet  # noqa: F401  (each registers itself)
+    from . import mmdit, stock, unet  # noqa: F401  (each registers itself)
 
     name = ALIASES.get(name, name)
     if name not in _FAMILIES:
@@ -44,6 +45,14 @@ def family_of_folder(folder: Path) -> Family | None:
     info = folder / "signal_model.json"
     if info.exists():
         return get_family(json.loads(info.read_text()).get("family", "mmdit"))
+    from .stock_folder import StockFolderError, stock_family_name
+
+    try:
+        name = stock_family_name(folder)
+    except StockFolderError:
+        return None
+    if name is not None:
+        return get_family(name)
     for name in ("mmdit", "unet"):
         fam = get_family(name)
         if (folder / fam.subfolder / "config.json").exists():
@@ -131,7 +140,36 @@ class ModelBundle:
         """v(x_t, t, c); ``t`` in [0, 1] per sample; ``net`` overrides the bundle's network (EMA, DDP)."""
         return self.family.velocity(net if net is not None else self.net, x_t, t, prompt)
 
+    def guided_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: PromptEmbeds, empty: PromptEmbeds | None, cfg: float,
+                        net: torch.nn.Module | None = None) -> torch.Tensor:
+        """v with classifier-free guidance at ``cfg`` (``empty``: the unconditional prompt, one row or one
+        per sample; ``t`` a scalar or one per sample). A guidance-distilled network (FLUX.1-dev) is
+        told ``cfg`` as its input and runs once, as its stock pipeline does."""
+        net = net if net is not None else self.net
+        tt = t.expand(x.shape[0]) if t.dim() == 0 else t
+        if self.family.embeds_guidance(net):
+            return self.velocity(x, tt, replace(cond, guidance=float(cfg)), net)
+        if empty is None or cfg == 1.0:
+            return self.velocity(x, tt, cond, net)
+        n = x.shape[0]
+        if empty.states.shape[0] != n:
+            empty = empty.expand(n)
+        v_u, v_c = self.velocity(torch.cat([x, x]), torch.cat([tt, tt]), PromptEmbeds.cat([empty, cond]), net).chunk(2)
+        return v_u + cfg * (v_c - v_u)
+
     # --- shift rule ---------------------------------------------------------------------------
+
+    def sampling_schedule(self, steps: int, alpha: float) -> torch.Tensor:
+        """The steps + 1 times from 1 to 0 the ODE sampler visits: a stock family's are its
+        pipeline's (so a model trained here draws the same image in stock diffusers), ours the
+        shifted uniform grid of METHODS.md §0."""
+        if self.family.stock:
+            from .stock import stock_sigmas
+
+            return stock_sigmas(Path(self.info["source"]), steps, alpha, self.info.get("shift", {}))
+        from backend.flow.timesteps import sampling_schedule
+
+        return sampling_schedule(steps, alpha)
 
     def default_alpha(self, width: int, height: int) -> float:
         """The shift this model samples with at a size (from the rule it was trained with)."""
@@ -151,11 +189,16 @@ class ModelBundle:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         (net or self.net).save_pretrained(tmp / self.family.subfolder, safe_serialization=True)
-        self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-        (tmp / "text_encoder").mkdir()
-        (tmp / "text_encoder" / "source.json").write_text(json.dumps({"folder": str(self.text_encoder.folder), "identity": self.text_encoder.identity}) + "\n")
         shift = self.info.get("shift", {})
-        FlowMatchEulerDiscreteScheduler(shift=float(shift.get("alpha", 1.0)) if shift.get("kind") == "fixed" else 1.0).save_pretrained(tmp / "scheduler")
+        if self.family.stock:  # a stock folder again: the pipeline's other parts from the folder this model came from
+            from .stock import save_stock_parts
+
+            save_stock_parts(Path(self.info["source"]), tmp, self.family.name, shift)
+        else:
+            self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+            (tmp / "text_encoder").mkdir()
+            (tmp / "text_encoder" / "source.json").write_text(json.dumps({"folder": str(self.text_encoder.folder), "identity": self.text_encoder.identity}) + "\n")
+            FlowMatchEulerDiscreteScheduler(shift=float(shift.get("alpha", 1.0)) if shift.get("kind") == "fixed" else 1.0).save_pretrained(tmp / "scheduler")
         info = {**self.info, **(extra or {})}
         (tmp / "signal_model.json").write_text(json.dumps(info, indent=2) + "\n")
         if folder.exists():
@@ -185,14 +228,13 @@ def load_model(folder: str | Path, device: str = "cpu") -> ModelBundle:
     """Load a saved model folder (diffusers layout) of any supported family."""
     folder = Path(folder)
     if not (folder / "signal_model.json").exists():
-        if (folder / "model_index.json").exists() or (folder / "transformer" / "config.json").exists():
-            raise NotImplementedError(
-                f"{folder} looks like a stock diffusers model; loading SD3/FLUX folders (three text encoders) "
-                "is not supported yet - only models saved by Signal Studio load here"
-            )
+        if (folder / "model_index.json").exists():
+            return load_stock(folder, device=device)
         raise FileNotFoundError(f"{folder} is not a model folder (signal_model.json missing)")
     info = json.loads((folder / "signal_model.json").read_text())
     fam = get_family(info.get("family", "mmdit"))
+    if fam.stock:  # trained here from an SD3 / FLUX folder: the stock layout, with what we recorded
+        return load_stock(folder, info, device=device)
     if not (folder / fam.subfolder / "config.json").exists():
         raise FileNotFoundError(f"{folder} is not a complete model folder ({fam.subfolder}/config.json missing)")
     net = fam.prepare_loaded(fam.model_class.from_pretrained(str(folder / fam.subfolder), local_files_only=True, use_safetensors=True))
@@ -207,3 +249,20 @@ def load_model(folder: str | Path, device: str = "cpu") -> ModelBundle:
         te_folder = str(folder / "text_encoder")
     te = load_text_encoder(te_folder)
     return ModelBundle(net.to(device), vae.to(device), te, info, folder / "vae" / "diffusion_pytorch_model.safetensors", fam)
+
+
+def load_stock(folder: Path, info: dict[str, Any] | None = None, device: str = "cpu") -> ModelBundle:
+    """A ``ModelBundle`` of a stock (or stock-layout saved) SD3 / FLUX folder; weights load in float32
+    (the trained copy; frozen parts could stay in their stored type on a GPU)."""
+    from .stock import PipelineTextEncoder, scheduler_shift
+    from .stock_folder import check_stock_folder
+
+    checked = check_stock_folder(folder)
+    fam = get_family(checked["family"])
+    net = fam.model_class.from_pretrained(str(folder / "transformer"), local_files_only=True, use_safetensors=True, torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True, use_safetensors=True, torch_dtype=torch.float32)
+    te = PipelineTextEncoder(folder, fam.name, "cuda" if torch.cuda.is_available() else "cpu")
+    base = {"shift": scheduler_shift(folder)}
+    info = {**base, **(info or {}), "family": fam.name, "source": str(Path(folder).resolve())}
+    vae_file = next(iter(sorted((folder / "vae").glob("*.safetensors"))))
+    return ModelBundle(net.to(device), vae.eval().requires_grad_(False).to(device), te, info, vae_file, fam)

@@ -18,6 +18,7 @@ import torch
 from .family import Family
 
 ADAPTER = "default"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 def add_lora(net: torch.nn.Module, family: Family, rank: int = 8, alpha: float | None = None, dropout: float = 0.0,
@@ -51,15 +52,22 @@ def adapters_disabled(net: torch.nn.Module) -> Iterator[torch.nn.Module]:
         inner.enable_adapters()
 
 
-def save_lora(net: torch.nn.Module, folder: Path) -> Path:
-    """The adapter in the diffusers LoRA format (``pytorch_lora_weights.safetensors`` and its config)."""
+def save_lora(net: torch.nn.Module, folder: Path, family: Family | None = None) -> Path:
+    """The adapter in the diffusers LoRA format (``pytorch_lora_weights.safetensors`` with its config in
+    the metadata). A stock family's adapter is written by its pipeline's ``save_lora_weights`` (keys
+    under ``transformer.``), the file ``pipe.load_lora_weights`` and other diffusers-based tools read;
+    an embedded family's by the network's ``save_lora_adapter``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    getattr(net, "module", net).save_lora_adapter(str(folder), adapter_name=ADAPTER, safe_serialization=True)
-    return folder / "pytorch_lora_weights.safetensors"
+    inner = getattr(net, "module", net)
+    if family is not None and family.stock:
+        from peft.utils import get_peft_model_state_dict
 
-
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+        family.pipeline_class.save_lora_weights(str(folder), transformer_lora_layers=get_peft_model_state_dict(inner, adapter_name=ADAPTER),
+                                                transformer_lora_adapter_metadata=inner.peft_config[ADAPTER].to_dict(), safe_serialization=True)
+    else:
+        inner.save_lora_adapter(str(folder), adapter_name=ADAPTER, safe_serialization=True)
+    return folder / LORA_WEIGHTS
 
 
 def is_adapter_folder(folder: Path) -> bool:
@@ -77,11 +85,21 @@ def load_adapters(net: torch.nn.Module, folders: list[Path], scales: list[float]
         if not is_adapter_folder(folder):
             raise FileNotFoundError(f"{folder} holds no LoRA adapter ({LORA_WEIGHTS} missing)")
         name = f"adapter_{i}"
-        net.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, adapter_name=name, prefix=None, use_safetensors=True)
+        net.load_lora_adapter(str(folder), weight_name=LORA_WEIGHTS, adapter_name=name, prefix=_key_prefix(folder / LORA_WEIGHTS),
+                              use_safetensors=True)
         names.append(name)
     if names:
         set_adapter_scales(net, names, scales)
     return names
+
+
+def _key_prefix(weights: Path) -> str | None:
+    """'transformer' when the file's keys sit under it (a pipeline-format adapter), else None."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        keys = list(f.keys())
+    return "transformer" if keys and all(k.startswith("transformer.") for k in keys) else None
 
 
 def set_adapter_scales(net: torch.nn.Module, names: list[str], scales: list[float] | float) -> None:

@@ -30,17 +30,23 @@ class PromptEmbeds:
     states: torch.Tensor
     pooled: torch.Tensor
     lengths: torch.Tensor | None = None
+    guidance: float | None = None  # what a guidance-distilled network (FLUX.1-dev) is told; None = its training value
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PromptEmbeds:
-        return PromptEmbeds(to_device(self.states, device, dtype), to_device(self.pooled, device, dtype), self.lengths)
+        return PromptEmbeds(to_device(self.states, device, dtype), to_device(self.pooled, device, dtype), self.lengths, self.guidance)
 
     def __getitem__(self, idx: Any) -> PromptEmbeds:
-        return PromptEmbeds(self.states[idx], self.pooled[idx], None if self.lengths is None else self.lengths[idx])
+        return PromptEmbeds(self.states[idx], self.pooled[idx], None if self.lengths is None else self.lengths[idx], self.guidance)
+
+    def expand(self, n: int) -> PromptEmbeds:
+        """One prompt's row as ``n`` rows (a view, no copy)."""
+        return PromptEmbeds(self.states.expand(n, *self.states.shape[1:]), self.pooled.expand(n, *self.pooled.shape[1:]),
+                            None if self.lengths is None else self.lengths.expand(n), self.guidance)
 
     def trimmed(self) -> PromptEmbeds:
         if self.lengths is None or len(self.lengths) == 0:
             return self
-        return PromptEmbeds(self.states[:, : int(self.lengths.max())], self.pooled, self.lengths)
+        return PromptEmbeds(self.states[:, : int(self.lengths.max())], self.pooled, self.lengths, self.guidance)
 
     def key_mask(self) -> torch.Tensor | None:
         """(B, L) True on real tokens of ``states``; None when no row is padded (the fast path)."""
@@ -59,11 +65,11 @@ class PromptEmbeds:
         longest = max(p.states.shape[1] for p in parts)
         if all(p.states.shape[1] == longest for p in parts):
             lengths = None if any(p.lengths is None for p in parts) else torch.cat([p.lengths for p in parts])
-            return PromptEmbeds(torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]), lengths)
+            return PromptEmbeds(torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]), lengths, parts[0].guidance)
         states = [torch.nn.functional.pad(p.states, (0, 0, 0, longest - p.states.shape[1])) for p in parts]
         lengths = torch.cat([p.lengths.to(torch.long) if p.lengths is not None
                              else torch.full((p.states.shape[0],), p.states.shape[1], dtype=torch.long) for p in parts])
-        return PromptEmbeds(torch.cat(states), torch.cat([p.pooled for p in parts]), lengths)
+        return PromptEmbeds(torch.cat(states), torch.cat([p.pooled for p in parts]), lengths, parts[0].guidance)
 
 
 class Family:
@@ -74,6 +80,7 @@ class Family:
     subfolder = "transformer"  # where the network lives in a saved model folder
     model_class: Any = None  # the diffusers class that loads it
     label = ""
+    stock = False  # loaded from a stock diffusers pipeline folder (SD3, FLUX) rather than built and saved by us
 
     def build(self, *, preset: str, text_dim: int, latent_channels: int, **size: Any) -> torch.nn.Module:
         raise NotImplementedError
@@ -108,6 +115,11 @@ class Family:
     def lora_targets(self) -> list[str]:
         """Module names LoRA adapts by default."""
         return []
+
+    def embeds_guidance(self, net: torch.nn.Module) -> bool:
+        """True for a guidance-distilled network (FLUX.1-dev): it takes the guidance scale as an input,
+        and the sampler runs one branch instead of classifier-free guidance's two."""
+        return False
 
 
 def net_config(net: torch.nn.Module) -> Any:

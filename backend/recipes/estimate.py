@@ -31,12 +31,19 @@ def mmdit_params(layers: int, heads: int, head_dim: int, text_dim: int = TEXT_DI
     return layers * per_block + embed + head
 
 
-def estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False) -> dict[str, Any]:
+def estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False, stock: dict[str, int] | None = None) -> dict[str, Any]:
+    """Parameters, FLOPs and duration of a pretrain recipe. ``stock`` (a real model's transformer
+    parameters, pixels per token and text tokens, from ``backend.models.memory``) replaces the
+    embedded presets' sizes."""
     m = recipe.model
     layers, heads, head_dim = PRESETS[m.size]
     unet = m.family == "unet"
-    params = UNET_PRESETS[m.size][0] if unet else mmdit_params(m.layers or layers, m.heads or heads, m.head_dim or head_dim, patch=m.patch)
-    stride = 4 * m.patch  # VAE 4x, then patches
+    text_tokens = TEXT_TOKENS
+    if stock is not None:
+        params, stride, text_tokens = stock["params"], stock["pixels_per_token"], stock["text_tokens"]
+    else:
+        params = UNET_PRESETS[m.size][0] if unet else mmdit_params(m.layers or layers, m.heads or heads, m.head_dim or head_dim, patch=m.patch)
+        stride = 4 * m.patch  # VAE 4x, then patches
     flops = 0.0
     stages = []
     images_per_stage = recipe.optim.batch_size * recipe.optim.grad_accum * recipe.compute.processes
@@ -46,7 +53,7 @@ def estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False) -> dict[
             tokens = pixels / 16  # latent pixels
             f = 3 * UNET_PRESETS[m.size][1] * pixels / 4096 * images_per_stage * st.steps
         else:
-            tokens = sum((w // stride) * (h // stride) for w, h in st.buckets) / len(st.buckets) + TEXT_TOKENS
+            tokens = sum((w // stride) * (h // stride) for w, h in st.buckets) / len(st.buckets) + text_tokens
             f = 6 * params * tokens * images_per_stage * st.steps
         flops += f
         stages.append({"name": st.name, "steps": st.steps, "tokens": tokens})
@@ -173,3 +180,4 @@ def estimate_distill(recipe: Any, info: dict[str, Any], cores: int = 2, gpu: boo
             "flops": flops, "rounds": rounds, "teacher_passes_per_image": 2 * s.steps if s.cfg != 1.0 else s.steps,
             "student_passes_per_image": recipe.target_steps, "memory_bytes": sum(b for _, b in held) * 4,
             "held": [[what, b * 4] for what, b in held]}
+

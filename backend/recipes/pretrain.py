@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from .base import RecipeBase, Section
 from .sampling import SamplerSettings
@@ -24,13 +24,18 @@ class DataSection(Section):
 UNET_LEVELS = {"tiny": 2, "small": 3, "base": 3}
 
 
+STOCK_FAMILIES = ("sd3", "flux")
+
+
 class ModelSection(Section):
-    family: Literal["mmdit", "unet"] = Field(
+    family: Literal["mmdit", "unet", "sd3", "flux"] = Field(
         "mmdit", description="Network family: 'mmdit' is an SD3-style transformer (scales to real models; at patch 4 a small one paints "
         "16 px tiles on its own), 'unet' the SD 1.x/SDXL convolutional structure (sees every latent pixel with the same kernels; "
-        "draws small shapes sooner on a CPU)"
+        "draws small shapes sooner on a CPU); 'sd3' (SD3/SD3.5) and 'flux' (FLUX.1) continue training a real model from its local "
+        "diffusers folder (model.init), on a GPU"
     )
-    init: str = Field("", description="Start from this model folder (diffusers layout); empty = random init")
+    init: str = Field("", validation_alias=AliasChoices("init", "path"),
+                      description="Start from this model folder (diffusers layout; for 'sd3'/'flux' the stock release folder); empty = random init")
     size: Literal["tiny", "small", "base"] = Field("small", description="Preset of the family's size (ignored when init is set)")
     layers: int | None = Field(None, ge=1, le=64, description="Override the preset: MMDiT blocks, or UNet ResNet layers per level")
     heads: int | None = Field(None, ge=1, le=64, description="Override the preset's attention heads (MMDiT)")
@@ -45,12 +50,20 @@ class ModelSection(Section):
     def _family_names(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("family") == "embedded":  # recipes written before the UNet family
             data = {**data, "family": "mmdit"}
-        if isinstance(data, dict) and data.get("family") == "sd3":
-            raise ValueError("family 'sd3' (SD3/SD3.5 folders with three text encoders) is not supported yet; use 'mmdit' or 'unet'")
         return data
 
     @model_validator(mode="after")
     def _family_fields(self) -> ModelSection:
+        if self.family in STOCK_FAMILIES:
+            if not self.init:
+                raise ValueError(f"family '{self.family}' continues a real model: set model.init to its local diffusers folder "
+                                 "(nothing is downloaded)")
+            sized = [k for k in ("layers", "heads", "head_dim", "channels") if getattr(self, k) is not None]
+            sized += [k for k in ("text_encoder", "vae") if getattr(self, k)]
+            if sized:
+                raise ValueError(f"{', '.join(sized)} cannot be set for family '{self.family}': the folder in model.init holds its network, "
+                                 "VAE and text encoders")
+            return self
         if self.family == "unet" and self.heads is not None:
             raise ValueError("'heads' applies to the MMDiT family; a UNet's heads follow its widths (channels / head_dim)")
         if self.family == "mmdit" and self.channels is not None:
@@ -138,6 +151,8 @@ class OptimSection(Section):
     clip: float = Field(1.0, gt=0, description="Gradient norm clip")
     ema: float = Field(0.999, ge=0, lt=1, description="EMA decay of the weights used for sampling (0 = off)")
     precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="Mixed precision; auto = bf16 on capable GPUs")
+    eight_bit: bool = Field(False, description="AdamW's two moments in 8 bits (bitsandbytes, CUDA): 2 bytes per trained parameter instead "
+                            "of 8, for full fine-tuning of a real model on one GPU")
     seed: int = Field(0, description="Seed for weights, data order and noise")
 
 
@@ -162,7 +177,9 @@ class ComputeSection(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where the job runs")
     processes: int = Field(1, ge=1, description="Processes through accelerate launch (data parallel)")
     threads: int = Field(0, ge=0, description="CPU threads per process (0 = all cores / processes)")
-    compile: bool = Field(False, description="torch.compile the network (GPU)")
+    compile: bool = Field(False, description="torch.compile the network's blocks one by one (GPU)")
+    gradient_checkpointing: bool = Field(False, description="Keep only each block's input and recompute the rest in the backward pass: "
+                                         "activation memory falls to a fraction for about a third more compute")
 
 
 class PretrainRecipe(RecipeBase):
@@ -196,6 +213,15 @@ class PretrainRecipe(RecipeBase):
         sw, sh = self.preview.sampler.width, self.preview.sampler.height
         if sw % unit or sh % unit:
             raise ValueError(f"preview.sampler: {sw}x{sh} does not fit the network; {why}")
+        return self
+
+    @model_validator(mode="after")
+    def _stock_shift(self) -> PretrainRecipe:
+        """A stock pipeline's scheduler knows a fixed or a dynamic shift; a per-bucket rule could be
+        trained but not saved where stock diffusers would sample with it."""
+        if self.model.family in STOCK_FAMILIES and self.allocation.shift.kind == "per_bucket":
+            raise ValueError(f"allocation.shift.kind = 'per_bucket' cannot be written into a stock {self.model.family.upper()} scheduler; "
+                             "use 'fixed' (SD3/SD3.5 ship alpha = 3) or 'dynamic' (FLUX.1's rule)")
         return self
 
     @property

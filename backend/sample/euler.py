@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from backend.flow.timesteps import sampling_schedule
 from backend.imaging import to_image
 from backend.models.family import ModelBundle, PromptEmbeds
 
@@ -53,22 +52,13 @@ def sample_latents(
     h, w = settings.height // f, settings.width // f
     x = initial_noise(seeds, bundle.vae.config.latent_channels, h, w).to(device)
     alpha = settings.alpha if settings.alpha is not None else bundle.default_alpha(settings.width, settings.height)
-    ts = sampling_schedule(settings.steps, alpha).to(device)
+    ts = bundle.sampling_schedule(settings.steps, alpha).to(device)
     cond = cond.to(device)
     n = x.shape[0]
-    guided = settings.cfg != 1.0
-    if guided:
-        empty = bundle.empty_prompt().to(device)
-        uncond = PromptEmbeds(empty.states.expand(n, -1, -1), empty.pooled.expand(n, -1), empty.lengths.expand(n))
-        both = PromptEmbeds.cat([uncond, cond])
+    empty = bundle.empty_prompt().to(device) if settings.cfg != 1.0 else None
     for i in range(settings.steps):
         t, t_next = ts[i], ts[i + 1]
-        tt = t.expand(n)
-        if guided:
-            v_u, v_c = bundle.velocity(torch.cat([x, x]), torch.cat([tt, tt]), both, net).chunk(2)
-            v = v_u + settings.cfg * (v_c - v_u)
-        else:
-            v = bundle.velocity(x, tt, cond, net)
+        v = bundle.guided_velocity(x, t.expand(n), cond, empty, settings.cfg, net)
         if settings.kind == "consistency":
             x0 = x - t * v  # the consistency function f(x_t, t) = x_t - t v: the trajectory's end
             x = x0 if i == settings.steps - 1 else (1 - t_next) * x0 + t_next * renoise(seeds, i + 1, x.shape[1:]).to(device, x.dtype)

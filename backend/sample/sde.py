@@ -43,12 +43,8 @@ def sigma(t: torch.Tensor, a: float, t_cap: float) -> torch.Tensor:
 
 def guided_velocity(bundle: ModelBundle, net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, cond: PromptEmbeds,
                     uncond: PromptEmbeds | None, cfg: float) -> torch.Tensor:
-    """v(x, t, c) with classifier-free guidance when ``uncond`` is given."""
-    tt = t.expand(x.shape[0]) if t.dim() == 0 else t
-    if uncond is None or cfg == 1.0:
-        return bundle.velocity(x, tt, cond, net)
-    v_u, v_c = bundle.velocity(torch.cat([x, x]), torch.cat([tt, tt]), PromptEmbeds.cat([uncond, cond]), net).chunk(2)
-    return v_u + cfg * (v_c - v_u)
+    """v(x, t, c) with classifier-free guidance when ``uncond`` is given (``ModelBundle.guided_velocity``)."""
+    return bundle.guided_velocity(x, t, cond, uncond, cfg, net)
 
 
 def step_mean_std(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, a: float, t_cap: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +65,7 @@ def gaussian_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
 
 def empty_like(bundle: ModelBundle, n: int, device: torch.device) -> PromptEmbeds:
     empty = bundle.empty_prompt().to(device)
-    return PromptEmbeds(empty.states.expand(n, -1, -1), empty.pooled.expand(n, -1), empty.lengths.expand(n))
+    return empty.expand(n)
 
 
 @torch.no_grad()

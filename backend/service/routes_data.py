@@ -232,6 +232,14 @@ def estimate_recipe(body: RecipeText, request: Request) -> dict[str, Any]:
     if not isinstance(recipe, PretrainRecipe):
         raise HTTPException(422, "estimates exist for pretrain, align, personalize and distill recipes only")
     gpu = recipe.compute.device in ("cuda", "auto") and cuda
+    if recipe.model.family in ("sd3", "flux"):  # a real model: sizes from its folder, and the memory plan
+        from backend.models.memory import stock_estimate
+        from backend.models.stock_folder import StockFolderError
+
+        try:
+            return stock_estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
+        except StockFolderError as exc:
+            raise HTTPException(422, str(exc)) from None
     return estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
 
 

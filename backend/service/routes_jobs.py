@@ -70,9 +70,9 @@ def create(request: Request, body: JobCreate) -> dict[str, Any]:
 
     try:
         recipe = loads_recipe(body.recipe)
+        job_id = create_job(_state(request).project(), recipe, body.name)
     except RecipeError as exc:
         raise HTTPException(422, {"message": "invalid recipe", "issues": [{"path": i.path, "reason": i.reason} for i in exc.issues]}) from None
-    job_id = create_job(_state(request).project(), recipe, body.name)
     return _job(request, job_id)
 
 

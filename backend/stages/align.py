@@ -222,7 +222,7 @@ def save_tuned(project: Project, recipe: AlignRecipe, bundle, trainer, method, i
         card["shapes_eval"] = {k: v for k, v in report.to_json().items() if k != "per_image"}
     folder = bundle.save(project.root / "models" / name, net=net, extra={"card": card})
     if lora:
-        save_lora(adapter_net, folder / "lora")
+        save_lora(adapter_net, folder / "lora", bundle.family)
     (folder / "card.json").write_text(json.dumps({**card, **({"rating_ids": info["rating_ids"]} if "rating_ids" in info else {})}, indent=2))
     model_id = register_model(project, folder, "tuned", name, recipe.model, card, reporter, evaluate.grid if evaluate is not None else None)
     said = (f"held-out implicit accuracy {method.last.get('implicit_accuracy', float('nan')):.3f}" if recipe.method == "dpo"

@@ -177,7 +177,7 @@ def save_personalized(project: Project, recipe: PersonalizeRecipe, bundle, train
             import shutil
 
             shutil.rmtree(tmp)
-        weights = save_lora(net, tmp)
+        weights = save_lora(net, tmp, bundle.family)
         card["adapter_bytes"] = weights.stat().st_size
         if recipe.fused:
             fused = copy.deepcopy(getattr(net, "module", net))

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from backend.flow.timesteps import sampling_schedule
+from backend.sample.sde import guided_velocity
 
-from .distill import guided_velocity
 from .method import Method
 
 

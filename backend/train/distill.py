@@ -20,6 +20,7 @@ import torch
 
 from backend.flow.timesteps import sampling_schedule
 from backend.models.family import PromptEmbeds
+from backend.sample.sde import guided_velocity
 
 from .method import Method
 
@@ -41,15 +42,6 @@ class ProgressiveSettings:
     def student_steps(self, step: int) -> int:
         """The student's step count during training step ``step`` (0-based)."""
         return max(self.target_steps, self.start_steps >> (step // self.steps_per_round))
-
-
-def guided_velocity(bundle, net, x: torch.Tensor, t: torch.Tensor, prompt: PromptEmbeds, empty: PromptEmbeds | None, cfg: float) -> torch.Tensor:
-    if cfg == 1.0 or empty is None:
-        return bundle.velocity(x, t, prompt, net)
-    n = x.shape[0]
-    uncond = PromptEmbeds(empty.states.expand(n, -1, -1), empty.pooled.expand(n, -1), empty.lengths.expand(n))
-    v_u, v_c = bundle.velocity(torch.cat([x, x]), torch.cat([t, t]), PromptEmbeds.cat([uncond, prompt]), net).chunk(2)
-    return v_u + cfg * (v_c - v_u)
 
 
 def two_teacher_steps(bundle, teacher, x: torch.Tensor, ts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], prompt: PromptEmbeds,

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from backend.models.family import PromptEmbeds
+from backend.sample.sde import guided_velocity
 
 from .consistency import consistency_fn
 from .critic import FeatureCritic, FeatureTap, separation
-from .distill import guided_velocity
 from .few_step import mix, noise_times, student_batch
 from .method import Method
 

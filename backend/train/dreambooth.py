@@ -36,7 +36,7 @@ class CaptionedLatents:
     def batch(self, idx: torch.Tensor, size: tuple[int, int], alpha: float, gen: torch.Generator) -> Batch:
         n = len(idx)
         p = self.prompt
-        prompt = PromptEmbeds(p.states.expand(n, *p.states.shape[1:]), p.pooled.expand(n, *p.pooled.shape[1:]), p.lengths.expand(n))
+        prompt = p.expand(n)
         return Batch(self.latents[idx], prompt, size[0], size[1], alpha, gen)
 
 
@@ -76,7 +76,7 @@ class DreamBooth(Method):
         tt = t.view(-1, 1, 1, 1).to(x0.dtype)
         x_t = (1 - tt) * x0 + tt * eps
         cp = self.class_prompt.to(x0.device)  # type: ignore[union-attr]
-        prompt = PromptEmbeds(cp.states.expand(n, *cp.states.shape[1:]), cp.pooled.expand(n, *cp.pooled.shape[1:]), cp.lengths.expand(n))
+        prompt = cp.expand(n)
         with torch.no_grad():
             if self.lora:
                 from backend.models.lora import adapters_disabled

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from backend.models.family import PromptEmbeds
+from backend.sample.sde import guided_velocity
 
 from .consistency import consistency_fn
 from .critic import FeatureCritic, FeatureTap, hinge_d, r1_penalty, separation
-from .distill import guided_velocity
 from .few_step import mix, noise_times, student_batch
 from .method import Method
 

@@ -39,6 +39,7 @@ def loop_config(recipe: PretrainRecipe) -> LoopConfig:
         clip=o.clip, ema=o.ema, grad_accum=o.grad_accum, precision=o.precision, seed=o.seed, log_every=s.log_every,
         checkpoint_every=s.checkpoint_every, sample_every=s.sample_every, eval_every=s.eval_every,
         loss_bins=recipe.allocation.loss_bins, device=recipe.compute.device, compile=recipe.compute.compile,
+        gradient_checkpointing=recipe.compute.gradient_checkpointing, eight_bit=o.eight_bit,
     )
 
 
@@ -85,7 +86,8 @@ def run_pretrain(project: Project, recipe: PretrainRecipe, run_dir: Path, report
     torch.manual_seed(recipe.optim.seed)
     bundle = build_bundle(recipe)
     n_params = sum(p.numel() for p in bundle.net.parameters())
-    reporter.log(f"model: embedded {bundle.family.label} '{recipe.model.size}' with {n_params / 1e6:.2f}M parameters")
+    what = f"{bundle.family.label} from {recipe.model.init}" if bundle.family.stock else f"embedded {bundle.family.label} '{recipe.model.size}'"
+    reporter.log(f"model: {what} with {n_params / 1e6:.2f}M parameters")
     encoder = None
     if recipe.repa.enabled:
         from backend.world.pretrained import load_encoder

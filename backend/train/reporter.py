@@ -8,6 +8,7 @@ same interface for scripts and benchmarks that run without a project.
 from __future__ import annotations
 
 import io
+import math
 import sys
 import time
 from pathlib import Path
@@ -63,8 +64,11 @@ class DbReporter(Reporter):
             print(text, file=sys.stderr, flush=True)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
+        """One row per finite value; a NaN means "not measured" (e.g. no class images asked for) and is left out."""
         now = time.time()
-        rows = [{"job_id": self.job_id, "step": step, "key": k, "value": float(v), "time": now} for k, v in values.items()]
+        rows = [{"job_id": self.job_id, "step": step, "key": k, "value": float(v), "time": now} for k, v in values.items() if math.isfinite(float(v))]
+        if not rows:
+            return
         with self.project.transaction():
             self.project.db["metrics"].insert_all(rows)
 
