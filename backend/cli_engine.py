@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from backend.cli import _size, command, fail
 
@@ -54,17 +55,17 @@ def _run(args: argparse.Namespace) -> int:
     with Project.open(args.project) as project:
         job_id = create_job(project, recipe, args.name)
     print(f"job {job_id} ({recipe.kind})", file=sys.stderr)
-    processes = getattr(getattr(recipe, "compute", None), "processes", 1)
-    return launch_worker(args.project, job_id, processes)
+    return launch_worker(args.project, job_id, getattr(recipe, "compute", None))
 
 
-def launch_worker(project: Path, job_id: int, processes: int = 1, resume: bool = True) -> int:
-    """Run a job: in this process, or as ``processes`` data-parallel processes under accelerate."""
-    if processes <= 1:
+def launch_worker(project: Path, job_id: int, compute: Any = None, resume: bool = True) -> int:
+    """Run a job: in this process, or as data-parallel processes under accelerate (``compute``: the recipe's section)."""
+    processes = int(getattr(compute, "processes", 1))
+    if processes <= 1 and int(getattr(compute, "machines", 1)) <= 1:
         return _execute(project, job_id, resume)
     from backend.jobs import worker_command
 
-    cmd = worker_command(project, job_id, processes, resume)
+    cmd = worker_command(project, job_id, compute, resume)
     return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // processes)))})
 
 
@@ -192,4 +193,21 @@ def _add_shipped(args: argparse.Namespace) -> int:
     with Project.open(args.project) as project:
         install_shipped_base(project)
         install_shipped_reward_prior(project)
+    return 0
+
+
+def _tiny_folder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("family", choices=["sd3", "flux"])
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("tiny-folder", "write a tiny random SD3 or FLUX.1 folder in the stock diffusers layout (tests, dry runs without real weights)",
+         _tiny_folder_args)
+def _tiny_folder(args: argparse.Namespace) -> int:
+    from backend.models.tiny_folders import build_tiny_folder
+
+    if args.out.exists() and any(args.out.iterdir()):
+        return fail(f"{args.out} is not empty")
+    print(build_tiny_folder(args.out, args.family, seed=args.seed))
     return 0

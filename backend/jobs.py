@@ -50,15 +50,20 @@ def job_row(project: Project, job_id: int) -> dict[str, Any]:
     return dict(zip(cols, row))
 
 
-def worker_command(project: Path, job_id: int, processes: int = 1, resume: bool = True) -> list[str]:
-    """The command line of the worker that runs a job: one process, or several through accelerate."""
+def worker_command(project: Path, job_id: int, compute: Any = None, resume: bool = True) -> list[str]:
+    """The command line of the worker that runs a job (``compute``: the recipe's compute section, if
+    it has one): one process, or ``processes`` per machine through ``accelerate launch`` (data
+    parallel, DDP), on ``machines`` machines that reach ``main_address``:``main_port``."""
     tail = ["-m", "backend", "worker", "--project", str(project), "--job", str(job_id)] + ([] if resume else ["--fresh"])
-    if processes <= 1:
+    processes, machines = int(getattr(compute, "processes", 1)), int(getattr(compute, "machines", 1))
+    if processes <= 1 and machines <= 1:
         return [sys.executable, *tail]
     # accelerate's torchrun launcher ('--multi_gpu') also serves CPU-only machines: each process then
     # runs with distributed type MULTI_CPU over gloo ('--cpu' would force a single process)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes * machines),
+              "--num_machines", str(machines), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if machines > 1:
+        launch += ["--machine_rank", str(compute.machine_rank), "--main_process_ip", compute.main_address, "--main_process_port", str(compute.main_port)]
     return launch + tail
 
 

@@ -10,7 +10,9 @@ walks through every view and wizard page, and grabs each one.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -71,6 +73,7 @@ def main() -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--size", default="1280x800")
     ap.add_argument("--project", type=Path, default=None, help="use this project instead of building one")
+    ap.add_argument("--stop-after", default="", help="stop after the shot of this name (a quick look at one view)")
     args = ap.parse_args()
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("SIGNAL_STUDIO_HOME", tempfile.mkdtemp(prefix="signal-shots-home-"))
@@ -98,10 +101,28 @@ def main() -> int:
         while not cond() and time.time() < end:
             pump(0.05)
 
+    class Done(Exception):
+        pass
+
     def shot(name: str, widget=None) -> None:
         pump(0.4)
         (widget or win).grab().save(str(args.out / f"{name}.png"))
         print(args.out / f"{name}.png")
+        if name == args.stop_after:
+            raise Done
+
+    try:
+        walk(args, win, shot, pump, until, project)
+    except Done:
+        pass
+    finally:
+        win.close()
+        win.link.disconnect_backend(stop_process=True)
+    return 0
+
+
+def walk(args, win, shot, pump, until, project: Path) -> None:
+    """Every view and wizard page, in the order a user meets them."""
 
     win.start.set_recent([str(project)])
     shot("01-start")
@@ -144,6 +165,34 @@ def main() -> int:
         if i < len(names) - 1:
             wiz.next()
             pump(0.5)
+    wiz.reject()
+    # a real family from a local folder (a tiny random SD3 stands in for SD3.5): the memory plan and the launch
+    folder = Path(tempfile.mkdtemp(prefix="signal-shots-sd3-")) / "tiny-sd3"
+    backend("tiny-folder", "sd3", str(folder))
+    old = win.wizard
+    win.new_pretrain()
+    until(lambda: win.wizard is not old and win.wizard.isVisible(), 30)
+    wiz = win.wizard
+    wiz.next()
+    pump(0.5)
+    model = wiz.pages[1]
+    model.family.setCurrentIndex(model.family.findData("sd3"))
+    model.init.setText(str(folder))
+    shot("06b-wizard-sd3-model", wiz)
+    for _ in range(4):
+        wiz.next()
+        pump(0.5)
+    until(lambda: "GiB" in wiz.pages[5].memory.text(), 30)
+    shot("06b-wizard-sd3-compute", wiz)
+    # the same folder with a transformer of 8 G parameters (only its safetensors header, on a sparse file): the plan refuses
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [8_000_000_000], "data_offsets": [0, 16_000_000_000]}}).encode()
+    with open(weights, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header)
+        fh.truncate(8 + len(header) + 16_000_000_000)
+    wiz.pages[5].checkpointing.setChecked(True)
+    until(lambda: "does not fit" in wiz.pages[5].memory.text(), 30)
+    shot("06b-wizard-sd3-does-not-fit", wiz)
     wiz.reject()
     win.show_stage("Runs")
     until(lambda: win.runs.loss_points() > 0, 30)
@@ -276,9 +325,6 @@ def main() -> int:
     win.show_stage("Runs")
     win.runs.tabs.setCurrentIndex(0)
     shot("10-runs-2560x1440")
-    win.close()
-    win.link.disconnect_backend(stop_process=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,15 @@ from PySide6.QtGui import QImage, QPalette, QPixmap
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QMessageBox, QSizePolicy, QVBoxLayout, QWidget
 
 
+def duration_text(seconds: float) -> str:
+    """An estimate as a person reads it: minutes up to two hours, then hours up to two days, then days."""
+    minutes = seconds / 60
+    if minutes < 120:
+        return f"{minutes:.0f} minute{'s' if round(minutes) != 1 else ''}"
+    hours = minutes / 60
+    return f"{hours:.0f} hours" if hours < 48 else f"{hours / 24:.0f} days"
+
+
 def show_error(parent: QWidget | None, what: str, why: str = "", todo: str = "", details: str = "") -> None:
     """What failed, why, what to do, and the details on demand."""
     box = QMessageBox(parent)

@@ -203,3 +203,26 @@ def test_a_recipe_that_misnames_its_family_or_shift_is_refused(shapes_project: P
     assert "set model.family = 'flux'" in msg
     with pytest.raises(RecipeError, match="cannot be set for family 'sd3'"):
         loads_recipe(stock_recipe("sd3", source, "x").replace("[model]", "[model]\nlayers = 3"))
+
+
+def _metric(project: Path, name: str, key: str) -> list[float]:
+    with Project.open(project) as p:
+        jid = p.db.execute("SELECT id FROM jobs WHERE name = ? ORDER BY id DESC", [name]).fetchone()[0]
+        return [r[0] for r in p.db.execute("SELECT value FROM metrics WHERE job_id = ? AND key = ? ORDER BY step", [jid, key])]
+
+
+def test_two_processes_train_exactly_what_one_process_of_twice_the_batch_does(shapes_project: Path, tmp_path: Path):
+    """DDP through accelerate launch on two CPU processes (accelerate runs FSDP on CUDA only): each
+    process keeps its half of one step-wide draw (items, caption dropout, timesteps, noise) and the
+    logged figures are the whole step's, so the trajectory matches one process of batch 8."""
+    source = build_tiny_folder(tmp_path / "tiny", "sd3")
+    for name, processes, batch in (("ddp-one", 1, 8), ("ddp-two", 2, 4)):
+        recipe = tmp_path / f"{name}.toml"
+        recipe.write_text(stock_recipe("sd3", source, name, steps=3, batch=batch, processes=processes, threads=1))
+        proc = run_cli("run", str(recipe), "--project", str(shapes_project), "--name", name, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _metric(shapes_project, "ddp-two", "replicas/processes") == [2.0]
+    for key in ("loss/flow", "grad_norm"):
+        one, two = _metric(shapes_project, "ddp-one", key), _metric(shapes_project, "ddp-two", key)
+        assert len(one) == len(two) == 3 and len(set(one)) == 3, (one, two)  # three different steps, each matched
+        assert np.allclose(one, two, rtol=1e-5, atol=1e-6), (key, one, two)

@@ -136,6 +136,33 @@ def test_recipe_validation_and_bad_job_requests(backend):
     assert info.value.status == 404
 
 
+def test_a_real_family_recipe_gets_its_memory_plan_and_launch_and_an_incomplete_folder_is_refused(backend, tmp_path: Path):
+    """What the wizard's compute page shows for a real model (from the folder's headers and configs),
+    and the refusal a job request for a folder without its T5 gets, before any job exists."""
+    import shutil
+
+    from backend.models.tiny_folders import build_tiny_folder
+
+    _, client = backend
+    folder = build_tiny_folder(tmp_path / "sd3", "sd3")
+    recipe = (f'kind = "pretrain"\n[model]\nfamily = "sd3"\ninit = "{folder}"\n[allocation.shift]\nkind = "fixed"\nalpha = 3.0\n'
+              '[[curriculum]]\nbuckets = [[64, 64]]\n[compute]\nprocesses = 2\n')
+    est = client.estimate_recipe(recipe)
+    mem = est["memory"]
+    weights = sum(b for what, b in mem["held"] if what.startswith("transformer"))
+    assert weights == 4 * est["params"] and 100_000 < est["params"] < 200_000  # float32 copy of the tiny transformer, counted from its header
+    assert mem["fits"] and mem["available"] > mem["bytes"]
+    assert any(what.startswith("activations (batch 32, 397 tokens") for what, _ in mem["held"])  # 8x8 image tokens + 77 CLIP + 256 T5
+    assert est["launch"]["what"].startswith("2 processes on this machine, data parallel (DDP)")
+    assert "--num_processes 2" in est["launch"]["command"]
+    shutil.rmtree(folder / "text_encoder_3")
+    jobs_before = len(client.jobs())
+    with pytest.raises(BackendError) as info:
+        client.create_job(recipe)
+    assert info.value.status == 422 and "text_encoder_3/ is missing" in info.value.detail["issues"][0]["reason"]
+    assert len(client.jobs()) == jobs_before
+
+
 def _wait(pred, timeout=240, every=0.1):
     deadline = time.time() + timeout
     while time.time() < deadline:

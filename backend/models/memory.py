@@ -102,6 +102,9 @@ def memory_knobs(mem: dict[str, Any], *, lora: bool, checkpointing: bool, eight_
     if not lora and not eight_bit and on_gpu:
         states = next((b for what, b in held.items() if what.startswith("AdamW")), 0)
         knobs.append(f"optim.eight_bit = true (AdamW states {states / gib:.1f} -> {states / 4 / gib:.1f} GiB)")
+    ema = held.get("EMA copy for sampling", 0)
+    if ema:
+        knobs.append(f"optim.ema = 0 (no EMA copy: {ema / gib:.1f} GiB)")
     if not lora:
         knobs.append("train a LoRA instead (Personalize, or Align with lora_rank > 0): no gradients or states for the frozen weights")
     if batch > 1:

@@ -46,7 +46,7 @@ def estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False, stock: d
         stride = 4 * m.patch  # VAE 4x, then patches
     flops = 0.0
     stages = []
-    images_per_stage = recipe.optim.batch_size * recipe.optim.grad_accum * recipe.compute.processes
+    images_per_stage = recipe.optim.batch_size * recipe.optim.grad_accum * recipe.compute.processes * recipe.compute.machines
     for st in recipe.curriculum:
         if unet:  # forward + backward = 3 forwards, measured forward cost scaled by pixels
             pixels = sum(w * h for w, h in st.buckets) / len(st.buckets)

@@ -175,11 +175,23 @@ class PreviewSection(Section):
 
 class ComputeSection(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="Where the job runs")
-    processes: int = Field(1, ge=1, description="Processes through accelerate launch (data parallel)")
+    processes: int = Field(1, ge=1, description="Processes per machine through accelerate launch (data parallel, DDP): one per GPU")
+    machines: int = Field(1, ge=1, le=1024, description="Machines taking part (each runs the same recipe with its own machine_rank)")
+    machine_rank: int = Field(0, ge=0, description="This machine's rank among them (0 = the main one)")
+    main_address: str = Field("", description="Address of the main machine (machine_rank 0) the others reach; needed when machines > 1")
+    main_port: int = Field(29500, ge=1, le=65535, description="Port on the main machine for the processes' rendezvous")
     threads: int = Field(0, ge=0, description="CPU threads per process (0 = all cores / processes)")
     compile: bool = Field(False, description="torch.compile the network's blocks one by one (GPU)")
     gradient_checkpointing: bool = Field(False, description="Keep only each block's input and recompute the rest in the backward pass: "
                                          "activation memory falls to a fraction for about a third more compute")
+
+    @model_validator(mode="after")
+    def _machines(self) -> ComputeSection:
+        if self.machines > 1 and not self.main_address.strip():
+            raise ValueError(f"{self.machines} machines need main_address: the address of machine_rank 0 that the others reach")
+        if self.machine_rank >= self.machines:
+            raise ValueError(f"machine_rank {self.machine_rank} is not below machines = {self.machines}")
+        return self
 
 
 class PretrainRecipe(RecipeBase):

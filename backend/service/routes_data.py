@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -237,10 +238,28 @@ def estimate_recipe(body: RecipeText, request: Request) -> dict[str, Any]:
         from backend.models.stock_folder import StockFolderError
 
         try:
-            return stock_estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
+            out = stock_estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
         except StockFolderError as exc:
             raise HTTPException(422, str(exc)) from None
-    return estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
+    else:
+        out = estimate(recipe, cores=os.cpu_count() or 1, gpu=gpu)
+    return {**out, "launch": launch_plan(recipe.compute)}
+
+
+def launch_plan(compute: Any) -> dict[str, str]:
+    """What a job of this compute section will start: in words, and the command line."""
+    import shlex
+
+    from backend.jobs import worker_command
+
+    cmd = worker_command(Path("<project>"), 0, compute)
+    n, m = compute.processes, compute.machines
+    if n * m <= 1:
+        what = "one process on this machine"
+    else:
+        what = (f"{n} process{'es' if n > 1 else ''} per machine on {m} machines ({n * m} in all), data parallel (DDP) through accelerate launch; "
+                f"this is machine {compute.machine_rank}" if m > 1 else f"{n} processes on this machine, data parallel (DDP) through accelerate launch")
+    return {"what": what, "command": shlex.join(["python", *cmd[1:]])}  # cmd[0] is the backend's own interpreter
 
 
 class DensityBody(BaseModel):

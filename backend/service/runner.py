@@ -130,14 +130,13 @@ class JobRunner:
 
         row = self.db.execute("SELECT recipe, run_dir FROM jobs WHERE id = ?", [job_id]).fetchone()
         recipe = loads_recipe(row[0])
-        processes = getattr(getattr(recipe, "compute", None), "processes", 1)
         run_dir = self.root / (row[1] or f"runs/job-{job_id:05d}")
         run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run_dir / "worker.log", "ab")
         # jobs run at a lower CPU priority than the service and the Studio: on a small machine a
         # training job that competes as an equal starves the window (stalls of 100 ms and more)
         env = {"SIGNAL_JOB_NICE": "5", **os.environ, "PYTHONUNBUFFERED": "1"}
-        cmd = worker_command(self.root, job_id, processes)
+        cmd = worker_command(self.root, job_id, getattr(recipe, "compute", None))
         started = self.db.execute("SELECT started FROM jobs WHERE id = ?", [job_id]).fetchone()[0]
         # claim the job: only a job still queued may start
         if not job_state.move(self.db, job_id, "running", only_from=("queued",), control=None, error=None, heartbeat=time.time(), started=started or now_iso()):

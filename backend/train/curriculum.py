@@ -64,9 +64,11 @@ class StageTable:
 class CurriculumData:
     """Callable ``(step, micro, rank) -> Batch`` for a pretraining recipe."""
 
-    def __init__(self, project: Project, recipe: PretrainRecipe, bundle: ModelBundle, items: list[ViewItem], *, encoder=None, log=print, processes: int = 1):
+    def __init__(self, project: Project, recipe: PretrainRecipe, bundle: ModelBundle, items: list[ViewItem], *, encoder=None, log=print,
+                 processes: int | None = None):
         self.project = project
         self.recipe = recipe
+        self._processes = processes
         self.bundle = bundle
         self.encoder = encoder
         self.log = log
@@ -192,8 +194,21 @@ class CurriculumData:
                 return i
         return len(self.bounds) - 1
 
+    @property
+    def processes(self) -> int:
+        """Data-parallel processes of this run (accelerate's state; 1 outside a launched run)."""
+        if self._processes is None:
+            from accelerate import PartialState
+
+            self._processes = PartialState().num_processes
+        return self._processes
+
     def __call__(self, step: int, micro: int = 0, rank: int = 0) -> Batch:
-        gen = batch_generator(self.seed, step, micro, rank)
+        """Rows rank*B .. (rank+1)*B of one draw of B x processes items for the whole step: every
+        process draws alike and keeps its own rows, so the data (and the flow objective's noise and
+        timesteps, through ``Batch.own_rows``) do not depend on how many processes share the step."""
+        world = self.processes
+        gen = batch_generator(self.seed, step, micro, 0)
         st = self.stages[self.stage_index(step)]
         mixture = st.stage.mixture
         weights = torch.tensor([float(len(b.categories)) for b in st.buckets])
@@ -202,18 +217,21 @@ class CurriculumData:
             weights = torch.where(weights > 0, weights, torch.zeros_like(weights))
         bucket = st.buckets[int(torch.multinomial(weights / weights.sum(), 1, generator=gen))]
         n = self.batch_size
+        total = n * world
+        mine = slice(rank * n, (rank + 1) * n)
         if mixture:
             cats = [c for c in bucket.by_category if mixture.get(c, 0) > 0]
             w = torch.tensor([mixture[c] for c in cats])
-            chosen = torch.multinomial(w / w.sum(), n, replacement=True, generator=gen)
+            chosen = torch.multinomial(w / w.sum(), total, replacement=True, generator=gen)
             idx = torch.stack([bucket.by_category[cats[int(c)]][int(torch.randint(len(bucket.by_category[cats[int(c)]]), (1,), generator=gen))] for c in chosen])
         else:
-            idx = torch.randint(len(bucket.categories), (n,), generator=gen)
+            idx = torch.randint(len(bucket.categories), (total,), generator=gen)
+        drop_all = torch.rand(total, generator=gen) < self.dropout
+        idx, drop = idx[mine], drop_all[mine]
         rows = bucket.text_index[idx]
         states = st.states[rows].float()
         pooled = st.pooled[rows].float()
         lengths = st.lengths[rows].clone()
-        drop = torch.rand(n, generator=gen) < self.dropout
         if drop.any():
             states[drop] = self.empty_states
             pooled[drop] = self.empty_pooled
@@ -223,7 +241,9 @@ class CurriculumData:
             extras["items"] = [bucket.item_ids[int(i)] for i in idx]
         if bucket.repa is not None:
             extras["repa_features"] = bucket.repa[idx].float()
-        return Batch(bucket.latents[idx].clone(), PromptEmbeds(states, pooled, lengths), bucket.size[0], bucket.size[1], bucket.alpha, gen, extras)
+        own = gen if world == 1 else batch_generator(self.seed, step, micro, rank)  # what other objectives draw per process
+        return Batch(bucket.latents[idx].clone(), PromptEmbeds(states, pooled, lengths), bucket.size[0], bucket.size[1], bucket.alpha, own, extras,
+                     share=(rank, world), step_generator=gen)
 
 
 def view_batches(project: Project, bundle: ModelBundle, dataset: str, view: str, size: tuple[int, int], batch_size: int, seed: int,

@@ -525,6 +525,10 @@ class Trainer:
         skipped = self._bad_total > self._bad_logged  # skipped updates logged their non-finite losses: leave those out
         self._bad_logged = self._bad_total
         values = {k: _mean(v, finite_only=skipped) for k, v in self._window.items() if v}  # waits for the device
+        if self.accelerator.num_processes > 1:
+            values, sums, counts = self._across_processes(values)
+        else:
+            sums, counts = self._bins_sum.tolist(), self._bins_n.tolist()
         if skipped:
             values = {k: v for k, v in values.items() if math.isfinite(v)}
         if not all(math.isfinite(v) for v in values.values()):
@@ -533,7 +537,6 @@ class Trainer:
         values["lr"] = self.schedulers["main"].get_last_lr()[0] if "main" in self.schedulers else next(iter(self.schedulers.values())).get_last_lr()[0]
         values["images_per_s"] = self._images / max(1e-9, seconds)
         values["step_s"] = seconds / max(1, steps)
-        sums, counts = self._bins_sum.tolist(), self._bins_n.tolist()
         for b in range(cfg.loss_bins):
             if counts[b] > 0:
                 values[f"loss_t/{b}"] = sums[b] / counts[b]
@@ -551,6 +554,22 @@ class Trainer:
         self._bins_n.zero_()
         self._mix.clear()
         self._images = 0
+
+    def _across_processes(self, values: dict[str, float]) -> tuple[dict[str, float], list[float], list[float]]:
+        """The window's means over every process (each saw an equal share of the step's batch) and the
+        loss-by-t sums and counts added up: what is logged is the whole step's, not process 0's half.
+        Every process logs the same keys (the same method); one collective per log step."""
+        acc = self.accelerator
+        keys = sorted(values)
+        v = torch.tensor([values[k] for k in keys], device=acc.device, dtype=torch.float64)
+        finite = torch.isfinite(v)
+        # a value one process could not compute (nan) is left out of the mean, not allowed to poison it
+        both = acc.reduce(torch.cat([torch.where(finite, v, torch.zeros_like(v)), finite.double()]), reduction="sum")
+        total, count = both[: len(keys)], both[len(keys):]
+        means = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+        bins = acc.reduce(torch.cat([self._bins_sum, self._bins_n]).double(), reduction="sum")
+        n = self._bins_sum.numel()
+        return dict(zip(keys, means.tolist())), bins[:n].tolist(), bins[n:].tolist()
 
     def _replica_check(self) -> dict[str, float]:
         """Data-parallel replicas must hold identical weights; measure and report the largest gap."""

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..recipe_schema import RecipeSchema
-from ..widgets import heading, hint
+from ..widgets import duration_text, heading, hint
 from .pretrain_wizard import ispin, spin
 from .recipe_form import RecipeForm
 
@@ -236,9 +236,8 @@ class AlignView(RecipeForm, QWidget):
         return r
 
     def _show_estimate(self, est: dict) -> None:
-        minutes = est["seconds"] / 60
         self.estimate.setText(f"{est['params'] / 1e6:.2f}M parameters · {est['steps']} steps · {est['images']} images through the model · "
-                              f"about {minutes:.0f} minute{'s' if round(minutes) != 1 else ''} on this machine")
+                              f"about {duration_text(est['seconds'])} on this machine")
 
     def start(self) -> None:
         self.submit(self.name.text().strip() or f"align {self.method()}")

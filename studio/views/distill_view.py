@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..recipe_schema import RecipeSchema
-from ..widgets import heading, hint
+from ..widgets import duration_text, heading, hint
 from .pretrain_wizard import ispin, spin
 from .recipe_form import RecipeForm
 
@@ -184,10 +184,9 @@ class DistillView(RecipeForm, QWidget):
         return r
 
     def _show_estimate(self, est: dict) -> None:
-        minutes = est["seconds"] / 60
         rounds = f"{est['rounds']} round{'s' if est['rounds'] != 1 else ''}, " if self.method() == "progressive" else ""
         self.estimate.setText(f"{est['params'] / 1e6:.2f}M parameters · {rounds}"
-                              f"{est['steps']} steps · about {minutes:.0f} minute{'s' if round(minutes) != 1 else ''} on this machine · "
+                              f"{est['steps']} steps · about {duration_text(est['seconds'])} on this machine · "
                               f"sampling: {est['student_passes_per_image']} network passes per image against the teacher's "
                               f"{est['teacher_passes_per_image']} · memory about {est['memory_bytes'] / 2**20:.0f} MiB: "
                               + ", ".join(f"{what} {b / 2**20:.0f} MiB" for what, b in est["held"]))

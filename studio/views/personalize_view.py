@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..recipe_schema import RecipeSchema
-from ..widgets import alive, heading, hint, pixmap_from_bytes, show_error
+from ..widgets import alive, duration_text, heading, hint, pixmap_from_bytes, show_error
 from .pretrain_wizard import ispin, spin
 from .recipe_form import RecipeForm
 
@@ -317,12 +317,11 @@ class PersonalizeView(RecipeForm, QWidget):
         return r
 
     def _show_estimate(self, est: dict) -> None:
-        minutes = est["seconds"] / 60
         rank = self.knobs["lora.rank"].value() if "lora.rank" in self.knobs else 0
         what = f"LoRA rank {rank}" if rank else "every weight trains"
         drawn = f" · {est['class_images']} class images drawn first (once)" if est.get("class_images") else ""
         self.estimate.setText(f"{est['params'] / 1e6:.2f}M parameters, {what} · {est['steps']} steps{drawn} · about "
-                              f"{minutes:.0f} minute{'s' if round(minutes) != 1 else ''} on this machine, measurements included")
+                              f"{duration_text(est['seconds'])} on this machine, measurements included")
 
     def start(self) -> None:
         problems = subject_problems(self.items, int((self.recipe or {}).get("sampler", {}).get("width", 64)))

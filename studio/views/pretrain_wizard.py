@@ -9,11 +9,12 @@ so the Studio never holds its own copy of the recipe rules.
 from __future__ import annotations
 
 import copy
+import html
 from pathlib import Path
 from typing import Any
 
 import tomllib
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -38,7 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..recipe_schema import RecipeSchema
-from ..widgets import hint, show_error, themed_plot
+from ..widgets import duration_text, hint, show_error, themed_plot
 
 SIZES = {
     "mmdit": {"tiny": "2 blocks, width 64 (~0.3M parameters): seconds per hundred steps", "small": "4 blocks, width 128 (~2.4M)",
@@ -51,8 +52,27 @@ FAMILIES = {
             "draws small objects sooner on a CPU. Choose it for ShapesWorld-sized images and short budgets.",
     "mmdit": "MMDiT — SD3-style transformer: the architecture of today's large models; scales with tokens and data. "
              "Choose it to study what real models do; at patch 4 a small one paints each tile on its own.",
+    "sd3": "SD3 / SD3.5 (your folder) — continue a real Stable Diffusion 3 or 3.5 from its local diffusers folder (transformer, VAE, "
+           "CLIP-L, CLIP-G and T5): needs a GPU; the result loads in stock diffusers (StableDiffusion3Pipeline).",
+    "flux": "FLUX.1 (your folder) — continue FLUX.1-dev or -schnell from its local diffusers folder (transformer, VAE, CLIP and T5): "
+            "needs a large GPU; the result loads in stock diffusers (FluxPipeline).",
 }
+STOCK = ("sd3", "flux")
 PALETTE = [(40, 120, 230), (230, 120, 40), (60, 170, 90), (200, 60, 160), (120, 90, 200), (30, 170, 190)]
+
+
+def memory_text(mem: dict | None) -> str:
+    """A real model's memory plan as the compute page shows it: the total against the device, the
+    biggest parts, and (when it does not fit) what to turn."""
+    if not mem:
+        return "small: fits any machine (the embedded families)"
+    gib = 2**30
+    parts = html.escape(", ".join(f"{what} {b / gib:.1f}" for what, b in sorted(mem["held"], key=lambda x: -x[1])[:4]))
+    head = f"about {mem['bytes'] / gib:.1f} GiB of {mem['available'] / gib:.1f} GiB ({html.escape(mem['device'])})" if mem.get("available") else \
+        f"about {mem['bytes'] / gib:.1f} GiB"
+    if mem.get("fits", True):
+        return f"<span style='color:#27ae60'>{head}</span> ({parts} GiB)"
+    return (f"<span style='color:#c0392b'><b>does not fit</b>: {head}</span> ({parts} GiB). Turn: " + html.escape("; ".join(mem.get("knobs", []))))
 
 
 def buckets_text(buckets: list) -> str:
@@ -194,7 +214,12 @@ class ModelPage(QWizardPage):
         form = QFormLayout()
         self.init = QLineEdit(m.get("init", ""))
         self.init.setPlaceholderText("optional: continue from a model folder (diffusers layout)")
-        form.addRow("Start from", self.init)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.init, 1)
+        row.addWidget(browse)
+        form.addRow("Start from", row)
         self.patch = QComboBox()
         for k, text in ((1, "1 — finest, 4x the tokens of 2"), (2, "2 — SD3's choice"), (4, "4 — a quarter of the tokens of 2 (a 64 px image costs what 32 px does with 2)")):
             self.patch.addItem(text, k)
@@ -206,12 +231,25 @@ class ModelPage(QWizardPage):
         self.family.currentIndexChanged.connect(self._family_changed)
         self._family_changed()
 
+    def _browse(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Model folder (diffusers layout)", self.init.text())
+        if folder:
+            self.init.setText(folder)
+
     def _family_changed(self, *_: object) -> None:
         fam = self.family.currentData()
+        stock = fam in STOCK
         self.family_hint.setText(FAMILIES[fam].split(" — ", 1)[1])
+        self.setSubTitle("Your model's own network, VAE and text encoders, from its local folder." if stock else
+                         "A velocity network from diffusers (UNet or SD3 transformer), the ShapesWorld VAE and MiniLM.")
         for size, rb in self.radios.items():
-            rb.setText(f"{size} — {SIZES[fam][size]}")
+            rb.setText(f"{size} — {SIZES[fam][size]}" if not stock else f"{size} — (the folder's own network)")
+            rb.setEnabled(not stock)
         self.patch.setEnabled(fam == "mmdit")
+        self.init.setPlaceholderText(f"required: the local {FAMILIES[fam].split(' (')[0]} folder (nothing is downloaded)" if stock
+                                     else "optional: continue from a model folder (diffusers layout)")
 
     def validatePage(self) -> bool:  # noqa: N802
         m = self.wiz.recipe["model"]
@@ -223,6 +261,15 @@ class ModelPage(QWizardPage):
             m.pop("heads", None)
         else:
             m.pop("channels", None)
+        if m["family"] in STOCK:
+            if not m["init"]:
+                show_error(self, "Model folder needed", f"{self.family.currentText()} continues a real model: choose its local diffusers folder.")
+                return False
+            for k in ("layers", "heads", "head_dim", "channels", "text_encoder", "vae"):
+                m.pop(k, None)
+            shift = self.wiz.recipe["allocation"]["shift"]
+            if shift.get("kind") == "per_bucket":  # the stock scheduler's own rule: SD3 ships alpha = 3, FLUX a dynamic one
+                shift.update({"kind": "fixed", "alpha": 3.0} if m["family"] == "sd3" else {"kind": "dynamic"})
         return True
 
 
@@ -276,6 +323,13 @@ class AllocationPage(QWizardPage):
         self.curves: dict[str, Any] = {}
 
     def initializePage(self) -> None:  # noqa: N802
+        shift = self.wiz.recipe["allocation"]["shift"]  # the model page sets a real family's own rule
+        self.shift.setCurrentIndex(max(0, self.shift.findData(shift["kind"])))
+        self.alpha.setValue(float(shift.get("alpha", self.alpha.value())))
+        stock = self.wiz.recipe["model"].get("family") in STOCK
+        item = self.shift.model().item(self.shift.findData("per_bucket"))
+        item.setEnabled(not stock)
+        item.setToolTip("a stock scheduler (SD3, FLUX) knows a fixed or a dynamic shift only" if stock else "")
         self.refresh()
 
     def allocation(self) -> dict[str, Any]:
@@ -468,31 +522,55 @@ class ComputePage(QWizardPage):
         self.lr = wiz.spin("optim.lr", o["lr"], 1e-4, decimals=6)
         self.ema = wiz.spin("optim.ema", o["ema"], 0.001, decimals=5)
         self.processes = wiz.ispin("compute.processes", c["processes"])
+        self.checkpointing = QCheckBox("recompute activations in the backward pass (less memory, ~⅓ more time)")
+        self.checkpointing.setChecked(bool(c.get("gradient_checkpointing", False)))
+        self.eight_bit = QCheckBox("AdamW states in 8 bits (bitsandbytes, CUDA): a quarter of their memory")
+        self.eight_bit.setChecked(bool(o.get("eight_bit", False)))
+        for box in (self.checkpointing, self.eight_bit):
+            box.toggled.connect(self.initializePage)
+        self.processes.valueChanged.connect(self.initializePage)
+        self.batch.valueChanged.connect(self.initializePage)
         self.seed = wiz.ispin("optim.seed", o["seed"])
         self.sample_every = wiz.ispin("schedule.sample_every", wiz.recipe["schedule"]["sample_every"], 50)
         self.ckpt_every = wiz.ispin("schedule.checkpoint_every", wiz.recipe["schedule"]["checkpoint_every"], 100)
         for label, w in (("Device", self.device), ("Precision", self.precision), ("Batch per process", self.batch), ("Gradient accumulation", self.accum),
-                         ("Learning rate", self.lr), ("EMA decay", self.ema), ("Processes (data parallel)", self.processes), ("Seed", self.seed),
+                         ("Learning rate", self.lr), ("EMA decay", self.ema), ("Processes (data parallel)", self.processes),
+                         ("Gradient checkpointing", self.checkpointing), ("8-bit optimizer", self.eight_bit), ("Seed", self.seed),
                          ("Preview every", self.sample_every), ("Checkpoint every", self.ckpt_every)):
             form.addRow(label, w)
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         form.addRow("Estimate", self.estimate)
+        self.memory = QLabel("")
+        self.memory.setWordWrap(True)
+        form.addRow("Memory", self.memory)
+        self.launch = QLabel("")
+        self.launch.setWordWrap(True)
+        self.launch.setTextInteractionFlags(self.launch.textInteractionFlags() | Qt.TextSelectableByMouse)
+        form.addRow("Launches", self.launch)
 
-    def initializePage(self) -> None:  # noqa: N802
+    def initializePage(self, *_: object) -> None:  # noqa: N802
         self.validatePage()
-        self.wiz.render(lambda text: self.wiz.link.call("estimate_recipe", text, done=self._show_estimate, failed=lambda e, d: None))
+        self.wiz.render(lambda text: self.wiz.link.call("estimate_recipe", text, done=self._show_estimate, failed=self._no_estimate))
+
+    def _no_estimate(self, error: object, _trace: object = None) -> None:
+        self.estimate.setText(f"<span style='color:#c0392b'>{html.escape(str(error))}</span>")
+        self.memory.setText("")
 
     def _show_estimate(self, est: dict) -> None:
-        minutes = est["seconds"] / 60
-        self.estimate.setText(f"{est['params'] / 1e6:.2f}M parameters · {est['steps']} steps · about "
-                              f"{minutes:.0f} minute{'s' if round(minutes) != 1 else ''} on this machine")
+        params = est["params"] / 1e9 if est["params"] >= 1e9 else est["params"] / 1e6
+        self.estimate.setText(f"{params:.2f}{'B' if est['params'] >= 1e9 else 'M'} parameters · {est['steps']} steps · about "
+                              f"{duration_text(est['seconds'])} on this machine")
+        self.memory.setText(memory_text(est.get("memory")))
+        launch = est.get("launch") or {}
+        self.launch.setText(f"{html.escape(launch.get('what', ''))}<br><code>{html.escape(launch.get('command', ''))}</code>" if launch else "")
 
     def validatePage(self) -> bool:  # noqa: N802
         r = self.wiz.recipe
         r["optim"].update(precision=self.precision.currentData(), batch_size=self.batch.value(), grad_accum=self.accum.value(),
                           lr=self.lr.value(), ema=self.ema.value(), seed=self.seed.value())
-        r["compute"].update(device=self.device.currentData(), processes=self.processes.value())
+        r["compute"].update(device=self.device.currentData(), processes=self.processes.value(), gradient_checkpointing=self.checkpointing.isChecked())
+        r["optim"]["eight_bit"] = self.eight_bit.isChecked()
         r["schedule"].update(sample_every=self.sample_every.value(), checkpoint_every=self.ckpt_every.value())
         return True
 

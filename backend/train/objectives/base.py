@@ -26,6 +26,18 @@ class Batch:
     alpha: float  # resolution shift for this bucket
     generator: torch.Generator
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. encoder features, categories
+    # data-parallel runs: this micro-batch is rows rank*B .. (rank+1)*B of one draw made for the whole
+    # step (every process draws it alike from ``step_generator`` and keeps its rows), so N processes
+    # of batch B train on exactly what one process of batch N*B would
+    share: tuple[int, int] = (0, 1)  # (rank, processes)
+    step_generator: torch.Generator | None = None
+
+    def own_rows(self, draw: Any) -> torch.Tensor:
+        """This process's rows of ``draw(n)``, a tensor of n = B x processes rows drawn for the whole
+        step from the step-wide generator (the batch's own generator when there is none)."""
+        rank, world = self.share
+        n = self.latents.shape[0]
+        return draw(n * world, self.step_generator or self.generator)[rank * n : (rank + 1) * n]
 
 
 @dataclass

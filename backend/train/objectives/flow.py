@@ -20,13 +20,13 @@ class FlowMatching(Objective):
 
     def timesteps(self, batch: Batch) -> torch.Tensor:
         d = self.density
-        t = sample_t(d.kind, batch.latents.shape[0], batch.generator, m=d.m, s=d.s, mode_scale=d.mode_scale)
+        t = batch.own_rows(lambda n, gen: sample_t(d.kind, n, gen, m=d.m, s=d.s, mode_scale=d.mode_scale))
         return shift(t, batch.alpha).clamp(1e-4, 1 - 1e-4)
 
     def loss(self, ctx: TrainContext, batch: Batch) -> ObjectiveOutput:
         x0 = batch.latents
         t = to_device(self.timesteps(batch), x0.device)
-        eps = to_device(torch.randn(x0.shape, generator=batch.generator), x0.device, x0.dtype)
+        eps = to_device(batch.own_rows(lambda n, gen: torch.randn((n, *x0.shape[1:]), generator=gen)), x0.device, x0.dtype)
         tt = t.view(-1, 1, 1, 1).to(x0.dtype)
         x_t = (1 - tt) * x0 + tt * eps
         v = ctx.bundle.velocity(x_t, t, batch.prompt, ctx.net)
