@@ -56,6 +56,12 @@ VARIANTS: dict[str, dict] = {  # name -> studio() arguments (and batch override)
     "studio-b12a2": {"compile": "blocks", "ema": 0.0, "batch": 12, "grad_accum": 2},
     "studio-b12a4": {"compile": "blocks", "ema": 0.0, "batch": 12, "grad_accum": 4},
     "studio-b12a4-ema": {"compile": "blocks", "ema": 0.999, "batch": 12, "grad_accum": 4},
+    # issue 24's memory features and LoRA (bench/real_families_gpu.py runs these)
+    "full-ckpt": {"compile": "blocks", "ema": 0.0, "checkpointing": True},
+    "full-ckpt-b16": {"compile": "blocks", "ema": 0.0, "checkpointing": True, "batch": 16},
+    "full-8bit": {"compile": "blocks", "ema": 0.0, "eight_bit": True},
+    "lora": {"compile": "blocks", "ema": 0.0, "lora": 64},
+    "lora-b12": {"compile": "blocks", "ema": 0.0, "lora": 64, "batch": 12},
 }
 KERNEL_KINDS = (  # (category, substrings of CUDA kernel names), first match wins
     ("attention-bwd", ("bprop", "bwd", "backward")),
@@ -98,10 +104,12 @@ def make_batches(batch: int, size: int, n: int = 2, seed: int = 0) -> list[tuple
              torch.randn(batch, 2048, generator=g) * 0.1) for _ in range(n)]
 
 
-def count_flops(batch: int, size: int) -> tuple[float, dict[str, float]]:
+def count_flops(batch: int, size: int, lora: int = 0) -> tuple[float, dict[str, float]]:
+    """FLOPs of one training step as it runs: with ``lora`` the frozen weights get no weight gradients
+    (about two thirds of full training's), the adapters' own products are counted."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    net = sd35m(DEV)
+    net = with_lora(sd35m(DEV), lora)
     x, s, p = (t.to(DEV) for t in make_batches(batch, size, 1)[0])
     counter = FlopCounterMode(display=False)
     with counter, torch.autocast(DEV, torch.bfloat16):
@@ -113,6 +121,16 @@ def count_flops(batch: int, size: int) -> tuple[float, dict[str, float]]:
     del net, out
     _free()
     return total, {"params": params, **{k: round(v / 1e12, 3) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
+
+
+def with_lora(net, rank: int):
+    """``net`` with a LoRA of ``rank`` on the family's attention projections (frozen base), as Personalize and Align train."""
+    if rank:
+        from backend.models.family import get_family
+        from backend.models.lora import add_lora
+
+        add_lora(net, get_family("mmdit"), rank=rank)
+    return net
 
 
 def _free() -> None:
@@ -177,7 +195,8 @@ def kernel_profile(events, wall_s: float, steps: int) -> dict:
 
 
 def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None = "blocks", ema: float = 0.999, log_every: int = 4,
-           attention: str | None = None, grad_accum: int = 1, profile: bool = False) -> tuple[list[float], float, dict | None]:
+           attention: str | None = None, grad_accum: int = 1, profile: bool = False, lora: int = 0, checkpointing: bool = False,
+           eight_bit: bool = False) -> tuple[list[float], float, dict | None]:
     """The real Trainer: returns step times of the log windows after warm-up, the seconds of the
     first log window (its steps plus compilation) and, with ``profile``, a kernel breakdown of
     two steps after warm-up.
@@ -195,7 +214,7 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
     from backend.train.objectives.base import Batch
 
     torch._dynamo.reset()  # each variant compiles for its own shapes, not a dynamic-shape fallback
-    bundle = ModelBundle(sd35m(DEV), tiny_vae(DEV), None, {"family": "mmdit", "shift": {"kind": "fixed", "alpha": 3.0}})  # type: ignore[arg-type]
+    bundle = ModelBundle(with_lora(sd35m(DEV), lora), tiny_vae(DEV), None, {"family": "mmdit", "shift": {"kind": "fixed", "alpha": 3.0}})  # type: ignore[arg-type]
     data = make_batches(batch, size)
     if DEV == "cuda":
         data = [(x.pin_memory(), s.pin_memory(), p.pin_memory()) for x, s, p in data]
@@ -219,7 +238,7 @@ def studio(batch: int, size: int, steps: int, warm: int, *, compile: str | None 
 
     total = warm + steps
     cfg = LoopConfig(steps=total, lr=1e-4, warmup=0, schedule="constant", ema=ema, grad_accum=grad_accum, precision="bf16", device=DEV, compile=compile == "blocks",
-                     log_every=log_every, checkpoint_every=10**9, sample_every=0)
+                     log_every=log_every, checkpoint_every=10**9, sample_every=0, gradient_checkpointing=checkpointing, eight_bit=eight_bit)
     rep = Collect()
     trainer = Trainer(bundle, [FlowMatching(TimestepDensity())], batches, cfg, Path(tempfile.mkdtemp()), rep)
     trainer.save = lambda: None  # type: ignore[method-assign]
@@ -330,6 +349,7 @@ def main() -> None:
     result["flops_per_step"] = flops
     result["flop_detail_tflop"] = detail
     save()
+    lora_flops: dict[int, float] = {}
     for name in args.variants.split(","):
         if time.perf_counter() - start > args.budget_s:
             result["variants"][name] = {"skipped": "time budget"}
@@ -351,8 +371,12 @@ def main() -> None:
                 else:
                     raise KeyError(f"unknown variant {name!r}; known: reference, resume, {', '.join(VARIANTS)}")
                 step = statistics.median(times)
+                rank = spec.get("lora", 0)
+                if rank and rank not in lora_flops:
+                    lora_flops[rank] = count_flops(args.batch, args.size, lora=rank)[0]
+                per = lora_flops[rank] if rank else flops
                 row = {"batch": batch, "grad_accum": accum, "step_s": round(step, 4), "images_per_s": round(batch * accum / step, 2),
-                       "mfu": round(flops * batch * accum / args.batch / step / PEAK, 4),
+                       "mfu": round(per * batch * accum / args.batch / step / PEAK, 4), "flops_per_step": per * batch * accum / args.batch,
                        "times": [round(t, 4) for t in times], "first_window_s": None if first is None else round(first, 2),
                        "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if DEV == "cuda" else None}
                 if breakdown:
