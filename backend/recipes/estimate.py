@@ -75,6 +75,8 @@ def forward_flops(info: dict[str, Any], width: int, height: int) -> float:
         # the measured preset nearest in size, scaled by parameters and pixels
         p, f = min(UNET_PRESETS.values(), key=lambda pf: abs(pf[0] - params))
         return f * params / p * pixels / 4096
+    if info.get("family") in ("sd3", "flux"):  # a real release: 8x VAE, 2x2 patches; CLIP's 77 + T5's 256 tokens (SD3), T5's 512 (FLUX)
+        return 2.0 * params * (pixels / 256 + (333 if info["family"] == "sd3" else 512))
     return 2.0 * params * (pixels / (8 * 8 * 4) + TEXT_TOKENS)
 
 

@@ -225,9 +225,17 @@ def estimate_recipe(body: RecipeText, request: Request) -> dict[str, Any]:
         from backend.train.resolve import locate
 
         try:
-            info = json.loads((locate(_state(request).project(), recipe.model) / "signal_model.json").read_text())
-        except (OSError, ValueError, ProjectError):
-            raise HTTPException(422, f"model {recipe.model!r}: not a model folder of this project") from None
+            folder = locate(_state(request).project(), recipe.model)
+            if (folder / "model_index.json").exists() and not (folder / "signal_model.json").exists():  # a stock SD3 / FLUX release
+                from backend.models.memory import transformer_params
+                from backend.models.stock_folder import check_stock_folder
+
+                checked = check_stock_folder(folder)
+                info = {"family": checked["family"], "params": transformer_params(checked)}
+            else:
+                info = json.loads((folder / "signal_model.json").read_text())
+        except (OSError, ValueError, ProjectError) as exc:
+            raise HTTPException(422, f"model {recipe.model!r}: not a model folder of this project ({exc})") from None
         how = {AlignRecipe: estimate_align, PersonalizeRecipe: estimate_personalize, DistillRecipe: estimate_distill}[type(recipe)]
         return how(recipe, info, cores=os.cpu_count() or 1, gpu=cuda)
     if not isinstance(recipe, PretrainRecipe):
