@@ -226,3 +226,34 @@ def test_two_processes_train_exactly_what_one_process_of_twice_the_batch_does(sh
         one, two = _metric(shapes_project, "ddp-one", key), _metric(shapes_project, "ddp-two", key)
         assert len(one) == len(two) == 3 and len(set(one)) == 3, (one, two)  # three different steps, each matched
         assert np.allclose(one, two, rtol=1e-5, atol=1e-6), (key, one, two)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_real_folder_goes_through_align_and_distill_and_the_student_loads_in_stock_diffusers(family: str, shapes_project: Path, tmp_path: Path):
+    """Tune (Flow-GRPO with its SDE rollouts; SFT as a LoRA) and distill (DMD) a real family as any
+    other model: each stage finishes, the LoRA loads with ``load_lora_weights``, the one-step student
+    is a stock folder that draws in one step."""
+    from backend.recipes import parse_recipe
+
+    source = build_tiny_folder(tmp_path / f"tiny-{family}", family)
+    sampler = {"width": 32, "height": 32, "steps": 2, "cfg": CFG}
+    data = {"dataset": "shapes", "view": "all", "batch_size": 2, "source": "dataset"}
+    recipes = [
+        {"kind": "align", "method": "grpo", "model": str(source), "steps": 1, "eval_images": 0, "sampler": sampler, "name": f"{family}-grpo",
+         "grpo": {"group_size": 2, "prompts_per_step": 1, "sde_steps": 2, "minibatches": 1, "pool": 4}},
+        {"kind": "align", "method": "sft", "model": str(source), "steps": 2, "lora_rank": 4, "eval_images": 0, "data": data, "sampler": sampler,
+         "name": f"{family}-sft"},
+        {"kind": "distill", "method": "dmd", "model": str(source), "target_steps": 1, "dmd": {"steps": 1, "fake_updates": 1}, "data": data,
+         "sampler": sampler, "eval_images": 0, "name": f"{family}-dmd"},
+    ]
+    with Project.open(shapes_project) as project:
+        for recipe in recipes:
+            out = execute_job(project, create_job(project, parse_recipe(recipe)), echo=False)
+            assert out["state"] == "done", (recipe["name"], out)
+    models = shapes_project / "models"
+    pipe = pipeline(family, source)
+    pipe.load_lora_weights(str(models / f"{family}-sft" / "lora"))
+    assert stock_image(pipe, "a red circle", 0).shape == (32, 32, 3)
+    student = pipeline(family, models / f"{family}-dmd")
+    image = student("a red circle", num_inference_steps=1, height=32, width=32, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert json.loads((models / f"{family}-dmd" / "card.json").read_text())["kind"] == "distilled" and np.isfinite(image).all()
