@@ -155,6 +155,11 @@ def test_a_real_family_recipe_gets_its_memory_plan_and_launch_and_an_incomplete_
     assert any(what.startswith("activations (batch 32, 397 tokens") for what, _ in mem["held"])  # 8x8 image tokens + 77 CLIP + 256 T5
     assert est["launch"]["what"].startswith("2 processes on this machine, data parallel (DDP)")
     assert "--num_processes 2" in est["launch"]["command"]
+    dyn = {"timesteps": {"kind": "logit_normal"}, "shift": {"kind": "dynamic"}, "buckets": [[64, 64]]}
+    tokens = {name: client.post("/api/allocation/density", {**dyn, "model": model})["curves"]["64x64"]["tokens"]
+              for name, model in (("sd3", {"family": "sd3", "init": str(folder)}), ("patch4", {"family": "mmdit", "patch": 4}),
+                                  ("unet", {"family": "unet"}))}
+    assert tokens == {"sd3": 64, "patch4": 16, "unet": 256}  # the tiny SD3's 4x VAE and 2x2 patches; 4 x 4 px; a UNet's latent pixels
     shutil.rmtree(folder / "text_encoder_3")
     jobs_before = len(client.jobs())
     with pytest.raises(BackendError) as info:

@@ -274,6 +274,21 @@ class DensityBody(BaseModel):
     timesteps: dict[str, Any] = Field(default_factory=dict)
     shift: dict[str, Any] = Field(default_factory=dict)
     buckets: list[tuple[int, int]] = Field(default_factory=lambda: [(32, 32)], min_length=1, max_length=32)
+    model: dict[str, Any] = Field(default_factory=dict, description="The recipe's model section: how many pixels make a token")
+
+
+def token_stride(model: dict[str, Any]) -> int:
+    """Image pixels per token side of a recipe's model (what the dynamic shift counts): the embedded
+    VAE's 4 x the MMDiT's patch (x 1 for a UNet); a real model's from its folder."""
+    family = model.get("family", "mmdit")
+    if family in ("sd3", "flux") and model.get("init"):
+        from backend.models.memory import stock_shape
+
+        try:
+            return stock_shape(model["init"], family)["pixels_per_token"]
+        except (OSError, ValueError, KeyError):
+            return 16  # SD3/FLUX releases: 8x VAE, 2x2 patches
+    return 4 * (1 if family == "unet" else int(model.get("patch", 2)))
 
 
 @router.post("/allocation/density")
@@ -291,7 +306,7 @@ def allocation_density(body: DensityBody) -> dict[str, Any]:
     for w, h in body.buckets:
         if not (8 <= w <= 8192 and 8 <= h <= 8192):
             raise HTTPException(422, f"bucket {w}x{h} out of range")
-    return density_curves(ts, sh, [tuple(b) for b in body.buckets])
+    return density_curves(ts, sh, [tuple(b) for b in body.buckets], token_stride=token_stride(body.model))
 
 
 @router.get("/recipes/builtin/{name}")

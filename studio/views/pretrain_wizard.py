@@ -346,7 +346,7 @@ class AllocationPage(QWizardPage):
             for b in st["buckets"]:
                 if list(b) not in buckets:
                     buckets.append(list(b))
-        body = {"timesteps": a["timesteps"], "shift": a["shift"], "buckets": buckets}
+        body = {"timesteps": a["timesteps"], "shift": a["shift"], "buckets": buckets, "model": self.wiz.recipe["model"]}
         self.wiz.link.call("density", body, done=self._draw, failed=lambda e, d: None)
 
     def _draw(self, res: dict) -> None:
