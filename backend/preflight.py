@@ -43,15 +43,13 @@ def _pretrain_issues(recipe: PretrainRecipe) -> list[RecipeIssue]:
     except StockFolderError as exc:
         return issues + [RecipeIssue("model.init", str(exc))]
     if mem is not None and not mem["fits"]:
-        gib = 2**30
-        biggest = ", ".join(f"{what} {b / gib:.1f} GiB" for what, b in sorted(mem["held"], key=lambda x: -x[1])[:3])
-        issues.append(RecipeIssue("compute", f"training needs about {mem['bytes'] / gib:.1f} GiB but {mem['device']} has "
-                                             f"{mem['available'] / gib:.1f} GiB ({biggest}); turn: " + "; ".join(mem["knobs"])))
+        issues.append(RecipeIssue("compute", refusal(mem)))
     return issues
 
 
-def _model_issues(project: Any, spec: str) -> list[RecipeIssue]:
-    """A stage that starts from ``spec`` (align, personalize, distill, sample): a stock folder must be complete."""
+def _model_issues(project: Any, spec: str, recipe: Any) -> list[RecipeIssue]:
+    """A stage that starts from ``spec`` (align, personalize, distill, sample): a stock folder must be
+    complete, and a training stage's memory plan must fit."""
     from backend.models.stock_folder import StockFolderError, check_stock_folder
     from backend.train.resolve import locate
 
@@ -65,7 +63,21 @@ def _model_issues(project: Any, spec: str) -> list[RecipeIssue]:
         check_stock_folder(folder)
     except StockFolderError as exc:
         return [RecipeIssue("model", str(exc))]
+    if getattr(recipe, "kind", "") in ("align", "personalize", "distill"):
+        from backend.models.memory import stage_memory
+
+        mem = stage_memory(recipe, folder, wants_gpu("auto"))
+        if not mem["fits"]:
+            return [RecipeIssue("model", refusal(mem))]
     return []
+
+
+def refusal(mem: dict[str, Any]) -> str:
+    """A memory plan that does not fit, as one sentence: how much, where, the biggest parts, what to turn."""
+    gib = 2**30
+    biggest = ", ".join(f"{what} {b / gib:.1f} GiB" for what, b in sorted(mem["held"], key=lambda x: -x[1])[:3])
+    return (f"training needs about {mem['bytes'] / gib:.1f} GiB but {mem['device']} has {mem['available'] / gib:.1f} GiB ({biggest}); turn: "
+            + "; ".join(mem["knobs"]))
 
 
 def preflight(project: Any, recipe: Any) -> None:
@@ -74,6 +86,6 @@ def preflight(project: Any, recipe: Any) -> None:
     if isinstance(recipe, PretrainRecipe):
         issues = _pretrain_issues(recipe)
     elif isinstance(getattr(recipe, "model", None), str) and recipe.model:
-        issues = _model_issues(project, recipe.model)
+        issues = _model_issues(project, recipe.model, recipe)
     if issues:
         raise RecipeError(issues)

@@ -191,6 +191,15 @@ def test_a_folder_that_cannot_train_is_refused_before_work_starts_with_the_fix(s
     needed = float(msg.split("training needs about ")[1].split(" GiB")[0])
     assert needed > 60e9 * 16 / 2**30 * 0.99, msg  # float32 weights, gradients and AdamW's two moments: 16 bytes a parameter
     assert "train a LoRA instead" in msg and "optim.batch_size" in msg
+    # the later stages plan their own memory: a LoRA holds the frozen weights, DMD a teacher and a trained fake-score network
+    msg = _refused(shapes_project, f'kind = "personalize"\nmodel = "{broken}"\n')
+    needed = float(msg.split("training needs about ")[1].split(" GiB")[0])
+    assert 60e9 * 4 / 2**30 < needed < 60e9 * 5 / 2**30, msg  # float32 frozen weights and a little: no gradients, no states
+    assert "smaller batch_size" in msg and "LoRA instead" not in msg
+    msg = _refused(shapes_project, f'kind = "distill"\nmethod = "dmd"\nmodel = "{broken}"\n')
+    needed = float(msg.split("training needs about ")[1].split(" GiB")[0])
+    assert needed > 60e9 * 36 / 2**30 * 0.99, msg  # student 16 bytes a parameter, teacher 4, fake-score network 16
+    assert "fake-score network" in msg and "data.batch_size" in msg
 
 
 def test_a_recipe_that_misnames_its_family_or_shift_is_refused(shapes_project: Path, tmp_path: Path):

@@ -155,6 +155,8 @@ def test_a_real_family_recipe_gets_its_memory_plan_and_launch_and_an_incomplete_
     assert any(what.startswith("activations (batch 32, 397 tokens") for what, _ in mem["held"])  # 8x8 image tokens + 77 CLIP + 256 T5
     assert est["launch"]["what"].startswith("2 processes on this machine, data parallel (DDP)")
     assert "--num_processes 2" in est["launch"]["command"]
+    lora = client.estimate_recipe(f'kind = "personalize"\nmodel = "{folder}"\n[sampler]\nwidth = 64\nheight = 64\n')["memory"]
+    assert lora["fits"] and not any(what.startswith(("gradients", "AdamW")) for what, _ in lora["held"])  # a LoRA: the frozen weights only
     dyn = {"timesteps": {"kind": "logit_normal"}, "shift": {"kind": "dynamic"}, "buckets": [[64, 64]]}
     tokens = {name: client.post("/api/allocation/density", {**dyn, "model": model})["curves"]["64x64"]["tokens"]
               for name, model in (("sd3", {"family": "sd3", "init": str(folder)}), ("patch4", {"family": "mmdit", "patch": 4}),

@@ -44,12 +44,14 @@ def stock_shape(folder: Any, family: str) -> dict[str, int]:
 
 
 def training_memory(checked: dict[str, Any], shape: dict[str, int], *, batch: int, image_tokens: int, on_gpu: bool, lora: bool = False,
-                    ema: bool = False, checkpointing: bool = False, eight_bit: bool = False, bits: int = 16) -> dict[str, Any]:
+                    ema: bool = False, checkpointing: bool = False, eight_bit: bool = False, bits: int = 16, frozen: str = "",
+                    second_trained: str = "") -> dict[str, Any]:
     """What one training process holds, part by part (bytes): the transformer in float32 (the trained
     copy), for full training its gradients, AdamW's two moments (8 bytes, or 2 in 8 bits) and the
     sampling EMA; the activations of a batch; the VAE; the text encoders where they sit (a GPU run
     keeps them on the CPU: captions are encoded once and cached). An estimate to refuse a run that
-    cannot fit, not a measurement."""
+    cannot fit, not a measurement. ``frozen`` names a frozen float32 copy a method keeps (a teacher, a
+    reference, a target), ``second_trained`` a second network it trains (DMD's fake score)."""
     parts = checked["parts"]
     def params(part: str) -> int:
         return sum(b // DTYPE_BYTES.get(d, 4) for d, b in parts.get(part, {}).get("dtypes", {}).items())
@@ -63,6 +65,10 @@ def training_memory(checked: dict[str, Any], shape: dict[str, int], *, batch: in
         held.append(["AdamW states (8-bit)" if eight_bit else "AdamW states (two float32 moments)", (2 if eight_bit else 8) * p])
         if ema:
             held.append(["EMA copy for sampling", 4 * p])
+    if frozen:
+        held.append([f"{frozen} (frozen, float32)", 4 * p])
+    if second_trained:
+        held.append([f"{second_trained} (trained: weights, gradients, AdamW states)", 16 * p])
     tokens = image_tokens + shape["text_tokens"]
     per_block = batch * tokens * shape["hidden"]
     act = per_block * (shape["layers"] * bits // 8 + ACT_BYTES[bits]) if checkpointing else per_block * shape["layers"] * ACT_BYTES[bits]
@@ -90,26 +96,70 @@ def device_memory(on_gpu: bool) -> tuple[int | None, str]:
         return None, "RAM"
 
 
-def memory_knobs(mem: dict[str, Any], *, lora: bool, checkpointing: bool, eight_bit: bool, batch: int, on_gpu: bool) -> list[str]:
+def memory_knobs(mem: dict[str, Any], *, lora: bool, checkpointing: bool, eight_bit: bool, batch: int, on_gpu: bool,
+                 fields: dict[str, str] | None = None) -> list[str]:
     """What to turn, with what each saves, for a run that does not fit (a knob that would save under
-    2 % of the total is not offered)."""
+    2 % of the total is not offered). ``fields`` names the recipe's fields for each knob (a knob the
+    recipe has no field for is not offered): checkpointing, eight_bit, ema, lora, batch."""
+    f = {"checkpointing": "compute.gradient_checkpointing", "eight_bit": "optim.eight_bit", "ema": "optim.ema",
+         "lora": "train a LoRA instead (Personalize, or Align with lora_rank > 0)", "batch": "optim.batch_size"} if fields is None else fields
     held = {what: b for what, b in mem["held"]}
     gib = 2**30
     knobs = []
     act = next((b for what, b in held.items() if what.startswith("activations")), 0)
-    if not checkpointing and act > 0.02 * mem["bytes"]:
-        knobs.append(f"compute.gradient_checkpointing = true (activations {act / gib:.1f} GiB -> a fraction)")
-    if not lora and not eight_bit and on_gpu:
+    if not checkpointing and act > 0.02 * mem["bytes"] and "checkpointing" in f:
+        knobs.append(f"{f['checkpointing']} = true (activations {act / gib:.1f} GiB -> a fraction)")
+    if not lora and not eight_bit and on_gpu and "eight_bit" in f:
         states = next((b for what, b in held.items() if what.startswith("AdamW")), 0)
-        knobs.append(f"optim.eight_bit = true (AdamW states {states / gib:.1f} -> {states / 4 / gib:.1f} GiB)")
+        knobs.append(f"{f['eight_bit']} = true (AdamW states {states / gib:.1f} -> {states / 4 / gib:.1f} GiB)")
     ema = held.get("EMA copy for sampling", 0)
-    if ema:
-        knobs.append(f"optim.ema = 0 (no EMA copy: {ema / gib:.1f} GiB)")
-    if not lora:
-        knobs.append("train a LoRA instead (Personalize, or Align with lora_rank > 0): no gradients or states for the frozen weights")
-    if batch > 1:
-        knobs.append(f"a smaller optim.batch_size (now {batch}) with optim.grad_accum to keep the images per step")
+    if ema and "ema" in f:
+        knobs.append(f"{f['ema']} = 0 (no EMA copy: {ema / gib:.1f} GiB)")
+    if not lora and "lora" in f:
+        knobs.append(f"{f['lora']}: no gradients or states for the frozen weights, and no frozen copy")
+    if batch > 1 and "batch" in f:
+        knobs.append(f"a smaller {f['batch']} (now {batch})")
     return knobs
+
+
+def with_device(mem: dict[str, Any], on_gpu: bool, knobs: list[str]) -> dict[str, Any]:
+    available, where = device_memory(on_gpu)
+    return {**mem, "available": available, "device": where, "fits": available is None or mem["bytes"] <= HEADROOM * available, "knobs": knobs}
+
+
+def stage_memory(recipe: Any, folder: Any, on_gpu: bool) -> dict[str, Any]:
+    """The memory plan of an align, personalize or distill recipe that starts from a real model's folder:
+    what each method holds beside the trained network (DPO/GRPO's reference, a teacher, DMD's fake
+    score, the consistency target) at the batch it trains on."""
+    checked = check_stock_folder(folder)
+    shape = stock_shape(folder, checked["family"])
+    s = recipe.sampler
+    tokens = (s.width // shape["pixels_per_token"]) * (s.height // shape["pixels_per_token"])
+    frozen = second = ""
+    if recipe.kind == "personalize":
+        lora = recipe.lora.rank > 0
+        batch = recipe.batch_size * (2 if recipe.prior.mode == "class_images" else 1)
+        frozen = "frozen base for the prior" if recipe.prior.mode == "frozen" and not lora else ""
+        fields = {"lora": "lora.rank > 0", "batch": "batch_size"}
+    elif recipe.kind == "align":
+        lora = recipe.lora_rank > 0
+        m = recipe.method
+        batch = {"dpo": 2 * recipe.batch_size, "grpo": max(1, recipe.grpo.group_size * recipe.grpo.prompts_per_step // recipe.grpo.minibatches),
+                 "refl": recipe.refl.batch_size, "sft": recipe.data.batch_size}[m]
+        frozen = "reference" if not lora and m in ("dpo", "grpo") else ""
+        fields = {"lora": "lora_rank > 0", "batch": {"dpo": "batch_size", "grpo": "grpo.prompts_per_step", "refl": "refl.batch_size",
+                                                     "sft": "data.batch_size"}[m]}
+    else:  # distill: the student trains fully beside its teacher
+        lora, batch = False, recipe.data.batch_size
+        frozen = "teacher and the consistency target" if recipe.method == "consistency" else "teacher"
+        second = "fake-score network" if recipe.method == "dmd" else ""
+        fields = {"batch": "data.batch_size"}
+    mem = training_memory(checked, shape, batch=batch, image_tokens=tokens, on_gpu=on_gpu, lora=lora, ema=getattr(recipe, "ema", 0) > 0,
+                          bits=16 if on_gpu else 32, frozen=frozen, second_trained=second)
+    if recipe.kind == "distill" and recipe.method == "consistency":  # two frozen copies: the teacher and the target
+        mem["held"].append(["consistency target (EMA of the student)", 4 * transformer_params(checked)])
+        mem["bytes"] = sum(b for _, b in mem["held"])
+    return with_device(mem, on_gpu, memory_knobs(mem, lora=lora, checkpointing=False, eight_bit=False, batch=batch, on_gpu=on_gpu, fields=fields))
 
 
 def pretrain_memory(recipe: PretrainRecipe, on_gpu: bool) -> dict[str, Any] | None:
@@ -126,11 +176,8 @@ def pretrain_memory(recipe: PretrainRecipe, on_gpu: bool) -> dict[str, Any] | No
     c = recipe.compute
     mem = training_memory(checked, shape, batch=recipe.optim.batch_size, image_tokens=image_tokens, on_gpu=on_gpu, ema=recipe.optim.ema > 0,
                           checkpointing=c.gradient_checkpointing, eight_bit=recipe.optim.eight_bit, bits=bits)
-    available, where = device_memory(on_gpu)
-    mem.update({"available": available, "device": where, "fits": available is None or mem["bytes"] <= HEADROOM * available,
-                "knobs": memory_knobs(mem, lora=False, checkpointing=c.gradient_checkpointing, eight_bit=recipe.optim.eight_bit,
-                                      batch=recipe.optim.batch_size, on_gpu=on_gpu)})
-    return mem
+    return with_device(mem, on_gpu, memory_knobs(mem, lora=False, checkpointing=c.gradient_checkpointing, eight_bit=recipe.optim.eight_bit,
+                                                 batch=recipe.optim.batch_size, on_gpu=on_gpu))
 
 
 def stock_estimate(recipe: PretrainRecipe, cores: int = 2, gpu: bool = False) -> dict[str, Any]:

@@ -231,13 +231,18 @@ def estimate_recipe(body: RecipeText, request: Request) -> dict[str, Any]:
                 from backend.models.stock_folder import check_stock_folder
 
                 checked = check_stock_folder(folder)
-                info = {"family": checked["family"], "params": transformer_params(checked)}
+                info = {"family": checked["family"], "params": transformer_params(checked), "folder": str(folder)}
             else:
                 info = json.loads((folder / "signal_model.json").read_text())
         except (OSError, ValueError, ProjectError) as exc:
             raise HTTPException(422, f"model {recipe.model!r}: not a model folder of this project ({exc})") from None
         how = {AlignRecipe: estimate_align, PersonalizeRecipe: estimate_personalize, DistillRecipe: estimate_distill}[type(recipe)]
-        return how(recipe, info, cores=os.cpu_count() or 1, gpu=cuda)
+        out = how(recipe, info, cores=os.cpu_count() or 1, gpu=cuda)
+        if "folder" in info:  # a real model: what its training holds against the device
+            from backend.models.memory import stage_memory
+
+            out["memory"] = stage_memory(recipe, Path(info["folder"]), cuda)
+        return out
     if not isinstance(recipe, PretrainRecipe):
         raise HTTPException(422, "estimates exist for pretrain, align, personalize and distill recipes only")
     gpu = recipe.compute.device in ("cuda", "auto") and cuda
