@@ -112,7 +112,7 @@ def end_to_end(dry: bool, work: Path) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     from diffusers import StableDiffusion3Pipeline
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(str(saved), local_files_only=True, torch_dtype=torch.float32).to(device)
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(saved), local_files_only=True, dtype=torch.float32).to(device)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe("a red circle", num_inference_steps=8, height=size, width=size, guidance_scale=4.0,
                   generator=torch.Generator().manual_seed(7), output_type="np").images[0]

@@ -259,8 +259,8 @@ def load_stock(folder: Path, info: dict[str, Any] | None = None, device: str = "
 
     checked = check_stock_folder(folder)
     fam = get_family(checked["family"])
-    net = fam.model_class.from_pretrained(str(folder / "transformer"), local_files_only=True, use_safetensors=True, torch_dtype=torch.float32)
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True, use_safetensors=True, torch_dtype=torch.float32)
+    net = fam.model_class.from_pretrained(str(folder / "transformer"), local_files_only=True, use_safetensors=True, dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), local_files_only=True, use_safetensors=True, dtype=torch.float32)
     te = PipelineTextEncoder(folder, fam.name, "cuda" if torch.cuda.is_available() else "cpu")
     base = {"shift": scheduler_shift(folder)}
     info = {**base, **(info or {}), "family": fam.name, "source": str(Path(folder).resolve())}

@@ -21,17 +21,36 @@ ADAPTER = "default"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
+def base_dtype_for(choice: str, family: Family) -> torch.dtype | None:
+    """The dtype a LoRA run keeps its frozen network in: 'bfloat16' halves the frozen weights (a real
+    model's 12 B FLUX transformer is 48 GB in float32, 24 GB in bf16); 'auto' takes it for a real
+    family on a CUDA device with bf16, float32 everywhere else. None = leave the network as it is."""
+    if choice == "bfloat16":
+        return torch.bfloat16
+    if choice == "auto" and family.stock and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def add_lora(net: torch.nn.Module, family: Family, rank: int = 8, alpha: float | None = None, dropout: float = 0.0,
-             targets: list[str] | None = None) -> torch.nn.Module:
+             targets: list[str] | None = None, base_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """Freeze ``net`` and add a LoRA adapter (W = W0 + alpha / r B A, B = 0 at start) on the family's
-    declared targets; only the adapter trains."""
+    declared targets; only the adapter trains. With ``base_dtype`` the frozen weights are cast to it
+    and the adapter stays in float32 (its updates are too small for bf16); such a network runs under
+    bf16 autocast (the run's precision is bf16, and the sampler autocasts a bf16 network)."""
     from peft import LoraConfig
 
     net.requires_grad_(False)
+    if base_dtype is not None:
+        net.to(base_dtype)
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout, init_lora_weights=True,
                         target_modules=targets or family.lora_targets())
     net.add_adapter(config, adapter_name=ADAPTER)
     trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    if base_dtype is not None:
+        for p in net.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
     if not trainable:
         raise ValueError(f"LoRA found none of {config.target_modules} in the {family.name} network")
     return net

@@ -45,7 +45,7 @@ def stock_shape(folder: Any, family: str) -> dict[str, int]:
 
 def training_memory(checked: dict[str, Any], shape: dict[str, int], *, batch: int, image_tokens: int, on_gpu: bool, lora: bool = False,
                     ema: bool = False, checkpointing: bool = False, eight_bit: bool = False, bits: int = 16, frozen: str = "",
-                    second_trained: str = "") -> dict[str, Any]:
+                    second_trained: str = "", bf16_base: bool = False) -> dict[str, Any]:
     """What one training process holds, part by part (bytes): the transformer in float32 (the trained
     copy), for full training its gradients, AdamW's two moments (8 bytes, or 2 in 8 bits) and the
     sampling EMA; the activations of a batch; the VAE; the text encoders where they sit (a GPU run
@@ -57,7 +57,7 @@ def training_memory(checked: dict[str, Any], shape: dict[str, int], *, batch: in
         return sum(b // DTYPE_BYTES.get(d, 4) for d, b in parts.get(part, {}).get("dtypes", {}).items())
 
     p = params("transformer")
-    held: list[list[Any]] = [["transformer weights (float32)", 4 * p]]
+    held: list[list[Any]] = [["transformer weights (bfloat16, frozen under LoRA)", 2 * p] if lora and bf16_base else ["transformer weights (float32)", 4 * p]]
     if lora:
         held.append(["LoRA adapters, gradients and AdamW states (about 1 % of the weights)", int(0.01 * p) * 16])
     else:
@@ -136,13 +136,14 @@ def stage_memory(recipe: Any, folder: Any, on_gpu: bool) -> dict[str, Any]:
     s = recipe.sampler
     tokens = (s.width // shape["pixels_per_token"]) * (s.height // shape["pixels_per_token"])
     frozen = second = ""
+    base = "float32"
     if recipe.kind == "personalize":
-        lora = recipe.lora.rank > 0
+        lora, base = recipe.lora.rank > 0, recipe.lora.base_dtype
         batch = recipe.batch_size * (2 if recipe.prior.mode == "class_images" else 1)
         frozen = "frozen base for the prior" if recipe.prior.mode == "frozen" and not lora else ""
         fields = {"lora": "lora.rank > 0", "batch": "batch_size"}
     elif recipe.kind == "align":
-        lora = recipe.lora_rank > 0
+        lora, base = recipe.lora_rank > 0, recipe.lora_base_dtype
         m = recipe.method
         batch = {"dpo": 2 * recipe.batch_size, "grpo": max(1, recipe.grpo.group_size * recipe.grpo.prompts_per_step // recipe.grpo.minibatches),
                  "refl": recipe.refl.batch_size, "sft": recipe.data.batch_size}[m]
@@ -155,7 +156,8 @@ def stage_memory(recipe: Any, folder: Any, on_gpu: bool) -> dict[str, Any]:
         second = "fake-score network" if recipe.method == "dmd" else ""
         fields = {"batch": "data.batch_size"}
     mem = training_memory(checked, shape, batch=batch, image_tokens=tokens, on_gpu=on_gpu, lora=lora, ema=getattr(recipe, "ema", 0) > 0,
-                          bits=16 if on_gpu else 32, frozen=frozen, second_trained=second)
+                          bits=16 if on_gpu else 32, frozen=frozen, second_trained=second,
+                          bf16_base=base == "bfloat16" or (base == "auto" and on_gpu))  # as base_dtype_for decides for a real family
     if recipe.kind == "distill" and recipe.method == "consistency":  # two frozen copies: the teacher and the target
         mem["held"].append(["consistency target (EMA of the student)", 4 * transformer_params(checked)])
         mem["bytes"] = sum(b for _, b in mem["held"])

@@ -56,7 +56,7 @@ class PipelineTextEncoder:
         cls = StableDiffusion3Pipeline if family == "sd3" else FluxPipeline
         # bfloat16 where the encoders run on a GPU (T5-XXL is 19 GB in float32), float32 on a CPU
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        self.pipe = cls.from_pretrained(str(self.folder), transformer=None, vae=None, local_files_only=True, use_safetensors=True, torch_dtype=dtype)
+        self.pipe = cls.from_pretrained(str(self.folder), transformer=None, vae=None, local_files_only=True, use_safetensors=True, dtype=dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.device = device
         self._dim: int | None = None

@@ -75,6 +75,8 @@ class AlignRecipe(RecipeBase):
     seed: int = Field(0, ge=0)
     lora_rank: int = Field(0, ge=0, le=512, description="0 = tune every weight; r > 0 = a LoRA adapter of rank r (the reference is "
                            "the base with it switched off, no second copy)")
+    lora_base_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="The frozen weights' type under LoRA: 'auto' = bfloat16 for a real model (SD3, FLUX) on a CUDA GPU, float32 otherwise")
     eval_images: int = Field(96, ge=0, description="Strict ShapesEval images at each evaluation (ODE at sampler settings); 0 = none")
     grpo: GRPOSection = Field(default_factory=GRPOSection)
     refl: ReFLSection = Field(default_factory=ReFLSection)

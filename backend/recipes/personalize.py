@@ -32,6 +32,9 @@ class LoraSection(Section):
     rank: int = Field(8, ge=0, le=512, description="LoRA rank r; 0 = full fine-tuning (a frozen copy is kept for the 'frozen' prior)")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha (W = W0 + alpha/r B A); empty = r")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input")
+    base_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="The frozen weights' type under LoRA: 'auto' = bfloat16 for a real model (SD3, FLUX) on a CUDA GPU (half "
+        "their memory; the adapter trains in float32 under bf16 autocast), float32 otherwise")
 
 
 class PersonalizeRecipe(RecipeBase):

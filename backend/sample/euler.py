@@ -54,11 +54,19 @@ def sample_latents(
     alpha = settings.alpha if settings.alpha is not None else bundle.default_alpha(settings.width, settings.height)
     ts = bundle.sampling_schedule(settings.steps, alpha).to(device)
     cond = cond.to(device)
-    n = x.shape[0]
     empty = bundle.empty_prompt().to(device) if settings.cfg != 1.0 else None
+    # a network whose frozen weights sit in bf16 (a LoRA run on a real model) runs under autocast, as it trains
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=any(p.dtype == torch.bfloat16 for p in net.parameters()))
+    with autocast:
+        return _integrate(bundle, net, x, ts, cond, empty, seeds, settings)
+
+
+def _integrate(bundle: ModelBundle, net: torch.nn.Module, x: torch.Tensor, ts: torch.Tensor, cond: PromptEmbeds, empty: PromptEmbeds | None,
+               seeds: list[int], settings: SampleSettings) -> torch.Tensor:
+    device, n = x.device, x.shape[0]
     for i in range(settings.steps):
         t, t_next = ts[i], ts[i + 1]
-        v = bundle.guided_velocity(x, t.expand(n), cond, empty, settings.cfg, net)
+        v = bundle.guided_velocity(x, t.expand(n), cond, empty, settings.cfg, net).float()
         if settings.kind == "consistency":
             x0 = x - t * v  # the consistency function f(x_t, t) = x_t - t v: the trajectory's end
             x = x0 if i == settings.steps - 1 else (1 - t_next) * x0 + t_next * renoise(seeds, i + 1, x.shape[1:]).to(device, x.dtype)

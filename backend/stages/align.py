@@ -140,10 +140,12 @@ def run(project: Project, recipe: AlignRecipe, run_dir: Path, reporter: Any, res
     torch.manual_seed(recipe.seed)
     bundle, what = resolve_model(project, recipe.model, merge=True)
     lora = recipe.lora_rank > 0
+    base_dtype = None
     if lora:
-        from backend.models.lora import add_lora
+        from backend.models.lora import add_lora, base_dtype_for
 
-        add_lora(bundle.net, bundle.family, rank=recipe.lora_rank)
+        base_dtype = base_dtype_for(recipe.lora_base_dtype, bundle.family)
+        add_lora(bundle.net, bundle.family, rank=recipe.lora_rank, base_dtype=base_dtype)
     s = recipe.sampler
     evaluate = make_evaluator(bundle, settings_from(s),
                               recipe.eval_images) if recipe.eval_images else None
@@ -185,7 +187,8 @@ def run(project: Project, recipe: AlignRecipe, run_dir: Path, reporter: Any, res
     cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, weight_decay=0.0, warmup=min(20, recipe.steps // 10), ema=0.0, seed=recipe.seed,
                      schedule="cosine" if recipe.method == "dpo" else "constant",
                      grad_accum=accumulate, log_every=5 if recipe.method == "dpo" else 1, checkpoint_every=max(50, recipe.eval_every),
-                     sample_every=recipe.sample_every, eval_every=recipe.eval_every, loss_bins=1, device="auto")
+                     sample_every=recipe.sample_every, eval_every=recipe.eval_every, loss_bins=1, device="auto",
+                     precision="bf16" if base_dtype is not None else "auto")
     trainer = Trainer(bundle, method, batches, cfg, run_dir, reporter, preview=preview, evaluate=evaluate)
     result = trainer.run(resume=resume)
     if result.state != "done":

@@ -134,16 +134,21 @@ def run(project: Project, recipe: PersonalizeRecipe, run_dir: Path, reporter: An
         images = class_images(project, recipe, bundle, reporter.log, lambda k, n: (reporter.progress(k, n), reporter.log(f"class images {k}/{n}")))
         class_set = CaptionedLatents(encode(bundle, images, s.width), class_prompt_embeds)
     lora = recipe.lora.rank > 0
+    base_dtype = None
     if lora:
-        from backend.models.lora import add_lora
+        from backend.models.lora import add_lora, base_dtype_for
 
-        add_lora(bundle.net, bundle.family, rank=recipe.lora.rank, alpha=recipe.lora.alpha, dropout=recipe.lora.dropout)
+        base_dtype = base_dtype_for(recipe.lora.base_dtype, bundle.family)
+        add_lora(bundle.net, bundle.family, rank=recipe.lora.rank, alpha=recipe.lora.alpha, dropout=recipe.lora.dropout, base_dtype=base_dtype)
+        if base_dtype is not None:
+            reporter.log(f"frozen weights in {str(base_dtype).removeprefix('torch.')}, the adapter in float32, under bf16 autocast")
     method = DreamBooth(inst, recipe.prior.mode, recipe.prior.weight, recipe.batch_size, recipe.seed, lora, class_set=class_set,
                         class_prompt=class_prompt_embeds)
     preview = make_preview(bundle, recipe.preview_section(), reporter) if recipe.sample_every else None
     cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, weight_decay=1e-2 if not lora else 0.0, warmup=min(20, recipe.steps // 10),
                      ema=recipe.ema, seed=recipe.seed, schedule="constant", log_every=5, checkpoint_every=max(50, recipe.eval_every),
-                     sample_every=recipe.sample_every, eval_every=recipe.eval_every, loss_bins=8, device="auto")
+                     sample_every=recipe.sample_every, eval_every=recipe.eval_every, loss_bins=8, device="auto",
+                     precision="bf16" if base_dtype is not None else "auto")
     trainer = Trainer(bundle, method, lambda *a: None, cfg, run_dir, reporter, preview=preview, evaluate=evaluate)
     result = trainer.run(resume=resume)
     if result.state != "done":
