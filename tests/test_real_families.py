@@ -20,7 +20,7 @@ from conftest import run_cli
 from backend.jobs import create_job, execute_job
 from backend.models.family import load_model
 from backend.models.tiny_folders import build_tiny_folder
-from backend.recipes import RecipeError, loads_recipe
+from backend.recipes import RecipeError, dumps_recipe, loads_recipe
 from backend.recipes.personalize import PersonalizeRecipe
 from backend.sample.euler import SampleSettings, generate
 from backend.store import Project
@@ -278,10 +278,13 @@ def test_a_lora_over_bf16_frozen_weights_trains_in_float32_and_loads_in_stock_di
     small = {"steps": 4, "batch_size": 2, "eval_every": 4, "eval_images": 1, "class_eval_images": 0, "sample_every": 2, "preview_seeds": [0],
              "prior": {"mode": "none"}, "lora": {"rank": 4, "alpha": 8, "base_dtype": "bfloat16"}, "lr": 0.01,
              "sampler": {"steps": 2, "width": 32, "height": 32, "cfg": CFG}}
+    recipe = tmp_path / "bf16.toml"
+    recipe.write_text(dumps_recipe(PersonalizeRecipe(name="sks-bf16", model=str(source), **small)))
+    # its own process, as every job runs (the service's workers, 'run'): a process keeps one accelerate precision
+    proc = run_cli("run", str(recipe), "--project", str(subject_project))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     with Project.open(subject_project) as project:
-        jid = create_job(project, PersonalizeRecipe(name="sks-bf16", model=str(source), **small))
-        out = execute_job(project, jid, echo=False)
-        assert out["state"] == "done", out
+        jid = project.db.execute("SELECT id FROM jobs WHERE name = 'sks-bf16'").fetchone()[0]
         run_dir = project.db.execute("SELECT run_dir FROM jobs WHERE id = ?", [jid]).fetchone()[0]
         assert "frozen weights in bfloat16, the adapter in float32" in (project.root / run_dir / "log.txt").read_text()
         previews = project.db.execute("SELECT COUNT(*) FROM samples WHERE job_id = ?", [jid]).fetchone()[0]

@@ -117,6 +117,8 @@ def test_no_route_serves_files_outside_the_project(backend, shapes_project: Path
         assert b"top secret" not in r.content and b"root:" not in r.content
     r = raw.get("/api/files/project.db")
     assert r.status_code == 403
+    too_long = "\u1e70\u033a" * 120  # a name over the file system's 255 bytes (the fuzzer found it answered 500)
+    assert raw.get(f"/api/files/{too_long}").status_code == 404 and raw.get(f"/api/files/exports/{too_long}/x").status_code == 404
     for bad in ("../" * 3 + "etc", "zz" * 32, "0" * 63):
         assert raw.get(f"/api/images/{bad}").status_code in (400, 404)
     (shapes_project / "exports" / "note.txt").write_text("inside")

@@ -153,12 +153,14 @@ def create_app(state: ServiceState, *, start_runner: bool = True) -> FastAPI:
 
         try:
             target = state.project().resolve(path)
+            if target.name == "project.db" or target.suffix in (".db-wal", ".db-shm"):
+                raise HTTPException(403, "the database is not served as a file")
+            if not target.is_file():
+                raise HTTPException(404, f"no file {path}")
         except OutsideProjectError as exc:
             raise HTTPException(403, str(exc)) from None
-        if target.name == "project.db" or target.suffix in (".db-wal", ".db-shm"):
-            raise HTTPException(403, "the database is not served as a file")
-        if not target.is_file():
-            raise HTTPException(404, f"no file {path}")
+        except OSError:  # a name the file system cannot hold (over 255 bytes a component, ...): no such file
+            raise HTTPException(404, f"no file {path[:200]}") from None
         return FileResponse(target)
 
     @app.exception_handler(ValueError)
