@@ -239,6 +239,7 @@ class Trainer:
             if not getattr(net, "_supports_gradient_checkpointing", False):
                 raise ValueError(f"gradient checkpointing: {type(net).__name__} does not support it")
             net.enable_gradient_checkpointing()
+            reporter.log(f"gradient checkpointing on: {type(net).__name__}'s blocks are recomputed in the backward pass")
         net.to(acc.device)  # before the EMA copy, so both live on the same device
         partial = any(not p.requires_grad for p in net.parameters())  # adapters on a frozen base: average the adapters only
         self.ema: Ema | AdapterEma | None = (AdapterEma(net, config.ema) if partial else Ema(net, config.ema)) if config.ema > 0 else None
