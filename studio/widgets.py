@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QImage, QPalette, QPixmap
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QMessageBox, QSizePolicy, QVBoxLayout, QWidget
@@ -14,6 +16,20 @@ def duration_text(seconds: float) -> str:
         return f"{minutes:.0f} minute{'s' if round(minutes) != 1 else ''}"
     hours = minutes / 60
     return f"{hours:.0f} hours" if hours < 48 else f"{hours / 24:.0f} days"
+
+
+def memory_text(mem: dict | None) -> str:
+    """A real model's memory plan as the compute page shows it: the total against the device, the
+    biggest parts, and (when it does not fit) what to turn."""
+    if not mem:
+        return "small: fits any machine (the embedded families)"
+    gib = 2**30
+    parts = html.escape(", ".join(f"{what} {b / gib:.1f}" for what, b in sorted(mem["held"], key=lambda x: -x[1])[:4]))
+    head = f"about {mem['bytes'] / gib:.1f} GiB of {mem['available'] / gib:.1f} GiB ({html.escape(mem['device'])})" if mem.get("available") else \
+        f"about {mem['bytes'] / gib:.1f} GiB"
+    if mem.get("fits", True):
+        return f"<span style='color:#27ae60'>{head}</span> ({parts} GiB)"
+    return (f"<span style='color:#c0392b'><b>does not fit</b>: {head}</span> ({parts} GiB). Turn: " + html.escape("; ".join(mem.get("knobs", []))))
 
 
 def show_error(parent: QWidget | None, what: str, why: str = "", todo: str = "", details: str = "") -> None:

@@ -104,7 +104,6 @@ class AlignView(RecipeForm, QWidget):
         self.rater = QLineEdit()
         self.rater.setPlaceholderText("every rater")
         self.rater.setToolTip("Learn from this rater's judgements only; empty = everyone's")
-        self.form.addRow("Starting model", self.model)
         self.form.addRow("Reward", self.reward)
         self.form.addRow("Reward model", self.refl_reward)
         self.form.addRow("Train on", self.source)
@@ -115,6 +114,7 @@ class AlignView(RecipeForm, QWidget):
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         buttons = self._make_tail("name of the tuned model (optional)")
+        self.form.insertRow(0, "Starting model", self._model_row(self.model))
         self._lr_method = "dpo"  # the recipe's default method, whose rate the default recipe carries
         self._tail = (buttons, self.estimate, self.recipe_text)
 
@@ -129,6 +129,8 @@ class AlignView(RecipeForm, QWidget):
         self.link.call("rating_stats", done=self._fill_ratings)
 
     def _build(self, text: str, schema: dict) -> None:
+        if self.recipe is not None:  # a second reload asked before the first answer came: the form is built once
+            return
         self.recipe = tomllib.loads(text)
         self.schema = RecipeSchema(schema)
         r, g = self.recipe, self.recipe["grpo"]
@@ -155,7 +157,7 @@ class AlignView(RecipeForm, QWidget):
             box.valueChanged.connect(lambda *_: self._review_timer.start())
             self.form.addRow(label, box)
             self.knobs[path] = (box, which)
-        self.form.addRow("Estimate", self.estimate)
+        self._estimate_rows()
         lay = self.layout()
         lay.addLayout(self._tail[0])
         lay.addWidget(self._tail[2], 1)

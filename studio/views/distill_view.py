@@ -87,7 +87,7 @@ class DistillView(RecipeForm, QWidget):
         self.target.setToolTip("The student's sampling steps")
         self.dataset = QLineEdit("shapesworld")
         self.dataset.setToolTip("The dataset whose images (their curated view) the teacher's steps start from")
-        self.form.addRow("Teacher", self.model)
+        self.form.addRow("Teacher", self._model_row(self.model))
         self.form.addRow("Student steps", self.target)
         self.form.addRow("Data", self.dataset)
         self.knobs: dict[str, Any] = {}
@@ -107,6 +107,8 @@ class DistillView(RecipeForm, QWidget):
         self.link.call("models", done=self._fill_models)
 
     def _build(self, text: str, schema: dict) -> None:
+        if self.recipe is not None:  # a second reload asked before the first answer came: the form is built once
+            return
         self.recipe = tomllib.loads(text)
         self.schema = RecipeSchema(schema)
         r = self.recipe

@@ -146,7 +146,7 @@ class PersonalizeView(RecipeForm, QWidget):
         self.prior_about = hint("")
         self.class_count = ispin(1, 5000, 100, 50)
         self.class_count.setToolTip("How many class images the base draws (100-300 is usual); drawn once, reused by later runs")
-        self.form.addRow("Starting model", self.model)
+        self.form.addRow("Starting model", self._model_row(self.model))
         self.form.addRow("Identifier", self.token)
         self.form.addRow("Class noun", self.class_noun)
         self.form.addRow("Every picture is captioned", self.caption)
@@ -161,7 +161,6 @@ class PersonalizeView(RecipeForm, QWidget):
         self.prior.toggled.connect(self._prior_changed)
         self.prior_kind.currentIndexChanged.connect(self._prior_changed)
         self.class_count.valueChanged.connect(lambda *_: self._review_timer.start())
-        self.model.currentIndexChanged.connect(lambda *_: self._review_timer.start())
 
         self._tail = self._make_tail("name of the personalization (optional)")
 
@@ -176,6 +175,8 @@ class PersonalizeView(RecipeForm, QWidget):
         self.link.call("datasets", done=self._fill_datasets)
 
     def _build(self, text: str, schema: dict) -> None:
+        if self.recipe is not None:  # a second reload asked before the first answer came: the form is built once
+            return
         self.recipe = tomllib.loads(text)
         self.schema = RecipeSchema(schema)
         r = self.recipe

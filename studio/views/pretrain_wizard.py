@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..recipe_schema import RecipeSchema
-from ..widgets import duration_text, hint, show_error, themed_plot
+from ..widgets import duration_text, hint, memory_text, show_error, themed_plot
 
 SIZES = {
     "mmdit": {"tiny": "2 blocks, width 64 (~0.3M parameters): seconds per hundred steps", "small": "4 blocks, width 128 (~2.4M)",
@@ -59,20 +59,6 @@ FAMILIES = {
 }
 STOCK = ("sd3", "flux")
 PALETTE = [(40, 120, 230), (230, 120, 40), (60, 170, 90), (200, 60, 160), (120, 90, 200), (30, 170, 190)]
-
-
-def memory_text(mem: dict | None) -> str:
-    """A real model's memory plan as the compute page shows it: the total against the device, the
-    biggest parts, and (when it does not fit) what to turn."""
-    if not mem:
-        return "small: fits any machine (the embedded families)"
-    gib = 2**30
-    parts = html.escape(", ".join(f"{what} {b / gib:.1f}" for what, b in sorted(mem["held"], key=lambda x: -x[1])[:4]))
-    head = f"about {mem['bytes'] / gib:.1f} GiB of {mem['available'] / gib:.1f} GiB ({html.escape(mem['device'])})" if mem.get("available") else \
-        f"about {mem['bytes'] / gib:.1f} GiB"
-    if mem.get("fits", True):
-        return f"<span style='color:#27ae60'>{head}</span> ({parts} GiB)"
-    return (f"<span style='color:#c0392b'><b>does not fit</b>: {head}</span> ({parts} GiB). Turn: " + html.escape("; ".join(mem.get("knobs", []))))
 
 
 def buckets_text(buckets: list) -> str:

@@ -1,5 +1,6 @@
-"""What the one-page recipe forms (Align, Personalize) share: render the recipe the widgets describe
-through the backend, show its problems or its estimate, and queue it as a job.
+"""What the one-page recipe forms (Align, Personalize, Distill) share: the model to start from (the
+project's models, or any model folder by its path), render the recipe the widgets describe
+through the backend, show its problems or its estimate and memory plan, and queue it as a job.
 
 A form sets ``recipe`` (the default recipe as data), ``schema`` and ``estimate``, builds its name /
 Review / Start row and recipe view with ``_make_tail``, and implements ``collect`` (the recipe as
@@ -9,13 +10,14 @@ so the Studio never parses a recipe's rules itself.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QFontDatabase
-from PySide6.QtWidgets import QHBoxLayout, QLineEdit, QPlainTextEdit, QPushButton
+from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QWidget
 
-from ..widgets import NO_MODEL, show_error
+from ..widgets import NO_MODEL, memory_text, show_error
 
 
 class RecipeForm:
@@ -46,7 +48,57 @@ class RecipeForm:
         self._built = False
         self._review_timer = QTimer(self, singleShot=True, interval=400)  # type: ignore[call-overload]
         self._review_timer.timeout.connect(self.review)
+        self.memory = QLabel("")
+        self.memory.setWordWrap(True)
+        self.memory.setToolTip("What training holds in memory: for a real model (SD3 / FLUX folder) the plan against this machine's "
+                               "GPU or RAM, and what to turn when it does not fit")
         return row
+
+    def _model_row(self, combo: QComboBox) -> QWidget:
+        """The model list with a Folder… button beside it: a model outside the project (a local SD3 / SD3.5 or
+        FLUX.1 release, another project's model) is taken by its path. Choosing a model re-reviews the recipe,
+        since the estimate and the memory plan depend on it."""
+        box = QWidget()
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(combo, 1)
+        self.folder_btn = QPushButton("Folder…")
+        self.folder_btn.setToolTip("Start from a model folder outside the project: a local diffusers release of SD3 / SD3.5 or FLUX.1, "
+                                   "or a model another project saved")
+        self.folder_btn.clicked.connect(lambda: self._browse_model(combo))
+        row.addWidget(self.folder_btn)
+        combo.currentIndexChanged.connect(lambda *_: self._review_timer.start())
+        return box
+
+    def _browse_model(self, combo: QComboBox) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "A model folder", str(Path.home()))  # type: ignore[arg-type]
+        if folder:
+            self.use_model_folder(combo, folder)
+
+    def use_model_folder(self, combo: QComboBox, folder: str) -> None:
+        """Offer ``folder`` (kept when the project's list refills) and choose it."""
+        folder = str(Path(folder).resolve())
+        folders: list[str] = self.__dict__.setdefault("_folders", [])
+        if folder not in folders:
+            folders.append(folder)
+        self._add_folder_items(combo)
+        combo.setCurrentIndex(combo.findData(folder))
+        self._model_available(combo)
+
+    def _add_folder_items(self, combo: QComboBox) -> None:
+        for folder in self.__dict__.get("_folders", []):
+            if combo.findData(folder) < 0:
+                combo.addItem(f"folder: {Path(folder).name}", folder)
+                combo.setItemData(combo.count() - 1, folder, Qt.ToolTipRole)
+
+    def _model_available(self, combo: QComboBox) -> None:
+        """An empty list says what to do instead of an empty choice and a failed estimate."""
+        self.missing_model = NO_MODEL if combo.count() == 0 else None
+        combo.setPlaceholderText("no model yet" if self.missing_model else "")
+        if getattr(self, "start_btn", None) is not None:
+            self.start_btn.setEnabled(self.missing_model is None)
+        if self.missing_model and getattr(self, "estimate", None) is not None:
+            self.estimate.setText(self.missing_model)  # type: ignore[attr-defined]
 
     def _limits(self, path: str, step: float = 1.0) -> tuple[Any, Any]:
         """A knob's range from the recipe's schema (integers stay integers)."""
@@ -64,15 +116,10 @@ class RecipeForm:
                 continue
             overall = ((m.get("card") or {}).get("shapes_eval") or {}).get("overall")
             combo.addItem(f"#{m['id']} {m['name']} ({m['kind']})" + (f" · strict {overall:.2f}" if overall is not None else ""), m["path"])
+        self._add_folder_items(combo)
         combo.setCurrentIndex(max(0, combo.findData(current or default)))
         combo.blockSignals(False)
-        # an empty project: say what to do instead of an empty list and a failed estimate
-        self.missing_model = NO_MODEL if combo.count() == 0 else None
-        combo.setPlaceholderText("no model yet" if self.missing_model else "")
-        if getattr(self, "start_btn", None) is not None:
-            self.start_btn.setEnabled(self.missing_model is None)
-        if self.missing_model and getattr(self, "estimate", None) is not None:
-            self.estimate.setText(self.missing_model)  # type: ignore[attr-defined]
+        self._model_available(combo)
 
     def _add_knobs(self, knobs: list[tuple[str, str, Any]]) -> None:
         """Spin boxes for recipe fields: the schema's help as tooltip, a re-review when one moves, a form row each."""
@@ -82,9 +129,13 @@ class RecipeForm:
             self.form.addRow(label, box)  # type: ignore[attr-defined]
             self.knobs[path] = box  # type: ignore[attr-defined]
 
-    def _finish_build(self, tail_row: QHBoxLayout) -> None:
-        """The estimate row, then the name/Review/Start row and the recipe view under the form."""
+    def _estimate_rows(self) -> None:
         self.form.addRow("Estimate", self.estimate)  # type: ignore[attr-defined]
+        self.form.addRow("Memory", self.memory)  # type: ignore[attr-defined]
+
+    def _finish_build(self, tail_row: QHBoxLayout) -> None:
+        """The estimate and memory rows, then the name/Review/Start row and the recipe view under the form."""
+        self._estimate_rows()
         lay = self.layout()  # type: ignore[attr-defined]
         lay.addLayout(tail_row)
         lay.addWidget(self.recipe_text, 1)
@@ -107,8 +158,8 @@ class RecipeForm:
             if self.missing_model:
                 self.estimate.setText(self.missing_model)  # type: ignore[attr-defined]
                 return  # nothing to estimate or start until there is a model
-            self.link.call("estimate_recipe", text, done=self._show_estimate,  # type: ignore[attr-defined]
-                           failed=lambda e, d: self.estimate.setText(f"no estimate: {e}"))  # type: ignore[attr-defined]
+            self.link.call("estimate_recipe", text, done=self._estimated,  # type: ignore[attr-defined]
+                           failed=self._not_estimated)
             if then:
                 then(text)
 
@@ -120,6 +171,14 @@ class RecipeForm:
                 show_error(self, "The recipe has problems.", self.estimate.text(), "Correct the fields named above.", details)  # type: ignore[attr-defined,arg-type]
 
         self.link.call("render_recipe", self.collect(), done=rendered, failed=failed)  # type: ignore[attr-defined]
+
+    def _estimated(self, est: dict) -> None:
+        self._show_estimate(est)
+        self.memory.setText(memory_text(est.get("memory")))
+
+    def _not_estimated(self, exc: Exception, details: str) -> None:
+        self.estimate.setText(f"no estimate: {exc}")  # type: ignore[attr-defined]
+        self.memory.setText("")
 
     def submit(self, name: str) -> None:
         """Review, then queue the recipe as a job named ``name``; ``job_started`` carries the new job."""
