@@ -60,11 +60,15 @@ def rate_all(project: Path, tastes: tuple[str, ...], noise: float) -> dict:
     return {"rated": report.rated, "choices": report.choices, "flipped": report.flipped}
 
 
-def hidden_utilities(project, tastes: tuple[str, ...]) -> tuple[dict[str, float], dict[str, object]]:
-    """The rater's noise-free liking of every image for its prompt, read once."""
+def hidden_utilities(project, tastes: tuple[str, ...]) -> tuple[dict[str, float], dict[str, object], dict[str, float]]:
+    """The rater's noise-free liking of every image for its prompt, read once; beside it the part of that
+    liking the prompt's promises decide (faithful, exactly the promised objects, share of checks kept),
+    without the near-miss credit weighted by the detector's confidence."""
     from PIL import Image
 
+    from backend.eval.shapes_eval import check_image, exact_objects, strict_pass
     from backend.scripted_rater import ScriptedRater
+    from backend.world.spec import Scene
 
     rater = ScriptedRater(None, "hidden", tastes, noise=0.0)
     rows = project.db.execute("SELECT prompt, image_a, image_b, meta FROM comparisons").fetchall()
@@ -75,12 +79,15 @@ def hidden_utilities(project, tastes: tuple[str, ...]) -> tuple[dict[str, float]
         todo[b] = spec
     hashes = sorted(todo)
     images = {h: Image.open(io.BytesIO(project.blob_path(h, "png").read_bytes())).convert("RGB") for h in hashes}
-    utilities = {}
+    utilities, promises = {}, {}
     for i in range(0, len(hashes), 256):
         part = hashes[i: i + 256]
         for h, det in zip(part, rater.detector([images[x] for x in part])):
             utilities[h] = rater.utility(todo[h], images[h], det)[0]
-    return utilities, images
+            scene = Scene.from_json(todo[h])
+            checks = check_image(scene, det)
+            promises[h] = 4.0 * strict_pass(scene, det) + exact_objects(scene, det) + sum(checks.values()) / max(1, len(checks))
+    return utilities, images, promises
 
 
 def copy_judgements(project, rater: str, n: int) -> int:
@@ -94,14 +101,24 @@ def copy_judgements(project, rater: str, n: int) -> int:
     return len(rows)
 
 
-def accuracy(model, pairs: list[tuple], utilities: dict[str, float], images: dict) -> dict:
-    """Share of held-out pairs with a hidden preference where the reward orders the two images the same way."""
+def share(right: list[bool]) -> dict:
+    acc = sum(right) / max(1, len(right))
+    return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / max(1, len(right))), "n": len(right)}
+
+
+def accuracy(model, pairs: list[tuple], utilities: dict[str, float], images: dict, promises: dict[str, float] | None = None) -> dict:
+    """Share of held-out pairs with a hidden preference where the reward orders the two images the same way;
+    with ``promises``, also apart: pairs the prompt's promises decide, and pairs only the near-miss credit decides."""
     prompts = [p for p, _, _ in pairs]
     ra = model.score([images[a] for _, a, _ in pairs], prompts)
     rb = model.score([images[b] for _, _, b in pairs], prompts)
     right = [(x > y) == (utilities[a] > utilities[b]) for (_, a, b), x, y in zip(pairs, ra, rb)]
-    acc = sum(right) / len(right)
-    return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / len(right)), "n": len(right), "ra": ra, "rb": rb}
+    out = {**share(right), "ra": ra, "rb": rb}
+    if promises is not None:
+        by_promise = [abs(promises[a] - promises[b]) > 1e-9 for _, a, b in pairs]
+        out["by_promises"] = share([r for r, d in zip(right, by_promise) if d])
+        out["by_near_miss_credit"] = share([r for r, d in zip(right, by_promise) if not d])
+    return out
 
 
 def pair_grid(pairs: list[tuple], images: dict, utilities: dict, ra: list[float], rb: list[float], out: Path, n: int = 16) -> None:
@@ -166,13 +183,13 @@ def main() -> None:
     print(f"scripted rater ({args.taste}, noise {args.noise}): {rated}")
     result: dict = {"taste": args.taste, "noise": args.noise, "rated": rated, "runs": []}
     with Project.open(project_dir) as project:
-        utilities, images = hidden_utilities(project, tastes)
+        utilities, images, promises = hidden_utilities(project, tastes)
         rows = project.db.execute("SELECT prompt, image_a, image_b FROM comparisons ORDER BY id").fetchall()
         held = [r for r in rows if heldout(r[0]) and abs(utilities[r[1]] - utilities[r[2]]) > 1e-9]
         result["heldout_pairs"] = len(held)
         result["heldout_prompts"] = len({r[0] for r in held})
-        prior = accuracy(load_reward(shipped_reward_prior_dir()), held, utilities, images)
-        result["zero_shot"] = {k: prior[k] for k in ("accuracy", "se", "n")}
+        prior = accuracy(load_reward(shipped_reward_prior_dir()), held, utilities, images, promises)
+        result["zero_shot"] = {k: prior[k] for k in ("accuracy", "se", "n", "by_promises", "by_near_miss_credit")}
         args.out.mkdir(parents=True, exist_ok=True)
         pair_grid(held, images, utilities, prior["ra"], prior["rb"], args.out / "reward_pairs_prior.png")
         print(f"prior alone: {prior['accuracy']:.3f} ± {prior['se']:.3f} on {prior['n']} held-out pairs with a hidden preference")
@@ -187,17 +204,24 @@ def main() -> None:
                 recipe = RewardRecipe(rater=rater, init=init, heldout=0.1, name=f"bench-{init}-{n}", **extra)
                 summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
                 model = load_reward(project.root / summary["path"])
-                acc = accuracy(model, held, utilities, images)
+                acc = accuracy(model, held, utilities, images, promises)
                 row = {"init": init, "judgements": n, "accuracy": acc["accuracy"], "se": acc["se"], "n": acc["n"],
+                       "by_promises": acc["by_promises"], "by_near_miss_credit": acc["by_near_miss_credit"],
                        "stage_heldout_accuracy_noisy": summary["heldout"].get("accuracy"), "anchor": recipe.anchor}
                 result["runs"].append(row)
                 curves.setdefault(f"from {'the prior' if init == 'prior' else 'a fresh head'}", []).append((n, acc["accuracy"], acc["se"]))
                 print(f"{init:6s} {n:5d} judgements: {acc['accuracy']:.3f} ± {acc['se']:.3f}", flush=True)
                 if init == args.inits[0] and n == 500:
                     best = acc
-    lines = [[r["init"], r["judgements"], f"{r['accuracy']:.3f} ± {r['se']:.3f}", r["n"]] for r in result["runs"]]
-    lines.insert(0, ["prior alone", 0, f"{result['zero_shot']['accuracy']:.3f} ± {result['zero_shot']['se']:.3f}", result["zero_shot"]["n"]])
-    print(table(lines, ["start", "judgements", "held-out accuracy vs hidden preference", "pairs"]))
+    def cells(r: dict) -> list:
+        return [f"{r['accuracy']:.3f} ± {r['se']:.3f}", r["n"]] + [f"{r[k]['accuracy']:.3f} ± {r[k]['se']:.3f} ({r[k]['n']})"
+                                                                 for k in ("by_promises", "by_near_miss_credit")]
+
+    lines = [[r["init"], r["judgements"], *cells(r)] for r in result["runs"]]
+    lines.insert(0, ["prior alone", 0, *cells(result["zero_shot"])])
+    result["heldout_split"] = {"by_promises": result["zero_shot"]["by_promises"]["n"], "by_near_miss_credit": result["zero_shot"]["by_near_miss_credit"]["n"]}
+    print(table(lines, ["start", "judgements", "held-out accuracy vs hidden preference", "pairs", "pairs the promises decide",
+                        "pairs only near-miss credit decides"]))
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.taste == "faithful" else "_" + args.taste.replace(",", "_")
     plot(curves, result["zero_shot"]["accuracy"], args.out / f"reward_accuracy{suffix}.png")
