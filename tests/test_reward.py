@@ -112,6 +112,36 @@ def test_the_reward_stage_keeps_the_head_before_it_memorises_noisy_judgements(tm
     assert "accuracy" in kept["heldout_of_last_step"]
 
 
+def test_the_starting_scale_is_fitted_without_changing_the_ranking():
+    """An over-confident starting head (a contrastive prior's scale) gets one temperature fitted to the
+    training pairs, folded into its last layer: every reward difference is scaled by the same positive
+    factor (so the ranking and every accuracy stay), and the Bradley-Terry loss falls."""
+    import torch
+
+    from backend.models.reward import RewardHead
+    from backend.stages.reward import Features, bt_loss, calibrate
+
+    torch.manual_seed(0)
+    head = RewardHead(width=16).eval()
+    with torch.no_grad():
+        head.judge[-1].weight.mul_(2000.0)  # far too confident
+    n = 48
+    grid_a, grid_b = torch.randn(n, 64, 16, 16), torch.randn(n, 64, 16, 16)
+    states, mask = torch.randn(n, 6, 384), torch.ones(n, 6, dtype=torch.bool)
+    with torch.no_grad():
+        before = head(grid_a, states, mask) - head(grid_b, states, mask)
+    label = (before > 0).float()
+    label[: n // 3] = 1 - label[: n // 3]  # a third of the judgements disagree with the head: confidence costs
+    data = Features(grid_a, grid_b, states, mask, label)
+    scale = calibrate(head, data)
+    with torch.no_grad():
+        after = head(grid_a, states, mask) - head(grid_b, states, mask)
+    assert 0 < scale < 1
+    assert torch.allclose(after, scale * before, rtol=1e-4, atol=1e-5)
+    assert ((after > 0) == (before > 0)).all()
+    assert float(bt_loss(after, label)) < 0.75 < float(bt_loss(before, label)) - 1.0
+
+
 def test_reward_refuses_too_few_judgements(tmp_path: Path):
     with Project.init(tmp_path / "p") as project:
         prompt, good, bad = _good_and_bad(5, 0)

@@ -185,6 +185,24 @@ def starting_head(recipe: RewardRecipe, project: Project) -> tuple[Any, str]:
 
 
 @torch.no_grad()
+def calibrate(head: torch.nn.Module, data: Features) -> float:
+    """Fit one temperature on the training pairs and fold it into the head's last layer: the ranking
+    (every accuracy) is unchanged, but a prior trained contrastively is far too confident for
+    Bradley-Terry, and its validation loss then says little about its ranking: the first steps
+    would only shrink the scale, and the head kept by validation loss would be chosen on that."""
+    idx = torch.arange(len(data))
+    grid_a, grid_b, states, mask, label = data.take(idx, torch.device("cpu"))
+    diff = head(grid_a, states, mask) - head(grid_b, states, mask)
+    scales = torch.logspace(-2, 1, 61)
+    losses = torch.stack([bt_loss(s * diff, label) for s in scales])
+    scale = float(scales[int(losses.argmin())])
+    last = head.judge[-1]
+    last.weight.mul_(scale)
+    last.bias.mul_(scale)
+    return scale
+
+
+@torch.no_grad()
 def evaluate_head(head: torch.nn.Module, data: Features, device: torch.device) -> dict[str, float]:
     idx = torch.arange(len(data))
     grid_a, grid_b, states, mask, label = data.take(idx, device)
@@ -201,6 +219,10 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
     reporter.log(f"the head starts from {origin}" + (f", pulled back towards it with weight {recipe.anchor:g}" if recipe.anchor else ""))
     model = RewardModel(head)
     train, held, info, val = gather(project, recipe, model, log=reporter.log)
+    scale = 1.0
+    if recipe.init != "none":  # a fresh head ranks at random: there is no confidence to fit
+        scale = calibrate(head, train)
+        reporter.log(f"reward scale fitted to the training judgements: x{scale:.3g} (the ranking is unchanged)")
     start_metrics = evaluate_head(head, held, torch.device("cpu"))
     reporter.log(f"before training: held-out accuracy {start_metrics['accuracy']:.3f}, loss {start_metrics['loss']:.3f}")
     start = {n: p.detach().clone() for n, p in head.named_parameters()}
@@ -216,7 +238,7 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
     head = trainer.module("best").cpu().eval() if val is not None else final
     last = evaluate_head(head, held, torch.device("cpu"))
     chance = pair_metrics(torch.zeros(len(held)), held.label.float())
-    card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "init": recipe.init, "anchor": recipe.anchor,
+    card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "init": recipe.init, "anchor": recipe.anchor, "start_scale": scale,
             "heldout": last, "heldout_before": start_metrics, "chance": {"accuracy": 0.5, "loss": chance["loss"]},
             "kept": ({"step": method.best["step"], "by": "lowest validation loss", "validation": {k: v for k, v in method.best.items() if k != "step"},
                       "start_validation": {k: v for k, v in method.start_validation.items() if k != "step"},
