@@ -142,6 +142,37 @@ def test_the_starting_scale_is_fitted_without_changing_the_ranking():
     assert float(bt_loss(after, label)) < 0.75 < float(bt_loss(before, label)) - 1.0
 
 
+def test_the_trunk_lets_the_head_see_how_patches_sit_together(tmp_path: Path):
+    """Without the trunk the head weighs the patches one by one: an image and the same patches
+    shuffled score the same (at zero position embedding), so an outline is invisible to it. The
+    trunk's convolutions read neighbourhoods, so the shuffle changes the score. A head saved before
+    the trunk existed (no "trunk" in its config) loads as trunk 0 and scores exactly as before."""
+    import json
+
+    import torch
+
+    from backend.models.reward import RewardHead, save_reward
+
+    torch.manual_seed(0)
+    grid = torch.randn(3, 64, 16, 16)
+    shuffled = grid.flatten(2)[:, :, torch.randperm(256)].view_as(grid)
+    states, mask = torch.randn(3, 5, 384), torch.ones(3, 5, dtype=torch.bool)
+    flat, deep = RewardHead(width=16).eval(), RewardHead(width=16, trunk=2).eval()
+    with torch.no_grad():
+        assert torch.allclose(flat(grid, states, mask), flat(shuffled, states, mask), atol=1e-5)
+        assert (deep(grid, states, mask) - deep(shuffled, states, mask)).abs().min() > 1e-4
+        flat.pos.normal_()
+        want = flat(grid, states, mask)
+    save_reward(flat, tmp_path / "old-head", {"kind": "reward"})
+    config = json.loads((tmp_path / "old-head" / "config.json").read_text())
+    del config["trunk"]
+    (tmp_path / "old-head" / "config.json").write_text(json.dumps(config))
+    loaded = load_reward(tmp_path / "old-head").head
+    assert loaded.config["trunk"] == 0
+    with torch.no_grad():
+        assert torch.allclose(loaded(grid, states, mask), want, atol=1e-6)
+
+
 def test_reward_refuses_too_few_judgements(tmp_path: Path):
     with Project.init(tmp_path / "p") as project:
         prompt, good, bad = _good_and_bad(5, 0)
@@ -175,6 +206,7 @@ def test_prior_pretraining_lowers_its_contrastive_loss(tmp_path: Path):
     card = pretrain_prior(tmp_path / "prior", scenes=150, steps=80, batch=16, vae_share=0.5, log=lambda *_: None)
     assert card["final_loss"] < card["first_loss"] - 0.2, card
     model = load_reward(tmp_path / "prior")
+    assert model.head.config["trunk"] == card["trunk"] == 2
     assert card["zero_shot"]["n"] == 50 and 0.0 <= card["zero_shot"]["accuracy"] <= 1.0
     prompt, good, bad = _good_and_bad(5, 0)
     assert len(model.score([good, bad], [prompt, prompt])) == 2

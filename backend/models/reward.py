@@ -1,9 +1,12 @@
 """A reward model: how much a rater would like an image for a prompt, learned from their judgements.
 
 The backbone fits the family: for ShapesWorld the frozen embedded image encoder (a 16x16 grid of
-patch features) and the frozen MiniLM token states. Only a small head trains: every prompt token
-looks over the image's patches (one cross-attention), says how well what it found matches it, and
-the reward is the mean over the prompt's real tokens. A token-level reading is what the world's
+patch features) and the frozen MiniLM token states. Only a small head trains: a few residual
+convolutions over the patch grid (``trunk``; an object spans several patches, and whether it is a
+circle or a star is in how its neighbouring patches sit, which one cross-attention that weighs
+patches one by one does not see), then every prompt token looks over the patches (one
+cross-attention), says how well what it found matches it, and the reward is the mean over the
+prompt's real tokens. A token-level reading is what the world's
 preferences need ("is there a red circle, are there two") and keeps the head small enough to fit
 a few hundred judgements. Hand-written because no library ships a reward head for this encoder;
 real families would put a local CLIP-like folder behind the same interface.
@@ -28,12 +31,26 @@ from backend.models.text_encoder import TextEncoder, load_text_encoder
 HEAD_FILE = "reward.safetensors"
 
 
-class RewardHead(nn.Module):
-    def __init__(self, image_dim: int = 64, text_dim: int = 384, width: int = 64, heads: int = 4, grid: int = 16):
+class _GridBlock(nn.Module):
+    """A residual pair of 3x3 convolutions over the patch grid."""
+
+    def __init__(self, width: int):
         super().__init__()
-        self.config = {"image_dim": image_dim, "text_dim": text_dim, "width": width, "heads": heads, "grid": grid}
+        groups = 8 if width % 8 == 0 else 1
+        self.body = nn.Sequential(nn.GroupNorm(groups, width), nn.GELU(), nn.Conv2d(width, width, 3, padding=1),
+                                  nn.GroupNorm(groups, width), nn.GELU(), nn.Conv2d(width, width, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class RewardHead(nn.Module):
+    def __init__(self, image_dim: int = 64, text_dim: int = 384, width: int = 64, heads: int = 4, grid: int = 16, trunk: int = 0):
+        super().__init__()
+        self.config = {"image_dim": image_dim, "text_dim": text_dim, "width": width, "heads": heads, "grid": grid, "trunk": trunk}
         self.pos = nn.Parameter(torch.zeros(grid * grid, image_dim))
         self.image_in = nn.Linear(image_dim, width)
+        self.trunk = nn.Sequential(*[_GridBlock(width) for _ in range(trunk)])  # no parameters when 0: older heads load unchanged
         self.text_in = nn.Linear(text_dim, width)
         self.attend = nn.MultiheadAttention(width, heads, batch_first=True)
         self.judge = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
@@ -44,8 +61,11 @@ class RewardHead(nn.Module):
 
     def image_tokens(self, grid: torch.Tensor) -> torch.Tensor:
         """The image half of the head, (B, h*w, width): computed once per image when one image meets many prompts."""
-        tokens = grid.flatten(2).transpose(1, 2)
-        return self.image_in(tokens + self.pos[: tokens.shape[1]])
+        b, _, h, w = grid.shape
+        tokens = self.image_in(grid.flatten(2).transpose(1, 2) + self.pos[: h * w])
+        if len(self.trunk):
+            tokens = self.trunk(tokens.transpose(1, 2).reshape(b, -1, h, w)).flatten(2).transpose(1, 2)
+        return tokens
 
     def judge_tokens(self, tokens: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         query = self.text_in(states)
@@ -109,6 +129,6 @@ def load_reward(folder: str | Path, device: str = "cpu") -> RewardModel:
     if not is_reward_folder(folder):
         raise FileNotFoundError(f"{folder} is not a reward model (no {HEAD_FILE} and config.json)")
     config = json.loads((folder / "config.json").read_text())
-    head = RewardHead(**{k: config[k] for k in ("image_dim", "text_dim", "width", "heads", "grid")})
+    head = RewardHead(**{k: config[k] for k in ("image_dim", "text_dim", "width", "heads", "grid")}, trunk=config.get("trunk", 0))
     head.load_state_dict(load_file(str(folder / HEAD_FILE)))
     return RewardModel(head.eval(), device=device)

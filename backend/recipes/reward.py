@@ -26,6 +26,9 @@ class RewardRecipe(RecipeBase):
     anchor: float = Field(0.0, ge=0, le=1e6, description="Weight of the pull back towards the starting head (L2-SP): keeps what the prior knows "
                                                       "when the judgements are few")
     width: int = Field(32, ge=8, le=1024, description="Width of the head's attention with init = 'none' (a prior or a model brings its own)")
+    trunk: int = Field(0, ge=0, le=8, description="Residual convolution blocks over the image's patch grid with init = 'none' (they let the "
+                                                  "head see an object's outline; the prior has 2, learned from 6000 scenes, but from a few "
+                                                  "hundred judgements they only memorise: 0.70 held out with 0, 0.38 with 2)")
     eval_every: int = Field(50, ge=1, description="Held-out accuracy and calibration every N steps")
     seed: int = Field(0, ge=0, description="Seed of the split, the head's weights and the batches")
     min_pairs: int = Field(20, ge=2, description="Refuse to train on fewer decisive judgements than this")
