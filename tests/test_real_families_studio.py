@@ -45,7 +45,7 @@ def test_a_model_folder_in_the_align_personalize_and_distill_pages(qtbot, tmp_pa
             try:
                 qtbot.waitUntil(lambda: "GiB" in form.memory.text(), timeout=120_000)
             except Exception:
-                raise AssertionError(f"{name}: {form.estimate.text()!r} {form.memory.text()!r}")
+                raise AssertionError(f"{name}: {form.estimate.text()!r} {form.memory.text()!r}") from None
             assert "parameters" in form.estimate.text() and "fits any machine" not in form.memory.text()
             assert f'model = "{folder.resolve()}"' in form.recipe_text.toPlainText()
             form.reload()  # the project's list refills: the folder stays offered and chosen
