@@ -171,6 +171,8 @@ def test_the_trunk_lets_the_head_see_how_patches_sit_together(tmp_path: Path):
     assert loaded.config["trunk"] == 0
     with torch.no_grad():
         assert torch.allclose(loaded(grid, states, mask), want, atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        RewardRecipe(init="none", width=12, trunk=2)
 
 
 def test_reward_refuses_too_few_judgements(tmp_path: Path):

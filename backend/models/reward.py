@@ -27,21 +27,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from backend.models.text_encoder import TextEncoder, load_text_encoder
+from backend.world.encoder import ResBlock
 
 HEAD_FILE = "reward.safetensors"
-
-
-class _GridBlock(nn.Module):
-    """A residual pair of 3x3 convolutions over the patch grid."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        groups = 8 if width % 8 == 0 else 1
-        self.body = nn.Sequential(nn.GroupNorm(groups, width), nn.GELU(), nn.Conv2d(width, width, 3, padding=1),
-                                  nn.GroupNorm(groups, width), nn.GELU(), nn.Conv2d(width, width, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
 
 
 class RewardHead(nn.Module):
@@ -50,7 +38,7 @@ class RewardHead(nn.Module):
         self.config = {"image_dim": image_dim, "text_dim": text_dim, "width": width, "heads": heads, "grid": grid, "trunk": trunk}
         self.pos = nn.Parameter(torch.zeros(grid * grid, image_dim))
         self.image_in = nn.Linear(image_dim, width)
-        self.trunk = nn.Sequential(*[_GridBlock(width) for _ in range(trunk)])  # no parameters when 0: older heads load unchanged
+        self.trunk = nn.Sequential(*[ResBlock(width) for _ in range(trunk)])  # no parameters when 0: older heads load unchanged
         self.text_in = nn.Linear(text_dim, width)
         self.attend = nn.MultiheadAttention(width, heads, batch_first=True)
         self.judge = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from .base import RecipeBase
 
@@ -32,6 +32,12 @@ class RewardRecipe(RecipeBase):
     eval_every: int = Field(50, ge=1, description="Held-out accuracy and calibration every N steps")
     seed: int = Field(0, ge=0, description="Seed of the split, the head's weights and the batches")
     min_pairs: int = Field(20, ge=2, description="Refuse to train on fewer decisive judgements than this")
+
+    @model_validator(mode="after")
+    def _trunk_fits_width(self) -> RewardRecipe:
+        if self.trunk and self.width % 8:
+            raise ValueError(f"width = {self.width} with trunk = {self.trunk}: the trunk's group norm needs a width divisible by 8")
+        return self
 
 
 class ScoreItem(BaseModel):

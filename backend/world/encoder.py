@@ -24,7 +24,9 @@ from .fit import fit
 INPUT = 64
 
 
-class _Res(nn.Module):
+class ResBlock(nn.Module):
+    """A residual pair of 3x3 convolutions (also the reward head's trunk over this encoder's grid)."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.body = nn.Sequential(nn.GroupNorm(8, dim), nn.GELU(), nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(8, dim), nn.GELU(), nn.Conv2d(dim, dim, 3, padding=1))
@@ -41,7 +43,7 @@ class ShapesEncoder(nn.Module):
         self.config = {"dim": dim, "proj": proj}
         self.dim = dim
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 4, stride=2, padding=1), nn.GELU(), nn.Conv2d(32, dim, 4, stride=2, padding=1))
-        self.blocks = nn.Sequential(_Res(dim), _Res(dim))
+        self.blocks = nn.Sequential(ResBlock(dim), ResBlock(dim))
         self.norm = nn.GroupNorm(1, dim)
         self.head = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, proj))
 
