@@ -20,9 +20,11 @@ studio: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/signal-backend demo
 
-# the shipped base model (resources/models/shapes-base): hours on a CPU; re-run to resume where it stopped
+# the shipped base model (resources/models/shapes-base): two jobs, ~9 minutes on an H200 (bench/gpu_base.sh
+# runs them on a lent GPU), about 15 hours on 2 CPU cores; re-run to resume where it stopped
 base: $(STAMP)
 	$(BIN)/signal-backend base
+	$(BIN)/signal-backend base --recipe resources/recipes/shapes_base_gpu_continue.toml
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest

@@ -3,7 +3,7 @@
 Later stages (rating, preference tuning, DreamBooth, distillation) need a base that draws what a
 prompt asks, and that takes more CPU time than a demo may spend. So the project ships one, made
 by its own tools and reproducible with one command: a project with native-size ShapesWorld
-data, the recipe ``resources/recipes/shapes_base.toml`` run as an ordinary job (a later sitting
+data, the recipe ``resources/recipes/shapes_base_gpu.toml`` run as an ordinary job (a later sitting
 resumes the same job from its last checkpoint), then the strict ShapesEval of the result measured
 by the CLI a user would run (``sample --eval-prompts`` and ``eval shapes``), FD to true renders,
 and a labelled sample grid, all written into ``resources/models/shapes-base/`` beside the weights.
@@ -26,12 +26,12 @@ from backend.paths import data_home, resources_dir, shipped_base_dir
 from backend.recipes import WorldRecipe
 from backend.store import Project, atomic_write_text
 
-BASE_IMAGES = 20000
+BASE_IMAGES = 25000  # the shipped base trained on these (resources/recipes/shapes_base_gpu*.toml)
 BASE_SEED = 1  # a different world seed from the demo's (0)
 
 
 def base_recipe_path() -> Path:
-    return resources_dir() / "recipes" / "shapes_base.toml"
+    return resources_dir() / "recipes" / "shapes_base_gpu.toml"
 
 
 def base_project(root: Path, dataset: str, images: int, log=print) -> Project:
@@ -118,11 +118,12 @@ def ship(model: Path, dest: Path, card: dict[str, Any], grid: Any) -> Path:
 
 def _base_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=Path, default=None, help="project folder to train in (default: <data home>/base-project)")
-    p.add_argument("--recipe", type=Path, default=None, help="pretrain recipe (default: resources/recipes/shapes_base.toml)")
+    p.add_argument("--recipe", type=Path, default=None, help="pretrain recipe (default: resources/recipes/shapes_base_gpu.toml)")
     p.add_argument("--images", type=int, default=BASE_IMAGES, help="ShapesWorld images to render at 64 px on first use")
     p.add_argument("--out", type=Path, default=None, help="where to ship the model (default: resources/models/shapes-base)")
     p.add_argument("--minutes", type=float, default=0, help="pause the job after this many minutes (resume with the same command)")
     p.add_argument("--ship-only", action="store_true", help="measure and ship the finished job's model without training")
+    p.add_argument("--again", action="store_true", help="train a new job even if one of this recipe finished (default: say so and stop)")
 
 
 @command("base", "train (or resume) the shipped ShapesWorld base model, measure it strictly and ship it", _base_args)
@@ -135,6 +136,11 @@ def run_base(args: argparse.Namespace) -> int:
     project = base_project(root, recipe.data.dataset, args.images, log=lambda m: print(f"[base] {m}"))  # type: ignore[attr-defined]
     with project:
         job_id = _unfinished_job(project, recipe.name)
+        done = project.db.execute("SELECT id FROM jobs WHERE name = ? AND state = 'done' ORDER BY id DESC", [recipe.name]).fetchone()
+        if job_id is None and done is not None and not (args.ship_only or args.again):
+            # `make base` chains two recipes; run again, it must not retrain (hours) or re-ship the first over the second
+            print(f"[base] '{recipe.name}' already finished in {root} (job {done[0]}); --ship-only measures and ships it again, --again trains anew")
+            return 0
         if job_id is None and not args.ship_only:
             job_id = create_job(project, recipe, recipe.name)
             print(f"[base] new job {job_id} in {root}")
@@ -169,7 +175,7 @@ def run_base(args: argparse.Namespace) -> int:
         m = measure(model, root / "exports" / "base-eval", (s.width, s.height), s.steps, s.cfg)
         info = json.loads((model / "signal_model.json").read_text())
         card = {
-            "name": "shapes-base", "recipe": str(args.recipe or Path("resources/recipes/shapes_base.toml")), "family": info.get("family"),
+            "name": "shapes-base", "recipe": str(args.recipe or Path("resources/recipes/shapes_base_gpu.toml")), "family": info.get("family"),
             "params": info.get("card", {}).get("params"), "steps": info.get("card", {}).get("steps"),
             "train_seconds": round(sum(x["seconds"] for x in sittings), 1) if sittings else info.get("card", {}).get("train_seconds"),
             "sittings": len(sittings), "machine": sittings[-1]["machine"] if sittings else _machine(),
