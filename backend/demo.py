@@ -170,8 +170,10 @@ def run_demo(args: argparse.Namespace) -> int:
         base = install_shipped_base(project, log=lambda m: print(f"[demo] {m}"))
         if base is not None:
             card = json.loads(project.db.execute("SELECT card FROM models WHERE id = ?", [base]).fetchone()[0])
-            print(f"[demo] beside it, the shipped base (models/shapes-base: {card.get('params', 0) / 1e6:.2f}M parameters, {card.get('steps')} steps,"
-                  f" {card.get('train_seconds', 0) / 3600:.1f} h on {card.get('machine')}), which later stages start from:")
+            seconds = card.get("total_train_seconds", card.get("train_seconds", 0))  # a continued base counts both jobs
+            took = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+            print(f"[demo] beside it, the shipped base (models/shapes-base: {card.get('params', 0) / 1e6:.2f}M parameters,"
+                  f" {card.get('total_steps', card.get('steps'))} steps, {took} on {card.get('machine')}), which later stages start from:")
             print("    " + format_table(card["shapes_eval"]).replace("\n", "\n    "))
             rate_and_reward(project)
             align_on_reward(project, "models/demo-reward", steps=args.align_steps)
