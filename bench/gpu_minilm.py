@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file  # noqa: F401
+from safetensors.torch import load_file, save_file
 
 EMB = "embeddings.word_embeddings.weight"
 KEEP_FILES = ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
