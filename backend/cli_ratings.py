@@ -79,6 +79,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--width", type=int, default=32, help="width of the head")
     p.add_argument("--trunk", type=int, default=2, help="residual convolution blocks over the image's patch grid before the attention")
+    p.add_argument("--mix", type=int, default=0, help="decoder layers in which the prompt's tokens read each other's findings (relations)")
     p.add_argument("--sibling-weight", type=float, default=1.0,
                    help="weight of the pairwise term: each caption's own image above its sibling with one promise broken")
     p.add_argument("--seed", type=int, default=0)
@@ -88,6 +89,6 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from backend.models.reward_prior import pretrain_prior
 
-    card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, sibling_weight=args.sibling_weight, seed=args.seed)
+    card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, sibling_weight=args.sibling_weight, seed=args.seed)
     print(json.dumps(card["zero_shot"]))
     return 0

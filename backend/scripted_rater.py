@@ -2,13 +2,17 @@
 preference would, so tests, benches and the demo exercise the same path a real person's ratings
 take (``GET /api/comparisons/queue``, the images, ``POST .../choice``).
 
-Its taste is the detector's reading of each image against the prompt's ShapesEval spec: an image
-that holds exactly the promised objects beats one that does not; between two that are equally
-faithful, more of the prompt's checks kept wins, then the nearer miss (the promised shape and
-colour found with more confidence, the count closer); with the ``larger`` taste, larger objects also
-count. Equal images are a tie when they are faithful and "both bad" when neither is. With
-probability ``noise`` a decisive judgement is flipped, as a tired person's would be. Pairs whose
-prompt has no spec are skipped: there is nothing to judge them by.
+Its taste is the detector's reading of each image against the prompt's ShapesEval spec, kept to
+what a person sees: an image that holds exactly the promised objects beats one that does not;
+between two that are equally faithful, more of the prompt's checks kept wins, then the nearer
+miss (per promised group: an object of the promised shape and colour, else of its colour, else of
+its shape; the count closer). Images a person could not tell apart by these are a tie when they
+are faithful and "both bad" when neither is. The ``confidence`` taste also weighs the near miss
+by the detector's confidence in it, which breaks almost every such tie by something no person
+sees ("which of two right circles is rounder"; the default before 2026-12-04: it decided half the
+base's pairs, and no reward model learns it from a few hundred judgements); with the ``larger``
+taste, larger objects also count. With probability ``noise`` a decisive judgement is flipped, as a
+tired person's would be. Pairs whose prompt has no spec are skipped: there is nothing to judge them by.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from backend.cli import command, fail
 
-TASTES = ("faithful", "larger")
+TASTES = ("faithful", "larger", "confidence")
 
 
 @dataclass
@@ -67,11 +71,12 @@ class ScriptedRater:
         faithful = strict_pass(scene, det)
         value = 4.0 * faithful + 1.0 * exact_objects(scene, det) + sum(checks.values()) / max(1, len(checks))
         # partial credit, as a person gives it to a near miss: per promised group the best object found
-        # (right shape and colour 1, right colour 0.5, right shape 0.3, weighted by the detector's confidence),
-        # less a little for every object too many or too few
+        # (right shape and colour 1, right colour 0.5, right shape 0.3; weighted by the detector's
+        # confidence with the ``confidence`` taste), less a little for every object too many or too few
         credit = 0.0
+        weigh = "confidence" in self.tastes
         for g in scene.groups:
-            credit += max((o.score * (1.0 if (o.shape, o.color) == (g.shape, g.color) else 0.5 if o.color == g.color else 0.3 if o.shape == g.shape else 0.0)
+            credit += max(((o.score if weigh else 1.0) * (1.0 if (o.shape, o.color) == (g.shape, g.color) else 0.5 if o.color == g.color else 0.3 if o.shape == g.shape else 0.0)
                            for o in det.objects), default=0.0)
         value += 0.5 * credit / max(1, len(scene.groups)) - 0.1 * abs(len(det.objects) - sum(g.count for g in scene.groups))
         if "larger" in self.tastes and det.objects:
@@ -119,7 +124,8 @@ def _rate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=Path, required=True, help="project whose running service queues the pairs")
     p.add_argument("--count", type=int, default=100, help="pairs to judge")
     p.add_argument("--name", default="scripted", help="rater name the judgements are stored under")
-    p.add_argument("--taste", default="faithful", help="comma-separated: faithful (always), larger (also prefers larger objects)")
+    p.add_argument("--taste", default="faithful", help="comma-separated: faithful (always), larger (also prefers larger objects), "
+                                                       "confidence (near misses weighed by the detector's confidence)")
     p.add_argument("--noise", type=float, default=0.1, help="probability of flipping a decisive judgement")
     p.add_argument("--repeats", type=float, default=0.0, help="share of repeated pairs slipped in (rater consistency)")
     p.add_argument("--seed", type=int, default=0)

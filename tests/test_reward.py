@@ -165,14 +165,47 @@ def test_the_trunk_lets_the_head_see_how_patches_sit_together(tmp_path: Path):
         want = flat(grid, states, mask)
     save_reward(flat, tmp_path / "old-head", {"kind": "reward"})
     config = json.loads((tmp_path / "old-head" / "config.json").read_text())
-    del config["trunk"]
+    del config["trunk"], config["mix"]
     (tmp_path / "old-head" / "config.json").write_text(json.dumps(config))
     loaded = load_reward(tmp_path / "old-head").head
-    assert loaded.config["trunk"] == 0
+    assert loaded.config["trunk"] == 0 and loaded.config["mix"] == 0
     with torch.no_grad():
         assert torch.allclose(loaded(grid, states, mask), want, atol=1e-6)
     with pytest.raises(ValueError, match="divisible by 8"):
         RewardRecipe(init="none", width=12, trunk=2)
+
+
+def test_mixing_layers_read_the_other_tokens_and_ignore_padding(tmp_path: Path):
+    """With ``mix`` a token's judgement depends on what the other tokens found (how a relation
+    between two objects can be judged): changing the first token changes the last one's reading,
+    which without mix it cannot. Padded tokens take no part (the score of a prompt is the same with
+    and without padding), and the head scores the same after a save and load."""
+    import torch
+
+    from backend.models.reward import RewardHead, save_reward
+
+    torch.manual_seed(0)
+    grid, states = torch.randn(2, 64, 16, 16), torch.randn(2, 4, 384)
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    other = states.clone()
+    other[:, 0] = torch.randn(2, 384)
+    for mix in (0, 1):
+        head = RewardHead(width=16, mix=mix).eval()
+        last = {}  # the last token's judgement, read through a hook on the head's final layer
+        head.judge.register_forward_hook(lambda m, i, o: last.__setitem__("out", o[:, 3].detach().clone()))
+        with torch.no_grad():
+            head(grid[:1], states[:1], mask[:1])
+            before = last["out"]
+            head(grid[:1], other[:1], mask[:1])
+            changed = not torch.allclose(before, last["out"], atol=1e-6)
+        assert changed == (mix > 0)
+    padded = torch.cat([states, torch.randn(2, 3, 384)], 1)
+    with torch.no_grad():
+        assert torch.allclose(head(grid, states, mask), head(grid, padded, torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], 1)), atol=1e-5)
+        want = head(grid, states, mask)
+    save_reward(head, tmp_path / "mixed", {"kind": "reward"})
+    with torch.no_grad():
+        assert torch.allclose(load_reward(tmp_path / "mixed").head(grid, states, mask), want, atol=1e-6)
 
 
 def test_reward_refuses_too_few_judgements(tmp_path: Path):

@@ -8,7 +8,10 @@ patches one by one does not see), then every prompt token looks over the patches
 cross-attention), says how well what it found matches it, and the reward is the mean over the
 prompt's real tokens. A token-level reading is what the world's
 preferences need ("is there a red circle, are there two") and keeps the head small enough to fit
-a few hundred judgements. Hand-written because no library ships a reward head for this encoder;
+a few hundred judgements. A relation is not in any one token's reading: "left of" holds when
+what "red circle" found sits left of what "blue square" found, so with ``mix`` the tokens then
+read each other and the image again (``mix`` transformer decoder layers from torch, over the
+prompt's real tokens) before each says how well it is kept. Hand-written because no library ships a reward head for this encoder;
 real families would put a local CLIP-like folder behind the same interface.
 
 Saved as a folder: ``reward.safetensors`` (the head), ``config.json`` and ``card.json``; loaded
@@ -33,14 +36,16 @@ HEAD_FILE = "reward.safetensors"
 
 
 class RewardHead(nn.Module):
-    def __init__(self, image_dim: int = 64, text_dim: int = 384, width: int = 64, heads: int = 4, grid: int = 16, trunk: int = 0):
+    def __init__(self, image_dim: int = 64, text_dim: int = 384, width: int = 64, heads: int = 4, grid: int = 16, trunk: int = 0, mix: int = 0):
         super().__init__()
-        self.config = {"image_dim": image_dim, "text_dim": text_dim, "width": width, "heads": heads, "grid": grid, "trunk": trunk}
+        self.config = {"image_dim": image_dim, "text_dim": text_dim, "width": width, "heads": heads, "grid": grid, "trunk": trunk, "mix": mix}
         self.pos = nn.Parameter(torch.zeros(grid * grid, image_dim))
         self.image_in = nn.Linear(image_dim, width)
         self.trunk = nn.Sequential(*[ResBlock(width) for _ in range(trunk)])  # no parameters when 0: older heads load unchanged
         self.text_in = nn.Linear(text_dim, width)
         self.attend = nn.MultiheadAttention(width, heads, batch_first=True)
+        # no parameters when 0: heads saved before ``mix`` existed load unchanged
+        self.mix = nn.ModuleList([nn.TransformerDecoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True) for _ in range(mix)])
         self.judge = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
 
     def forward(self, grid: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,6 +63,11 @@ class RewardHead(nn.Module):
     def judge_tokens(self, tokens: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         query = self.text_in(states)
         found, _ = self.attend(query, tokens, tokens, need_weights=False)
+        if len(self.mix):  # the tokens read each other's findings (and the image again): relations between objects
+            pad = ~mask.bool()
+            found = query + found
+            for layer in self.mix:
+                found = layer(found, tokens, tgt_key_padding_mask=pad)
         per_token = self.judge(torch.cat([query, found], -1)).squeeze(-1)
         m = mask.to(per_token.dtype)
         return (per_token * m).sum(1) / m.sum(1).clamp_min(1.0)
@@ -117,6 +127,6 @@ def load_reward(folder: str | Path, device: str = "cpu") -> RewardModel:
     if not is_reward_folder(folder):
         raise FileNotFoundError(f"{folder} is not a reward model (no {HEAD_FILE} and config.json)")
     config = json.loads((folder / "config.json").read_text())
-    head = RewardHead(**{k: config[k] for k in ("image_dim", "text_dim", "width", "heads", "grid")}, trunk=config.get("trunk", 0))
+    head = RewardHead(**{k: config[k] for k in ("image_dim", "text_dim", "width", "heads", "grid")}, trunk=config.get("trunk", 0), mix=config.get("mix", 0))
     head.load_state_dict(load_file(str(folder / HEAD_FILE)))
     return RewardModel(head.eval(), device=device)

@@ -29,6 +29,8 @@ class RewardRecipe(RecipeBase):
     trunk: int = Field(0, ge=0, le=8, description="Residual convolution blocks over the image's patch grid with init = 'none' (they let the "
                                                   "head see an object's outline; the prior has 2, learned from 6000 scenes, but from a few "
                                                   "hundred judgements they only memorise: 0.70 held out with 0, 0.38 with 2)")
+    mix: int = Field(0, ge=0, le=8, description="Layers in which the prompt's tokens read each other's findings with init = 'none' "
+                                                "(a relation between two objects is in no single token's reading)")
     eval_every: int = Field(50, ge=1, description="Held-out accuracy and calibration every N steps")
     seed: int = Field(0, ge=0, description="Seed of the split, the head's weights and the batches")
     min_pairs: int = Field(20, ge=2, description="Refuse to train on fewer decisive judgements than this")
