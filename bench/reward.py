@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--project", type=Path, default=None, help="reuse the project (pairs and judgements) of an earlier run")
+    ap.add_argument("--prior", type=Path, default=None, help="a candidate prior folder in place of the shipped one (zero-shot and init)")
     args = ap.parse_args()
     tastes = tuple(t for t in args.taste.split(",") if t)
 
@@ -188,7 +189,9 @@ def main() -> None:
         held = [r for r in rows if heldout(r[0]) and abs(utilities[r[1]] - utilities[r[2]]) > 1e-9]
         result["heldout_pairs"] = len(held)
         result["heldout_prompts"] = len({r[0] for r in held})
-        prior = accuracy(load_reward(shipped_reward_prior_dir()), held, utilities, images, promises)
+        prior_dir = args.prior.resolve() if args.prior else shipped_reward_prior_dir()
+        result["prior"] = str(prior_dir)
+        prior = accuracy(load_reward(prior_dir), held, utilities, images, promises)
         result["zero_shot"] = {k: prior[k] for k in ("accuracy", "se", "n", "by_promises", "by_near_miss_credit")}
         args.out.mkdir(parents=True, exist_ok=True)
         pair_grid(held, images, utilities, prior["ra"], prior["rb"], args.out / "reward_pairs_prior.png")
@@ -201,7 +204,8 @@ def main() -> None:
                 if not project.db.execute("SELECT 1 FROM ratings WHERE rater = ? LIMIT 1", [rater]).fetchone():
                     copy_judgements(project, rater, n)
                 extra = {"anchor": args.anchor} if args.anchor is not None and init == "prior" else {}
-                recipe = RewardRecipe(rater=rater, init=init, heldout=0.1, name=f"bench-{init}-{n}", **extra)
+                start = str(prior_dir) if init == "prior" and args.prior else init
+                recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}", **extra)
                 summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
                 model = load_reward(project.root / summary["path"])
                 acc = accuracy(model, held, utilities, images, promises)

@@ -6,7 +6,7 @@ trained from nothing on a few hundred judgements has to learn what "a red star" 
 them alone. The world is free to render, so its image-text model is pretrained here: the same
 head as the reward (``RewardHead``), on the frozen encoder and MiniLM, with a contrastive loss over
 scenes and their *hard negatives* — each scene beside a copy with one promise broken (a shape or a
-colour swapped, an object removed or added, a relation mirrored), rendered and captioned. For each
+colour changed, two groups' colours swapped, an object removed or added, a relation mirrored), rendered and captioned. For each
 caption: which of its own image, its sibling and a few images of other scenes does it describe?
 A pairwise term (``sibling_weight``) adds the comparison a reward is used for, its own image
 above its sibling alone: among six easy images of other scenes the sibling's share of the loss is
@@ -38,18 +38,31 @@ from backend.world.fit import fit
 from backend.world.spec import COLOR_NAMES, SHAPES, PlacedObject, Scene
 
 FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-BREAKS = ("shape", "colour", "fewer", "more", "relation")
+BREAKS = ("shape", "colour", "swap", "fewer", "more", "relation")
 # how often each promise is broken: a colour or a count is easy to see (held out 0.98-1.0 at equal
 # weights), a shape and above all a relation are not, and only a fifth of scenes have a relation
-# (at equal weights 1 in 25 siblings broke one: 0.54 held out, chance)
-BREAK_WEIGHTS = {"shape": 2.0, "colour": 1.0, "fewer": 1.0, "more": 1.0, "relation": 4.0}
+# (at equal weights 1 in 25 siblings broke one: 0.54 held out, chance). A swap of two groups'
+# colours keeps every colour and shape of the caption, so only the binding tells them apart: the
+# base's commonest colour-binding miss, which a "colour" break (a new colour) does not teach
+BREAK_WEIGHTS = {"shape": 2.0, "colour": 1.0, "swap": 3.0, "fewer": 1.0, "more": 1.0, "relation": 4.0}
+
+
+def _swappable(s: Scene) -> list[tuple[int, int]]:
+    """Pairs of groups whose colours can be swapped into a different, still well-formed scene."""
+    def distinct_after(i: int, j: int) -> bool:
+        colours = [g.color for g in s.groups]
+        colours[i], colours[j] = colours[j], colours[i]
+        return len({(g.shape, c) for g, c in zip(s.groups, colours)}) == len(s.groups)
+
+    return [(i, j) for i in range(len(s.groups)) for j in range(i + 1, len(s.groups))
+            if s.groups[i].color != s.groups[j].color and s.groups[i].shape != s.groups[j].shape and distinct_after(i, j)]
 
 
 def break_promise(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     """A copy of ``scene`` with one promise broken, objects and groups changed together so that the
     copy's render and caption agree with each other (and not with the original)."""
     s = copy.deepcopy(scene)
-    options = [b for b in BREAKS if b != "relation" or s.relation is not None]
+    options = [b for b in BREAKS if (b != "relation" or s.relation is not None) and (b != "swap" or _swappable(s))]
     what = rng.choices(options, [BREAK_WEIGHTS[b] for b in options])[0]
     gi = rng.randrange(len(s.groups))
     g = s.groups[gi]
@@ -66,6 +79,11 @@ def break_promise(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
         g.color = rng.choice([c for c in COLOR_NAMES if c != g.color and all(c != h.color or h.shape != g.shape for h in s.groups)])
         for o in members:
             o.color = g.color
+    elif what == "swap":
+        i, j = rng.choice(_swappable(s))
+        s.groups[i].color, s.groups[j].color = s.groups[j].color, s.groups[i].color
+        for o in s.objects:
+            o.color = s.groups[o.group].color
     elif what == "fewer":
         s.objects.remove(rng.choice(members))
         g.count -= 1
