@@ -6,10 +6,11 @@ queued by a real ``pairs`` job; the scripted rater judges them all through the s
 rest, the first N judgements (N = 100, 250, 500, 1000) go to a reward run — the product's own
 ``reward`` stage, in-process — once starting from the shipped reward prior and once from a fresh
 head. Each model is then scored on the held-out pairs against the rater's *noise-free* preference
-(the pairs where it has one); N = 0 is the prior alone, 0.5 is chance. Beside the table: the
+(the pairs where it has one); N = 0 is the prior alone, 0.5 is chance (the prior, which saw no rating,
+is also measured on every pair with a preference: a tighter figure). Beside the table: the
 accuracy curve (PNG) and a grid of held-out pairs with both rewards and the rater's verdict.
 
-    .venv/bin/python bench/reward.py [--json bench/results/reward.json] [--taste faithful]
+    .venv/bin/python bench/reward.py [--json bench/results/reward.json] [--taste faithful] [--project P] [--prior FOLDER]
 """
 
 from __future__ import annotations
@@ -196,6 +197,11 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         pair_grid(held, images, utilities, prior["ra"], prior["rb"], args.out / "reward_pairs_prior.png")
         print(f"prior alone: {prior['accuracy']:.3f} ± {prior['se']:.3f} on {prior['n']} held-out pairs with a hidden preference")
+        # the prior saw no rating, so every pair with a hidden preference measures it (a tighter figure than the held-out quarter)
+        every = [r for r in rows if abs(utilities[r[1]] - utilities[r[2]]) > 1e-9]
+        prior_all = accuracy(load_reward(prior_dir), every, utilities, images, promises)
+        result["zero_shot_every_pair"] = {k: prior_all[k] for k in ("accuracy", "se", "n", "by_promises", "by_near_miss_credit")}
+        print(f"prior alone on every pair with a hidden preference: {prior_all['accuracy']:.3f} ± {prior_all['se']:.3f} ({prior_all['n']} pairs)")
         curves: dict[str, list[tuple[int, float, float]]] = {}
         best = None
         for init in args.inits:

@@ -224,7 +224,7 @@ def test_a_broken_promise_changes_both_the_picture_and_the_caption():
 
     rng = random.Random(0)
     seen = set()
-    for i in range(60):
+    for i in range(150):
         scene = make_scene(3, i, resolution=(64, 64))
         broken, what = break_promise(scene, rng)
         seen.add(what)
@@ -237,7 +237,9 @@ def test_a_broken_promise_changes_both_the_picture_and_the_caption():
             assert [g.shape for g in broken.groups] == [g.shape for g in scene.groups]
             assert len({(g.shape, g.color) for g in broken.groups}) == len(broken.groups)
             assert all(o.color == broken.groups[o.group].color for o in broken.objects)
-    assert seen == {"shape", "colour", "swap", "fewer", "more", "relation"}
+        if what == "size":
+            assert sorted(o.radius for o in broken.objects) != sorted(o.radius for o in scene.objects)
+    assert seen == {"shape", "colour", "swap", "size", "fewer", "more", "relation"}
 
 
 def test_prior_pretraining_lowers_its_contrastive_loss(tmp_path: Path):

@@ -6,7 +6,7 @@ trained from nothing on a few hundred judgements has to learn what "a red star" 
 them alone. The world is free to render, so its image-text model is pretrained here: the same
 head as the reward (``RewardHead``), on the frozen encoder and MiniLM, with a contrastive loss over
 scenes and their *hard negatives* — each scene beside a copy with one promise broken (a shape or a
-colour changed, two groups' colours swapped, an object removed or added, a relation mirrored), rendered and captioned. For each
+colour changed, two groups' colours swapped, a size changed, an object removed or added, a relation mirrored), rendered and captioned. For each
 caption: which of its own image, its sibling and a few images of other scenes does it describe?
 A pairwise term (``sibling_weight``) adds the comparison a reward is used for, its own image
 above its sibling alone: among six easy images of other scenes the sibling's share of the loss is
@@ -35,16 +35,17 @@ import torch.nn.functional as F
 
 from backend.models.reward import RewardHead, RewardModel, save_reward
 from backend.world.fit import fit
-from backend.world.spec import COLOR_NAMES, SHAPES, PlacedObject, Scene
+from backend.world.spec import COLOR_NAMES, SHAPES, SIZES, PlacedObject, Scene
 
 FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-BREAKS = ("shape", "colour", "swap", "fewer", "more", "relation")
+BREAKS = ("shape", "colour", "swap", "size", "fewer", "more", "relation")
 # how often each promise is broken: a colour or a count is easy to see (held out 0.98-1.0 at equal
 # weights), a shape and above all a relation are not, and only a fifth of scenes have a relation
 # (at equal weights 1 in 25 siblings broke one: 0.54 held out, chance). A swap of two groups'
 # colours keeps every colour and shape of the caption, so only the binding tells them apart: the
-# base's commonest colour-binding miss, which a "colour" break (a new colour) does not teach
-BREAK_WEIGHTS = {"shape": 2.0, "colour": 1.0, "swap": 3.0, "fewer": 1.0, "more": 1.0, "relation": 4.0}
+# base's commonest colour-binding miss, which a "colour" break (a new colour) does not teach. A
+# size promise (small / large, where the caption says it) decided a fifth of the base's rated pairs
+BREAK_WEIGHTS = {"shape": 2.0, "colour": 1.0, "swap": 3.0, "size": 2.0, "fewer": 1.0, "more": 1.0, "relation": 8.0}
 
 
 def _swappable(s: Scene) -> list[tuple[int, int]]:
@@ -62,9 +63,11 @@ def break_promise(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     """A copy of ``scene`` with one promise broken, objects and groups changed together so that the
     copy's render and caption agree with each other (and not with the original)."""
     s = copy.deepcopy(scene)
-    options = [b for b in BREAKS if (b != "relation" or s.relation is not None) and (b != "swap" or _swappable(s))]
+    growable = [i for i, h in enumerate(s.groups) if h.size == "large" or h.count <= 2]  # three or four grown would pile up
+    possible = {"relation": s.relation is not None, "swap": bool(_swappable(s)), "size": (s.mention_size or s.complexity == 4) and bool(growable)}
+    options = [b for b in BREAKS if possible.get(b, True)]
     what = rng.choices(options, [BREAK_WEIGHTS[b] for b in options])[0]
-    gi = rng.randrange(len(s.groups))
+    gi = rng.choice(growable) if what == "size" else rng.randrange(len(s.groups))
     g = s.groups[gi]
     members = [o for o in s.objects if o.group == gi]
     if what == "fewer" and g.count == 1:
@@ -84,6 +87,10 @@ def break_promise(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
         s.groups[i].color, s.groups[j].color = s.groups[j].color, s.groups[i].color
         for o in s.objects:
             o.color = s.groups[o.group].color
+    elif what == "size":  # the caption names sizes (as captions.caption decides): the group grows or shrinks
+        old, g.size = g.size, "large" if g.size == "small" else "small"
+        for o in members:
+            o.size, o.radius = g.size, o.radius * SIZES[g.size] / SIZES[old]
     elif what == "fewer":
         s.objects.remove(rng.choice(members))
         g.count -= 1
