@@ -75,11 +75,11 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     from backend.paths import shipped_reward_prior_dir
 
     p.add_argument("--out", type=Path, default=shipped_reward_prior_dir(), help="folder to write the prior into (default: the shipped one)")
-    p.add_argument("--scenes", type=int, default=6000, help="scenes rendered (each beside a copy with one promise broken)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--scenes", type=int, default=12000, help="scenes rendered (each beside a copy with one promise broken)")
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--width", type=int, default=32, help="width of the head")
     p.add_argument("--trunk", type=int, default=2, help="residual convolution blocks over the image's patch grid before the attention")
-    p.add_argument("--mix", type=int, default=0, help="decoder layers in which the prompt's tokens read each other's findings (relations)")
+    p.add_argument("--mix", type=int, default=1, help="decoder layers in which the prompt's tokens read each other's findings (relations)")
     p.add_argument("--sibling-weight", type=float, default=1.0,
                    help="weight of the pairwise term: each caption's own image above its sibling with one promise broken")
     p.add_argument("--seed", type=int, default=0)

@@ -159,6 +159,9 @@ def test_the_trunk_lets_the_head_see_how_patches_sit_together(tmp_path: Path):
     states, mask = torch.randn(3, 5, 384), torch.ones(3, 5, dtype=torch.bool)
     flat, deep = RewardHead(width=16).eval(), RewardHead(width=16, trunk=2).eval()
     with torch.no_grad():
+        # a fresh head starts out knowing where each patch sits (sine-cosine codes), so a shuffle shows even without the trunk ...
+        assert (flat(grid, states, mask) - flat(shuffled, states, mask)).abs().min() > 1e-5  # at zero codes: below 1e-8
+        flat.pos.zero_(), deep.pos.zero_()  # ... and without those codes only the trunk's neighbourhoods see it
         assert torch.allclose(flat(grid, states, mask), flat(shuffled, states, mask), atol=1e-5)
         assert (deep(grid, states, mask) - deep(shuffled, states, mask)).abs().min() > 1e-4
         flat.pos.normal_()

@@ -35,11 +35,23 @@ from backend.world.encoder import ResBlock
 HEAD_FILE = "reward.safetensors"
 
 
+def sincos_positions(grid: int, dim: int, scale: float = 0.5) -> torch.Tensor:
+    """(grid*grid, dim) fixed 2-D sine-cosine codes, half the channels for x and half for y: where a patch sits."""
+    quarter = dim // 4
+    freq = 1.0 / (100.0 ** (torch.arange(quarter) / max(1, quarter)))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+    parts = [f(c.flatten()[:, None] * freq) for c in (xs, ys) for f in (torch.sin, torch.cos)]
+    out = torch.zeros(grid * grid, dim)
+    out[:, : 4 * quarter] = torch.cat(parts, 1)
+    return scale * out
+
+
 class RewardHead(nn.Module):
     def __init__(self, image_dim: int = 64, text_dim: int = 384, width: int = 64, heads: int = 4, grid: int = 16, trunk: int = 0, mix: int = 0):
         super().__init__()
         self.config = {"image_dim": image_dim, "text_dim": text_dim, "width": width, "heads": heads, "grid": grid, "trunk": trunk, "mix": mix}
-        self.pos = nn.Parameter(torch.zeros(grid * grid, image_dim))
+        self.pos = nn.Parameter(sincos_positions(grid, image_dim))  # learned, from where each patch sits (a head that starts at
+        # zero sees no position at first: the encoder's convolutions are blind to it, and relations stayed at chance)
         self.image_in = nn.Linear(image_dim, width)
         self.trunk = nn.Sequential(*[ResBlock(width) for _ in range(trunk)])  # no parameters when 0: older heads load unchanged
         self.text_in = nn.Linear(text_dim, width)
