@@ -64,7 +64,7 @@ def rate_all(project: Path, tastes: tuple[str, ...], noise: float) -> dict:
 def hidden_utilities(project, tastes: tuple[str, ...]) -> tuple[dict[str, float], dict[str, object], dict[str, float]]:
     """The rater's noise-free liking of every image for its prompt, read once; beside it the part of that
     liking the prompt's promises decide (faithful, exactly the promised objects, share of checks kept),
-    without the near-miss credit weighted by the detector's confidence."""
+    without the near-miss credit."""
     from PIL import Image
 
     from backend.eval.shapes_eval import check_image, exact_objects, strict_pass
@@ -192,14 +192,15 @@ def main() -> None:
         result["heldout_prompts"] = len({r[0] for r in held})
         prior_dir = args.prior.resolve() if args.prior else shipped_reward_prior_dir()
         result["prior"] = str(prior_dir)
-        prior = accuracy(load_reward(prior_dir), held, utilities, images, promises)
+        prior_model = load_reward(prior_dir)
+        prior = accuracy(prior_model, held, utilities, images, promises)
         result["zero_shot"] = {k: prior[k] for k in ("accuracy", "se", "n", "by_promises", "by_near_miss_credit")}
         args.out.mkdir(parents=True, exist_ok=True)
         pair_grid(held, images, utilities, prior["ra"], prior["rb"], args.out / "reward_pairs_prior.png")
         print(f"prior alone: {prior['accuracy']:.3f} ± {prior['se']:.3f} on {prior['n']} held-out pairs with a hidden preference")
         # the prior saw no rating, so every pair with a hidden preference measures it (a tighter figure than the held-out quarter)
         every = [r for r in rows if abs(utilities[r[1]] - utilities[r[2]]) > 1e-9]
-        prior_all = accuracy(load_reward(prior_dir), every, utilities, images, promises)
+        prior_all = accuracy(prior_model, every, utilities, images, promises)
         result["zero_shot_every_pair"] = {k: prior_all[k] for k in ("accuracy", "se", "n", "by_promises", "by_near_miss_credit")}
         print(f"prior alone on every pair with a hidden preference: {prior_all['accuracy']:.3f} ± {prior_all['se']:.3f} ({prior_all['n']} pairs)")
         curves: dict[str, list[tuple[int, float, float]]] = {}

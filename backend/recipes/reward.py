@@ -27,7 +27,7 @@ class RewardRecipe(RecipeBase):
                                                       "when the judgements are few")
     width: int = Field(32, ge=8, le=1024, description="Width of the head's attention with init = 'none' (a prior or a model brings its own)")
     trunk: int = Field(0, ge=0, le=8, description="Residual convolution blocks over the image's patch grid with init = 'none' (they let the "
-                                                  "head see an object's outline; the prior has 2, learned from 6000 scenes, but from a few "
+                                                  "head see an object's outline; the prior has 2, learned from 12000 scenes, but from a few "
                                                   "hundred judgements they only memorise: 0.70 held out with 0, 0.38 with 2)")
     mix: int = Field(0, ge=0, le=8, description="Layers in which the prompt's tokens read each other's findings with init = 'none' "
                                                 "(a relation between two objects is in no single token's reading)")
