@@ -80,6 +80,12 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=32, help="width of the head")
     p.add_argument("--trunk", type=int, default=2, help="residual convolution blocks over the image's patch grid before the attention")
     p.add_argument("--mix", type=int, default=1, help="decoder layers in which the prompt's tokens read each other's findings (relations)")
+    p.add_argument("--where", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare where the prompt's tokens found their objects (relations: left of, above)")
+    p.add_argument("--relation-share", type=float, default=0.3,
+                   help="share of each batch given to scenes whose copy mirrors a relation (0: as they come, about one in twelve)")
+    p.add_argument("--locate-weight", type=float, default=1.0,
+                   help="with --where: weight of the term teaching each group's words to look where its objects are")
     p.add_argument("--sibling-weight", type=float, default=1.0,
                    help="weight of the pairwise term: each caption's own image above its sibling with one promise broken")
     p.add_argument("--seed", type=int, default=0)
@@ -89,6 +95,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from backend.models.reward_prior import pretrain_prior
 
-    card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, sibling_weight=args.sibling_weight, seed=args.seed)
+    card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
+                         relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, seed=args.seed)
     print(json.dumps(card["zero_shot"]))
     return 0

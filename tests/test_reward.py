@@ -303,3 +303,38 @@ def test_a_score_job_scores_project_images_and_names_a_bad_one(tmp_path: Path):
         job = create_job(project, ScoreRecipe(reward=str(prior), items=[{"image": "exports/broken.png", "prompt": prompt}]))
         with pytest.raises(ValueError, match="exports/broken.png"):
             execute_job(project, job, echo=False)
+
+
+def test_the_where_term_flips_sign_when_the_picture_is_turned_round():
+    """A relation is a comparison of positions: the same picture turned 180° (left <-> right, top <-> bottom) must get
+    the opposite where term, and a picture shifted as a whole nothing new from it."""
+    import torch
+
+    from backend.models.reward import RewardHead
+
+    torch.manual_seed(0)
+    head = RewardHead(width=16, grid=4, where=True).eval()
+    torch.nn.init.normal_(head.where.weight)  # zero at the start: nothing learned yet means no opinion
+    tokens, states = torch.randn(2, 16, 16), torch.randn(2, 5, 384)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.float32)
+    turned = tokens.view(2, 4, 4, 16).flip(1, 2).reshape(2, 16, 16)
+    with torch.no_grad():
+        term, term_turned = head._where_term(tokens, states, mask), head._where_term(turned, states, mask)
+    real = mask.bool()
+    assert term[real].abs().max() > 1e-3
+    assert torch.allclose(term_turned[real], -term[real], atol=1e-5)
+
+
+def test_token_places_mark_only_the_words_of_each_named_group():
+    from backend.models.reward_prior import token_places
+    from backend.models.text_encoder import load_text_encoder
+
+    text = "a red circle left of a blue square"
+    places = [[(0, 12, -0.5, 0.1), (21, len(text), 0.6, -0.2)]]
+    tok = load_text_encoder().tokenizer
+    xy, known = token_places(tok, [text], places, 16)
+    words = tok.convert_ids_to_tokens(tok(text, padding="max_length", max_length=16)["input_ids"])
+    marked = [(w, tuple(round(v, 2) for v in xy[0, j].tolist())) for j, w in enumerate(words) if known[0, j]]
+    left, right = (-0.5, 0.1), (0.6, -0.2)
+    assert marked == [("a", left), ("red", left), ("circle", left), ("a", right), ("blue", right), ("square", right)]
+    assert not any(known[0, j] for j, w in enumerate(words) if w in ("left", "of", "[CLS]", "[SEP]", "[PAD]"))

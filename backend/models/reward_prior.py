@@ -127,7 +127,36 @@ def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print) -> dic
     log(f"[reward-prior] rendered {len(images)} images ({scenes} scenes and their broken copies) in {time.perf_counter() - t0:.0f} s")
     if vae_share > 0:
         images = _through_vae(images, [rng.random() < vae_share for _ in range(scenes) for _ in range(2)])
-    return {"images": images, "captions": captions, "breaks": [w for _, w in broken]}
+    return {"images": images, "captions": captions, "breaks": [w for _, w in broken], "places": [group_places(s, c) for s, c in zip(all_scenes, captions)]}
+
+
+def group_places(scene: Scene, text: str) -> list[tuple[int, int, float, float]]:
+    """Where each group the caption names sits: (first char, end char of its phrase, x, y in [-1, 1], y down)."""
+    from backend.world.captions import group_phrase
+
+    with_size = scene.mention_size or scene.complexity == 4
+    out = []
+    for gi, g in enumerate(scene.groups):
+        start = text.find(group_phrase(g, with_size))
+        members = [o.center for o in scene.objects if o.group == gi]
+        if start < 0 or not members:
+            continue
+        x, y = (sum(c[k] for c in members) / len(members) for k in (0, 1))
+        out.append((start, start + len(group_phrase(g, with_size)), 2 * x - 1, 2 * y - 1))
+    return out
+
+
+def token_places(tokenizer: Any, captions: list[str], places: list[list[tuple[int, int, float, float]]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per caption token, where the group its phrase names sits: (N, length, 2) and (N, length) True where known."""
+    tok = tokenizer(captions, padding="max_length", truncation=True, max_length=length, return_offsets_mapping=True)
+    xy, known = torch.zeros(len(captions), length, 2), torch.zeros(len(captions), length, dtype=torch.bool)
+    for i, (offsets, spans) in enumerate(zip(tok["offset_mapping"], places)):
+        for j, (a, b) in enumerate(offsets):
+            for start, end, x, y in spans:
+                if b > a and start <= a and b <= end:
+                    xy[i, j] = torch.tensor([x, y])
+                    known[i, j] = True
+    return xy, known
 
 
 @torch.no_grad()
@@ -150,25 +179,34 @@ def _through_vae(images: list, which: list[bool], batch: int = 128) -> list:
 
 
 def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int = 32, lr: float = 2e-3, width: int = 32, seed: int = 0,
-                   vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0,
-                   sibling_weight: float = 1.0, log=print) -> dict[str, Any]:
+                   vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
+                   sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, log=print) -> dict[str, Any]:
     """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     data = prior_data(scenes, seed, vae_share, log)
-    head = RewardHead(width=width, trunk=trunk, mix=mix)
+    head = RewardHead(width=width, trunk=trunk, mix=mix, where=where)
     model = RewardModel(head)
     grids = model.grids(data["images"])
     t1 = time.perf_counter()
     states, mask = model.prompt_states(data["captions"])
+    if where and locate_weight > 0:
+        place, placed = token_places(model.text.tokenizer, data["captions"], data["places"], states.shape[1])
     log(f"[reward-prior] features ready in {time.perf_counter() - t0:.0f} s (prompts {time.perf_counter() - t1:.0f} s)")
     n_held = max(50, scenes // 10)
     train_scenes = scenes - n_held
     losses: list[float] = []
+    # how often each training scene is drawn: scenes whose copy breaks a relation make up ``relation_share`` of a batch
+    # (0 = as they come, about one in twelve)
+    rel = torch.tensor([b == "relation" for b in data["breaks"][:train_scenes]])
+    draw = torch.ones(train_scenes)
+    if relation_share > 0 and 0 < int(rel.sum()) < train_scenes:
+        draw[rel] = relation_share / float(rel.sum())
+        draw[~rel] = (1 - relation_share) / float((~rel).sum())
 
     def loss_at(step: int) -> tuple[torch.Tensor, str]:
-        pick = torch.randperm(train_scenes, generator=gen)[:batch]  # scenes; 2i is a scene's render, 2i + 1 its broken copy
+        pick = torch.multinomial(draw, batch, generator=gen)  # scenes; 2i is a scene's render, 2i + 1 its broken copy
         caps = torch.stack([2 * pick, 2 * pick + 1], 1).flatten()
         own = torch.arange(2 * batch) // 2
         # for every caption: its own image, its sibling (the same scene with one promise kept or broken), and
@@ -184,8 +222,16 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
         loss = F.cross_entropy(logits, torch.zeros(len(caps), dtype=torch.long))
         if sibling_weight > 0:  # the sibling alone, as a reward is used: its own image above the one with a promise broken
             loss = loss - sibling_weight * F.logsigmoid(logits[:, 0] - logits[:, 1]).mean()
+        text = f"loss {loss.item():.4f}"
+        if where and locate_weight > 0:  # each group's words look where its objects are (every caption on its own image)
+            at = head.locate(tokens[:, :], states[caps, :keep])  # (2B, L, heads, 2)
+            known = placed[caps, :keep]
+            miss = ((at - place[caps, :keep, None, :]) ** 2).sum(-1).mean(-1)
+            aux = (miss * known).sum() / known.sum().clamp_min(1)
+            loss = loss + locate_weight * aux
+            text += f" locate {aux.item():.3f}"
         losses.append(loss.item())
-        return loss, f"loss {loss.item():.4f}"
+        return loss, text
 
     seconds = fit(head.parameters(), steps, loss_at, lr=lr, weight_decay=1e-4, name="reward-prior", log=log)
     head.eval()
@@ -193,7 +239,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
     log(f"[reward-prior] held-out: true render preferred over its broken copy {held['accuracy']:.3f} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in held['by_break'].items())})")
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "prior": True, "scenes": scenes, "steps": steps,
-            "batch": batch, "seed": seed, "vae_share": vae_share, "width": width, "trunk": trunk, "mix": mix, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "train_seconds": round(seconds, 1),
+            "batch": batch, "seed": seed, "vae_share": vae_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "heldout_scenes": n_held, "zero_shot": held,
             "first_loss": round(sum(losses[:20]) / len(losses[:20]), 4), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
             "script": "signal-backend reward pretrain", "judgements": 0}

@@ -31,6 +31,8 @@ class RewardRecipe(RecipeBase):
                                                   "hundred judgements they only memorise: 0.70 held out with 0, 0.38 with 2)")
     mix: int = Field(0, ge=0, le=8, description="Layers in which the prompt's tokens read each other's findings with init = 'none' "
                                                 "(a relation between two objects is in no single token's reading)")
+    where: bool = Field(False, description="With init = 'none': compare where the prompt's tokens found their objects (relations: "
+                                           "left of, above); a prior or a model brings its own")
     eval_every: int = Field(50, ge=1, description="Held-out accuracy and calibration every N steps")
     seed: int = Field(0, ge=0, description="Seed of the split, the head's weights and the batches")
     min_pairs: int = Field(20, ge=2, description="Refuse to train on fewer decisive judgements than this")
