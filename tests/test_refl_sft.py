@@ -46,11 +46,11 @@ def fixed_reward(tr: Trainer, method: ReFL) -> float:
 
 
 def test_a_few_refl_steps_raise_the_reward_of_the_same_draws(tmp_path: Path):
-    tr, method = refl(tmp_path, steps=10)
+    tr, method = refl(tmp_path, steps=30)
     before = fixed_reward(tr, method)
     tr.run()
     after = fixed_reward(tr, method)
-    assert after > before + 1.0, (before, after)  # the prior scores in logits: an untrained model sits near -10
+    assert after > before + 1.0, (before, after)  # the prior scores in logits: an untrained model sits near -5 (+7 after 30 steps, 2026-12-05)
 
 
 def test_sft_on_the_winners_lowers_their_error_more_than_the_losers(tmp_path: Path):
