@@ -107,9 +107,11 @@ def share(right: list[bool]) -> dict:
     return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / max(1, len(right))), "n": len(right)}
 
 
-def accuracy(model, pairs: list[tuple], utilities: dict[str, float], images: dict, promises: dict[str, float] | None = None) -> dict:
+def accuracy(model, pairs: list[tuple], utilities: dict[str, float], images: dict, promises: dict[str, float] | None = None,
+             categories: dict[str, str] | None = None) -> dict:
     """Share of held-out pairs with a hidden preference where the reward orders the two images the same way;
-    with ``promises``, also apart: pairs the prompt's promises decide, and pairs only the near-miss credit decides."""
+    with ``promises``, also apart: pairs the prompt's promises decide, and pairs only the near-miss credit decides;
+    with ``categories`` (prompt -> ShapesEval category), per category."""
     prompts = [p for p, _, _ in pairs]
     ra = model.score([images[a] for _, a, _ in pairs], prompts)
     rb = model.score([images[b] for _, _, b in pairs], prompts)
@@ -119,6 +121,8 @@ def accuracy(model, pairs: list[tuple], utilities: dict[str, float], images: dic
         by_promise = [abs(promises[a] - promises[b]) > 1e-9 for _, a, b in pairs]
         out["by_promises"] = share([r for r, d in zip(right, by_promise) if d])
         out["by_near_miss_credit"] = share([r for r, d in zip(right, by_promise) if not d])
+    if categories is not None:
+        out["by_category"] = {c: share([r for r, (p, _, _) in zip(right, pairs) if categories[p] == c]) for c in sorted({categories[p] for p, _, _ in pairs})}
     return out
 
 
@@ -200,9 +204,11 @@ def main() -> None:
         print(f"prior alone: {prior['accuracy']:.3f} ± {prior['se']:.3f} on {prior['n']} held-out pairs with a hidden preference")
         # the prior saw no rating, so every pair with a hidden preference measures it (a tighter figure than the held-out quarter)
         every = [r for r in rows if abs(utilities[r[1]] - utilities[r[2]]) > 1e-9]
-        prior_all = accuracy(prior_model, every, utilities, images, promises)
-        result["zero_shot_every_pair"] = {k: prior_all[k] for k in ("accuracy", "se", "n", "by_promises", "by_near_miss_credit")}
-        print(f"prior alone on every pair with a hidden preference: {prior_all['accuracy']:.3f} ± {prior_all['se']:.3f} ({prior_all['n']} pairs)")
+        categories = {p: json.loads(m)["a"]["spec"].get("category", "?") for p, m in project.db.execute("SELECT prompt, meta FROM comparisons")}
+        prior_all = accuracy(prior_model, every, utilities, images, promises, categories)
+        result["zero_shot_every_pair"] = {k: prior_all[k] for k in ("accuracy", "se", "n", "by_promises", "by_near_miss_credit", "by_category")}
+        print(f"prior alone on every pair with a hidden preference: {prior_all['accuracy']:.3f} ± {prior_all['se']:.3f} ({prior_all['n']} pairs); "
+              + ", ".join(f"{c} {v['accuracy']:.2f} of {v['n']}" for c, v in prior_all["by_category"].items()))
         curves: dict[str, list[tuple[int, float, float]]] = {}
         best = None
         for init in args.inits:
