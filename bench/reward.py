@@ -21,6 +21,7 @@ import io
 import json
 import math
 import tempfile
+import textwrap
 from pathlib import Path
 
 from common import REPO, Collect, chart, scratch_project, table
@@ -132,7 +133,7 @@ def pair_grid(pairs: list[tuple], images: dict, utilities: dict, ra: list[float]
     from PIL import Image, ImageDraw
 
     scale, w = 2, 64
-    cell_w, cell_h = 2 * w * scale + 16, w * scale + 44
+    cell_w, cell_h = 2 * w * scale + 16, w * scale + 58
     cols = 4
     sheet = Image.new("RGB", (cols * cell_w, ((n + cols - 1) // cols) * cell_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -143,8 +144,9 @@ def pair_grid(pairs: list[tuple], images: dict, utilities: dict, ra: list[float]
         sheet.paste(images[a].resize((w * scale, w * scale), Image.NEAREST), (cx + 4, cy + 4))
         sheet.paste(images[b].resize((w * scale, w * scale), Image.NEAREST), (cx + 8 + w * scale, cy + 4))
         pref = "rater: left" if utilities[a] > utilities[b] else "rater: right"
-        draw.text((cx + 4, cy + w * scale + 8), prompt[:44], fill=(0, 0, 0))
-        draw.text((cx + 4, cy + w * scale + 22), f"r {x:+.2f} | {y:+.2f}   {pref}", fill=(60, 60, 60))
+        for k, line in enumerate(textwrap.wrap(prompt, 44)[:2]):  # relation prompts run past one line
+            draw.text((cx + 4, cy + w * scale + 8 + 13 * k), line, fill=(0, 0, 0))
+        draw.text((cx + 4, cy + w * scale + 36), f"r {x:+.2f} | {y:+.2f}   {pref}", fill=(60, 60, 60))
     sheet.save(out)
 
 

@@ -224,7 +224,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
             loss = loss - sibling_weight * F.logsigmoid(logits[:, 0] - logits[:, 1]).mean()
         text = f"loss {loss.item():.4f}"
         if where and locate_weight > 0:  # each group's words look where its objects are (every caption on its own image)
-            at = head.locate(tokens[:, :], states[caps, :keep])  # (2B, L, heads, 2)
+            at = head.locate(tokens, states[caps, :keep])  # (2B, L, heads, 2)
             known = placed[caps, :keep]
             miss = ((at - place[caps, :keep, None, :]) ** 2).sum(-1).mean(-1)
             aux = (miss * known).sum() / known.sum().clamp_min(1)
