@@ -8,7 +8,7 @@ labelled grid) and ships it into resources/models/shapes-base with a card that n
 the recipes and the wall time of each job.
 
     .venv/bin/python bench/gpu_base_ship.py MODEL --recipe R --machine M --seconds S
-        [--continued-from JSON] [--out DIR]
+        [--continued-from JSON] [--out DIR] [--minilm-error E]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> int:
     ap.add_argument("--reproduce", default="", help="how to make this model again")
     ap.add_argument("--out", type=Path, default=None, help="ship here (default resources/models/shapes-base)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_base_measure"))
+    ap.add_argument("--minilm-error", type=float, default=None,
+                    help="the relative error of the rebuilt MiniLM's token states, as bench/gpu_minilm.py printed it on the GPU run")
     args = ap.parse_args()
 
     (args.model / "text_encoder" / "source.json").write_text(json.dumps(EMBEDDED) + "\n")
@@ -49,7 +51,9 @@ def main() -> int:
         "measured_with": "signal-backend sample --eval-prompts; signal-backend eval shapes (here, 2 CPU cores, the embedded MiniLM)",
         "weights": "float16 (trained in float32 with bf16 autocast)", "shift": info.get("shift"),
         "text_encoder_note": "trained with the embedded MiniLM rebuilt from half-precision weights on the GPU machine "
-                             "(bench/gpu_minilm.py: same identity, token states within 9e-4 relative of the real encoder's)",
+                             "(bench/gpu_minilm.py: same identity, token states within "
+                             + (f"{args.minilm_error:.1e} relative of the real encoder's)" if args.minilm_error is not None
+                                else "a relative error not recorded for this run; see its log)"),
     }
     if args.continued_from:
         prev = json.loads(args.continued_from.read_text())
