@@ -82,6 +82,8 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mix", type=int, default=1, help="decoder layers in which the prompt's tokens read each other's findings (relations)")
     p.add_argument("--where", action=argparse.BooleanOptionalAction, default=True,
                    help="compare where the prompt's tokens found their objects (relations: left of, above)")
+    p.add_argument("--bind", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --where: each token also judges the one object its locating attention found (a colour bound to its shape)")
     p.add_argument("--relation-share", type=float, default=0.3,
                    help="share of each batch given to scenes whose copy mirrors a relation (0: as they come, about one in twelve)")
     p.add_argument("--locate-weight", type=float, default=1.0,
@@ -96,6 +98,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     from backend.models.reward_prior import pretrain_prior
 
     card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
-                         relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, seed=args.seed)
+                         relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, seed=args.seed)
     print(json.dumps(card["zero_shot"]))
     return 0

@@ -319,10 +319,38 @@ def test_the_where_term_flips_sign_when_the_picture_is_turned_round():
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.float32)
     turned = tokens.view(2, 4, 4, 16).flip(1, 2).reshape(2, 16, 16)
     with torch.no_grad():
-        term, term_turned = head._where_term(tokens, states, mask), head._where_term(turned, states, mask)
+        term, term_turned = head._where_term(tokens, states, mask)[0], head._where_term(turned, states, mask)[0]
     real = mask.bool()
     assert term[real].abs().max() > 1e-3
     assert torch.allclose(term_turned[real], -term[real], atol=1e-5)
+
+
+def test_the_bind_term_reads_only_the_object_the_locating_attention_landed_on():
+    """Binding ("a blue circle", not a blue triangle beside a purple circle) reads what each token's sharp
+    attention located: a patch no token looks at changes nothing it judges, the patch one looks at does."""
+    import torch
+
+    from backend.models.reward import RewardHead
+
+    torch.manual_seed(0)
+    head = RewardHead(width=16, grid=4, where=True, bind=True).eval()
+    with torch.no_grad():
+        head.locate_t.fill_(8.0)  # scores x 3000: every head of every token settles on one patch
+        head.locate_k.bias.zero_()  # a patch scaled up keeps its key's direction, so where the attention lands stays put
+        tokens, states, mask = torch.randn(1, 16, 16), torch.randn(1, 5, 384), torch.ones(1, 5)
+        seen = head._looked(tokens, states)[0].amax((0, 1))  # the most any head of any token looks at each patch
+        ignored, watched = int(seen.argmin()), int(seen.argmax())
+        assert seen[ignored] < 1e-6 and seen[watched] > 0.99
+        found = head._where_term(tokens, states, mask)[1]
+        reward = head.judge_tokens(tokens, states, mask)
+        for patch, changes in ((ignored, False), (watched, True)):
+            other = tokens.clone()
+            other[0, patch] *= 3.0
+            moved = (head._where_term(other, states, mask)[1] - found).abs().max()
+            assert (moved > 0.1) if changes else (moved < 1e-4), (patch, float(moved))
+        # and the reward itself depends on the bind judge's reading
+        torch.nn.init.normal_(head.bind[-1].weight)
+        assert (head.judge_tokens(tokens, states, mask) - reward).abs().max() > 1e-3
 
 
 def test_token_places_mark_only_the_words_of_each_named_group():

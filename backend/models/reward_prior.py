@@ -180,13 +180,13 @@ def _through_vae(images: list, which: list[bool], batch: int = 128) -> list:
 
 def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int = 32, lr: float = 2e-3, width: int = 32, seed: int = 0,
                    vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
-                   sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, log=print) -> dict[str, Any]:
+                   sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, log=print) -> dict[str, Any]:
     """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     data = prior_data(scenes, seed, vae_share, log)
-    head = RewardHead(width=width, trunk=trunk, mix=mix, where=where)
+    head = RewardHead(width=width, trunk=trunk, mix=mix, where=where, bind=bind)
     model = RewardModel(head)
     grids = model.grids(data["images"])
     t1 = time.perf_counter()
@@ -239,7 +239,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
     log(f"[reward-prior] held-out: true render preferred over its broken copy {held['accuracy']:.3f} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in held['by_break'].items())})")
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "prior": True, "scenes": scenes, "steps": steps,
-            "batch": batch, "seed": seed, "vae_share": vae_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
+            "batch": batch, "seed": seed, "vae_share": vae_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "heldout_scenes": n_held, "zero_shot": held,
             "first_loss": round(sum(losses[:20]) / len(losses[:20]), 4), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
             "script": "signal-backend reward pretrain", "judgements": 0}

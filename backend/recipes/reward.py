@@ -33,6 +33,8 @@ class RewardRecipe(RecipeBase):
                                                 "(a relation between two objects is in no single token's reading)")
     where: bool = Field(False, description="With init = 'none': compare where the prompt's tokens found their objects (relations: "
                                            "left of, above); a prior or a model brings its own")
+    bind: bool = Field(False, description="With init = 'none' and where: each token also judges the one object its locating attention "
+                                          "found (a colour bound to its shape); a prior or a model brings its own")
     eval_every: int = Field(50, ge=1, description="Held-out accuracy and calibration every N steps")
     seed: int = Field(0, ge=0, description="Seed of the split, the head's weights and the batches")
     min_pairs: int = Field(20, ge=2, description="Refuse to train on fewer decisive judgements than this")
@@ -41,6 +43,8 @@ class RewardRecipe(RecipeBase):
     def _trunk_fits_width(self) -> RewardRecipe:
         if self.trunk and self.width % 8:
             raise ValueError(f"width = {self.width} with trunk = {self.trunk}: the trunk's group norm needs a width divisible by 8")
+        if self.bind and not self.where:
+            raise ValueError("bind = true needs where = true: it judges what the where term's attention located")
         return self
 
 

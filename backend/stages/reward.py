@@ -175,7 +175,7 @@ def starting_head(recipe: RewardRecipe, project: Project) -> tuple[Any, str]:
     from backend.train.resolve import locate
 
     if recipe.init == "none":
-        return RewardHead(width=recipe.width, trunk=recipe.trunk, mix=recipe.mix, where=recipe.where), "a fresh head"
+        return RewardHead(width=recipe.width, trunk=recipe.trunk, mix=recipe.mix, where=recipe.where, bind=recipe.bind), "a fresh head"
     folder = shipped_reward_prior_dir() if recipe.init == "prior" else locate(project, recipe.init)
     try:
         return load_reward(folder).head, ("the shipped reward prior" if recipe.init == "prior" else f"reward model {recipe.init}")
