@@ -245,6 +245,18 @@ def test_a_broken_promise_changes_both_the_picture_and_the_caption():
     assert seen == {"shape", "colour", "swap", "size", "fewer", "more", "relation"}
 
 
+def test_a_group_of_four_can_grow_to_five_in_its_broken_copy():
+    """The base sometimes draws five objects for "four": the prior must see such copies (captioned "five"),
+    or it has no reason to rank them below four."""
+    from backend.models.reward_prior import break_promise
+
+    scene = next(s for s in (make_scene(3, i, resolution=(64, 64)) for i in range(2000)) if len(s.groups) == 1 and s.groups[0].count == 4)
+    grown = [b for b, what in (break_promise(scene, random.Random(k)) for k in range(300)) if what == "more"]
+    assert grown, "no 'more' break of a group of four in 300 tries"
+    assert grown[0].groups[0].count == 5 and len(grown[0].objects) == 5
+    assert "five" in caption(grown[0]) and "four" in caption(scene)
+
+
 def test_prior_pretraining_lowers_its_contrastive_loss(tmp_path: Path):
     from backend.models.reward_prior import pretrain_prior
 

@@ -26,7 +26,7 @@ COLOR_NAMES = tuple(COLORS)
 SIZES = {"small": 0.26, "large": 0.42}  # object diameter as a fraction of the image's shorter side
 BACKGROUNDS = ("plain", "gradient", "stripes", "dots")
 RELATIONS = ("left of", "right of", "above", "below")
-COUNT_WORDS = {1: "a", 2: "two", 3: "three", 4: "four"}
+COUNT_WORDS = {1: "a", 2: "two", 3: "three", 4: "four", 5: "five"}  # scenes hold at most four; five names a copy with one too many
 CATEGORIES = ("single_object", "counting", "colour_binding", "spatial", "background")
 # Image sizes (width, height): 32 to 128 px, aspect ratios 1:1, 4:3, 3:4, 3:2, 2:3, 2:1, 1:2.
 RESOLUTIONS: tuple[tuple[int, int], ...] = (
