@@ -353,12 +353,15 @@ def test_the_bind_term_reads_only_the_object_the_locating_attention_landed_on():
         seen = head._looked(tokens, states)[0].amax((0, 1))  # the most any head of any token looks at each patch
         ignored, watched = int(seen.argmin()), int(seen.argmax())
         assert seen[ignored] < 1e-6 and seen[watched] > 0.99
-        found = head._where_term(tokens, states, mask)[1]
+        def found_there(t):  # what the bind term reads: the patches each token's attention landed on
+            return (head._where_term(t, states, mask)[1] @ t[:, None]).mean(1)
+
+        found = found_there(tokens)
         reward = head.judge_tokens(tokens, states, mask)
         for patch, changes in ((ignored, False), (watched, True)):
             other = tokens.clone()
             other[0, patch] *= 3.0
-            moved = (head._where_term(other, states, mask)[1] - found).abs().max()
+            moved = (found_there(other) - found).abs().max()
             assert (moved > 0.1) if changes else (moved < 1e-4), (patch, float(moved))
         # and the reward itself depends on the bind judge's reading
         torch.nn.init.normal_(head.bind[-1].weight)

@@ -115,15 +115,18 @@ class RewardHead(nn.Module):
         per_token = self.judge(torch.cat([query, found], -1)).squeeze(-1)
         m = mask.to(per_token.dtype)
         if self.where is not None:
-            where, found_there = self._where_term(tokens, states, m)
+            where, looked = self._where_term(tokens, states, m)
             per_token = per_token + where
-            if self.bind is not None:
-                per_token = per_token + self.bind(torch.cat([query, found_there], -1)).squeeze(-1)
+            if self.bind is not None:  # what each token's attention landed on (averaged over heads): one object
+                per_token = per_token + self.bind(torch.cat([query, (looked @ tokens[:, None]).mean(1)], -1)).squeeze(-1)
         return (per_token * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def locate(self, tokens: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """(B, L, heads, 2): where each prompt token's objects sit in the picture, x and y in [-1, 1] (y down), per head."""
-        return (self._looked(tokens, states) @ self.xy[: tokens.shape[1]]).transpose(1, 2)
+        return self._positions(self._looked(tokens, states))
+
+    def _positions(self, looked: torch.Tensor) -> torch.Tensor:
+        return (looked @ self.xy[: looked.shape[-1]]).transpose(1, 2)
 
     def _looked(self, tokens: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """(B, heads, L, P): the locating attention of each prompt token over the patches."""
@@ -134,7 +137,7 @@ class RewardHead(nn.Module):
 
     def _where_term(self, tokens: torch.Tensor, states: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) per token: its words' wanted direction · where its attention landed, relative to the prompt's other tokens;
-        and (B, L, width) what it found there (the patches its attention landed on, averaged over heads).
+        and (B, heads, L, P) the locating attention itself (what the bind term reads through).
 
         "a red circle left of a blue square": the circle's tokens (MiniLM's states know they stand before
         "left of") can learn to want a small x, the square's a large one; the sum is then high when the
@@ -143,13 +146,12 @@ class RewardHead(nn.Module):
         term, located positions supervised and the role layer, the shipped prior gets 1.00 of 108 (2026-12-05)."""
         b, length, heads = states.shape[0], states.shape[1], self.config["heads"]
         looked = self._looked(tokens, states)
-        at = (looked @ self.xy[: tokens.shape[1]]).transpose(1, 2)
-        found_there = (looked @ tokens[:, None]).mean(1)  # (B, L, width)
+        at = self._positions(looked)
         w = m[:, :, None, None]
         at = at - (at * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)  # relative: a shifted picture scores the same
         role = self.role(self.role_in(states) + self.role_pos[:length], src_key_padding_mask=m == 0)
         want = self.where(role).view(b, length, heads, 2)
-        return (want * at).sum((-1, -2)), found_there
+        return (want * at).sum((-1, -2)), looked
 
 
 class RewardModel:
