@@ -76,10 +76,11 @@ def align_on_reward(project: Project, reward: str, steps: int = 12) -> dict:
     model the ratings trained, then strict ShapesEval of the tuned model on a stratified half of the eval
     set (every category in proportion; all 960 put the demo past 30 minutes on 2 cores: 1850 s,
     2026-12-06), printed after the base's (same prompts, seeds and sampler)."""
-    from backend.eval.shapes_eval import format_table
+    from backend.eval.shapes_eval import format_table, load_eval_prompts, stratified_pairs
     from backend.jobs import create_job, execute_job
     from backend.recipes.align import AlignRecipe
 
+    every = len(stratified_pairs(load_eval_prompts()))
     recipe = AlignRecipe(method="grpo", name="demo-grpo", model="models/shapes-base", steps=steps, lr=1e-4, eval_images=480,
                          eval_every=steps, sample_every=0, grpo={"rewards": f"rule=1, {reward}=0.5"})
     job = create_job(project, recipe, "demo-align")
@@ -87,8 +88,8 @@ def align_on_reward(project: Project, reward: str, steps: int = 12) -> dict:
           f"reward {recipe.grpo.rewards} (job {job})")
     summary = execute_job(project, job, echo=False)
     card = json.loads((project.root / summary["path"] / "card.json").read_text())
-    print(f"[demo] the tuned model {summary['path']} (parent models/shapes-base), strict ShapesEval on {card['shapes_eval']['n']} of the 960 eval images "
-          "(a stratified half; the base above on all 960):")
+    print(f"[demo] the tuned model {summary['path']} (parent models/shapes-base), strict ShapesEval on a stratified {card['shapes_eval']['n']} "
+          f"of the {every} eval images (the base above on all {every}):")
     print("    " + format_table(card["shapes_eval"]).replace("\n", "\n    "))
     print(f"[demo] its evaluation samples, labelled (green frame: strict pass): {project.root / summary['path'] / 'samples.png'}")
     return {**summary, "card": card}
