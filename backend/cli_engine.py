@@ -82,8 +82,10 @@ def _execute(project: Path, job_id: int, resume: bool) -> int:
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=Path, required=True)
-    p.add_argument("--job", type=int, required=True)
+    p.add_argument("--job", type=int, default=None, help="the job to run")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--standby", action="store_true", help="load the libraries first, then run the job whose id comes on standard input "
+                                                          "(the service keeps one such worker ready)")
 
 
 @command("worker", "run one job of a project (the service and 'run' start this)", _worker_args)
@@ -91,7 +93,16 @@ def _worker(args: argparse.Namespace) -> int:
     nice = int(os.environ.get("SIGNAL_JOB_NICE", "0") or 0)
     if nice > 0 and hasattr(os, "nice"):
         os.nice(nice)  # before torch starts its threads, which inherit it
-    return _execute(args.project, args.job, not args.fresh)
+    job = args.job
+    if args.standby:
+        from backend.jobs import await_standby_job
+
+        job = await_standby_job()
+        if job is None:
+            return 0
+    if job is None:
+        return fail("give --job N (or --standby)")
+    return _execute(args.project, job, not args.fresh)
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:

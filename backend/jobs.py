@@ -67,6 +67,49 @@ def worker_command(project: Path, job_id: int, compute: Any = None, resume: bool
     return launch + tail
 
 
+def standby_command(project: Path) -> list[str]:
+    """A worker that loads the libraries every job needs, then waits on its standard input for the job
+    to run (``await_standby_job``): the runner keeps one ready, so a job starts without the import wait."""
+    return [sys.executable, "-m", "backend", "worker", "--project", str(project), "--standby"]
+
+
+# what a job imports before its first step (about 5 s of a 2-core machine's time, most of a small
+# Playground job): torch, diffusers, transformers and peft, and the modules of ours that load models
+WARM_MODULES = ("torch", "diffusers", "transformers", "peft", "backend.models.family", "backend.models.text_encoder", "backend.models.lora",
+                "backend.train.loop", "backend.train.resolve", "backend.sample.euler", "backend.eval.shapes_eval", "backend.world.pretrained")
+
+
+def warm_up() -> None:
+    """Import what jobs run, every stage's runner module included; a module that fails to import is left
+    for the job that needs it to report."""
+    import importlib
+
+    from backend.stages import all_stages
+
+    for name in (*WARM_MODULES, *sorted({s.runner.partition(":")[0] for s in all_stages()})):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the job that needs it says what is wrong, with its own log
+            pass
+
+
+def await_standby_job(stdin: Any = None) -> int | None:
+    """The standby worker's wait: warm up, read one line ``<job id> <worker log path>``, send this process's
+    output to that log and return the job's id; None at end of input (the service stopped without needing it)."""
+    warm_up()
+    line = (stdin or sys.stdin).readline()
+    if not line.strip():
+        return None
+    job, _, log = line.strip().partition(" ")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return int(job)
+
+
 def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 

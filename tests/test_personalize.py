@@ -23,7 +23,8 @@ from backend.train.resolve import resolve_model
 from backend.world.export import export_world, subject_folder
 
 SMALL = {"steps": 4, "batch_size": 2, "eval_every": 4, "eval_images": 2, "class_eval_images": 4, "sample_every": 2, "preview_seeds": [0],
-         "prior": {"mode": "class_images", "class_images": 3}, "lora": {"rank": 4, "alpha": 8}}
+         "prior": {"mode": "class_images", "class_images": 3}, "lora": {"rank": 4, "alpha": 8},
+         "sampler": {"steps": 4}}  # class images, previews and both evaluations: what they measure is not under test here
 
 
 @pytest.fixture(scope="module")

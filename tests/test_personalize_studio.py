@@ -50,6 +50,7 @@ def test_personalize_page_to_run_to_scaled_comparison(qtbot, tmp_path: Path):
             pz.knobs[path].setValue(value)
         pz.recipe["class_eval_images"] = 2  # not on the page: the recipe's own field, kept small for the test
         pz.recipe["eval_every"] = 4
+        pz.recipe["sampler"]["steps"] = 4  # class images, previews and evaluations at 4 steps: their quality is not under test
         pz.name.setText("mine-sks")
         pz.start()
         qtbot.waitUntil(lambda: w.page_names[w.sidebar.currentRow()] == "Runs", timeout=30_000)

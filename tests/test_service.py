@@ -260,6 +260,39 @@ def test_killed_service_restarts_with_jobs_and_ratings_intact(own_project: Path,
         client.close()
 
 
+def test_the_next_job_runs_in_a_warm_standby_worker_that_ends_with_the_service(own_project: Path, tmp_path: Path):
+    """After a job, the runner keeps one worker with the libraries loaded; the next job runs in that very
+    process (its own process still: killable, with its own log), another is readied once the runner is
+    idle, and a killed service leaves no standby behind."""
+    import psutil
+
+    proc, client = start_backend(own_project, log_path=tmp_path / "svc.log")
+    try:
+        assert client.info()["runner"]["standby_pid"] is None  # a service that has run no job spends nothing on one
+        first = client.create_job(tiny_pretrain_recipe(steps=2, name="cold"), "cold")
+        assert client.wait_job(first["id"], timeout=240)["state"] == "done"
+        standby = _wait(lambda: client.info()["runner"]["standby_pid"])
+        assert "--standby" in psutil.Process(standby).cmdline()
+        _wait(lambda: os.getpriority(os.PRIO_PROCESS, standby) >= 5)  # it yields the CPU as jobs do (set as it starts)
+        second = client.create_job(tiny_pretrain_recipe(steps=400, checkpoint_every=4, sample_every=1000, name="warm"), "warm")
+        _wait(lambda: client.job(second["id"])["step"] >= 2)
+        assert client.job(second["id"])["pid"] == standby  # it runs in the warm process, not a new one
+        client.control(second["id"], "stop")
+        stopped = client.wait_job(second["id"], timeout=120)
+        assert stopped["state"] == "stopped" and stopped["resumable"] == 1
+        log = (own_project / stopped["run_dir"] / "worker.log").read_text()
+        assert '"state": "stopped"' in log  # the standby's output went to the job's own log
+        refill = _wait(lambda: client.info()["runner"]["standby_pid"])
+        assert refill != standby
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        client.close()
+    # the standby's pipe closed with the service: it ends by itself, holding no job
+    gone, alive = psutil.wait_procs([psutil.Process(refill)], timeout=60)
+    assert not alive
+
+
 def test_undo_returns_the_pair_to_the_queue_and_keeps_the_rating_for_audit(backend):
     _, client = backend
     a = client.create_pair("a blue square", "11" * 32, "22" * 32)

@@ -5,6 +5,11 @@ GUI alone. Control is a flag on the job row that the worker polls; a stop that i
 within ``stop_timeout`` becomes a kill. On start the runner adopts workers that outlived a
 previous service and marks jobs whose process is gone as interrupted (resumable when a
 checkpoint exists), so nobody has to edit the database by hand.
+
+Once a job has run, the runner keeps one *standby* worker, started while no job runs: a process
+that has already imported torch, diffusers and the stages (about 5 s on a 2-core machine, most of
+a small Playground job) and waits on a pipe for the next job's id. A job is still its own process; it just starts warm. The
+standby ends with the service (its pipe closes); ``SIGNAL_STANDBY_WORKER=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from backend.jobs import now_iso, worker_command
+from backend.jobs import now_iso, standby_command, worker_command
 from backend.store import job_state
 from backend.store.project import connect
 
@@ -32,11 +37,12 @@ def _is_our_worker(pid: int, job_id: int) -> bool:
         cmd = psutil.Process(pid).cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    return "worker" in cmd and "--job" in cmd and str(job_id) in cmd
+    # a standby worker's command line names no job: the pid the job row holds is what ties them
+    return "worker" in cmd and ("--standby" in cmd or ("--job" in cmd and str(job_id) in cmd))
 
 
 class JobRunner:
-    def __init__(self, project_root: Path, slots: int = 1, stop_timeout: float = 60.0, poll: float = 0.2):
+    def __init__(self, project_root: Path, slots: int = 1, stop_timeout: float = 60.0, poll: float = 0.2, standby: bool | None = None):
         self.root = Path(project_root)
         self.slots = slots
         self.stop_timeout = stop_timeout
@@ -47,6 +53,10 @@ class JobRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.db = None
+        self.standby_enabled = os.environ.get("SIGNAL_STANDBY_WORKER", "1") != "0" if standby is None else standby
+        self.standby: subprocess.Popen | None = None
+        self.standby_failures = 0  # standbys that ended before they were given a job: after three, jobs start cold
+        self.launched = 0
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -61,6 +71,10 @@ class JobRunner:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        if self.standby is not None:  # it holds no job: nothing is lost
+            self.standby.kill()
+            self.standby.wait(timeout=30)
+            self.standby = None
 
     def recover(self) -> list[int]:
         """Adopt live workers of earlier services; mark jobs whose process died as interrupted."""
@@ -87,6 +101,7 @@ class JobRunner:
         self._reap()
         self._escalate_stops()
         self._start_queued()
+        self._keep_standby()
 
     def _reap(self) -> None:
         for job_id, proc in list(self.children.items()):
@@ -133,20 +148,58 @@ class JobRunner:
         run_dir = self.root / (row[1] or f"runs/job-{job_id:05d}")
         run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run_dir / "worker.log", "ab")
-        # jobs run at a lower CPU priority than the service and the Studio: on a small machine a
-        # training job that competes as an equal starves the window (stalls of 100 ms and more)
-        env = {"SIGNAL_JOB_NICE": "5", **os.environ, "PYTHONUNBUFFERED": "1"}
         cmd = worker_command(self.root, job_id, getattr(recipe, "compute", None))
         started = self.db.execute("SELECT started FROM jobs WHERE id = ?", [job_id]).fetchone()[0]
         # claim the job: only a job still queued may start
         if not job_state.move(self.db, job_id, "running", only_from=("queued",), control=None, error=None, heartbeat=time.time(), started=started or now_iso()):
             log.close()
             return
-        proc = subprocess.Popen(cmd, cwd=str(Path(__file__).resolve().parents[2]), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = self._hand_to_standby(job_id, run_dir / "worker.log") if cmd[1:4] == ["-m", "backend", "worker"] else None
+        if proc is None:
+            proc = subprocess.Popen(cmd, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, env=self.job_env(), start_new_session=True)
         log.close()
+        self.launched += 1
         with self.db.conn:
             self.db.execute("UPDATE jobs SET pid = ? WHERE id = ?", [proc.pid, job_id])
         self.children[job_id] = proc
+
+    cwd = str(Path(__file__).resolve().parents[2])
+
+    @staticmethod
+    def job_env() -> dict[str, str]:
+        # jobs run at a lower CPU priority than the service and the Studio: on a small machine a
+        # training job that competes as an equal starves the window (stalls of 100 ms and more)
+        return {"SIGNAL_JOB_NICE": "5", **os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def _keep_standby(self) -> None:
+        """A warm worker ready for the next job, once this service has run one (a service that runs no job
+        spends nothing on it). Started only while no job runs: its imports beside a running job slowed
+        that job's sampling five-fold on 2 cores (torch's threads of two processes fighting over them)."""
+        if self.standby is not None and self.standby.poll() is not None:
+            self.standby_failures += 1
+            self.standby = None
+        if (not self.standby_enabled or self.standby is not None or self.launched == 0 or self.standby_failures >= 3 or self._stop.is_set()
+                or self._running_count() > 0):
+            return
+        log = open(self.root / "cache" / "standby-worker.log", "wb") if (self.root / "cache").is_dir() else subprocess.DEVNULL
+        self.standby = subprocess.Popen(standby_command(self.root), cwd=self.cwd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                        env=self.job_env(), start_new_session=True)
+        if log is not subprocess.DEVNULL:
+            log.close()
+
+    def _hand_to_standby(self, job_id: int, log: Path) -> subprocess.Popen | None:
+        """The standby worker, now running ``job_id`` with its output in ``log``; None when there is none alive."""
+        proc, self.standby = self.standby, None
+        if proc is None or proc.poll() is not None:
+            return None
+        try:
+            proc.stdin.write(f"{job_id} {log}\n".encode())
+            proc.stdin.close()
+        except OSError:  # it died as the job came: start the job cold
+            proc.kill()
+            proc.wait(timeout=30)
+            return None
+        return proc
 
     def kill(self, job_id: int) -> bool:
         """SIGKILL the job's process group; the job becomes interrupted (resumable if checkpointed)."""
@@ -167,5 +220,6 @@ class JobRunner:
         job_state.move(self.db, job_id, "interrupted", only_from=("running",), pid=None, resumable=int(resumable), error=why, ended=now_iso(), control=None)
 
     def status(self) -> dict[str, Any]:
-        return {"slots": self.slots, "running": sorted(list(self.children) + list(self.adopted))}
+        standby = self.standby.pid if self.standby is not None and self.standby.poll() is None else None
+        return {"slots": self.slots, "running": sorted(list(self.children) + list(self.adopted)), "standby_pid": standby}
 
