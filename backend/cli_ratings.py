@@ -90,6 +90,10 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
                    help="with --where: weight of the term teaching each group's words to look where its objects are")
     p.add_argument("--sibling-weight", type=float, default=1.0,
                    help="weight of the pairwise term: each caption's own image above its sibling with one promise broken")
+    p.add_argument("--relate", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --bind: the where term bounded and paid only as far as the located objects are the named ones")
+    p.add_argument("--init", type=Path, default=None, help="go on from this prior's weights (its width, trunk, mix, where and bind)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW); lower when going on from --init")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -98,6 +102,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from backend.models.reward_prior import pretrain_prior
 
     card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
-                         relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, seed=args.seed)
+                         relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, relate=args.relate,
+                         init=args.init, lr=args.lr, seed=args.seed)
     print(json.dumps(card["zero_shot"]))
     return 0

@@ -112,22 +112,26 @@ def test_the_reward_stage_keeps_the_head_before_it_memorises_noisy_judgements(tm
     assert "accuracy" in kept["heldout_of_last_step"]
 
 
-def test_the_starting_scale_is_fitted_without_changing_the_ranking():
+@pytest.mark.parametrize("terms", [{}, {"where": True, "bind": True}, {"where": True, "bind": True, "relate": True}], ids=["judge", "where+bind", "relate"])
+def test_the_starting_scale_is_fitted_without_changing_the_ranking(terms: dict):
     """An over-confident starting head (a contrastive prior's scale) gets one temperature fitted to the
-    training pairs, folded into its last layer: every reward difference is scaled by the same positive
-    factor (so the ranking and every accuracy stay), and the Bradley-Terry loss falls."""
+    training pairs, folded into its output: every reward difference is scaled by the same positive
+    factor (so the ranking and every accuracy stay), and the Bradley-Terry loss falls. Whatever terms
+    the head adds up (the shipped prior has where and bind beside judge)."""
     import torch
 
     from backend.models.reward import RewardHead
     from backend.stages.reward import Features, bt_loss, calibrate
 
     torch.manual_seed(0)
-    head = RewardHead(width=16).eval()
-    with torch.no_grad():
-        head.judge[-1].weight.mul_(2000.0)  # far too confident
+    head = RewardHead(width=16, **terms).eval()
     n = 48
     grid_a, grid_b = torch.randn(n, 64, 16, 16), torch.randn(n, 64, 16, 16)
     states, mask = torch.randn(n, 6, 384), torch.ones(n, 6, dtype=torch.bool)
+    with torch.no_grad():
+        for p in head.parameters():  # every term in play (where starts at zero), then far too confident
+            p.add_(0.3 * torch.randn_like(p))
+        head.scale_output(30.0 / float((head(grid_a, states, mask) - head(grid_b, states, mask)).std()))
     with torch.no_grad():
         before = head(grid_a, states, mask) - head(grid_b, states, mask)
     label = (before > 0).float()

@@ -49,12 +49,14 @@ def sincos_positions(grid: int, dim: int, scale: float = 0.5) -> torch.Tensor:
 
 class RewardHead(nn.Module):
     def __init__(self, image_dim: int = 64, text_dim: int = 384, width: int = 64, heads: int = 4, grid: int = 16, trunk: int = 0, mix: int = 0,
-                 where: bool = False, bind: bool = False):
+                 where: bool = False, bind: bool = False, relate: bool = False):
         super().__init__()
         if bind and not where:
             raise ValueError("bind reads what the where term's attention located: it needs where = True")
+        if relate and not bind:
+            raise ValueError("relate gates the where term by what each token's located object is: it needs bind = True")
         self.config = {"image_dim": image_dim, "text_dim": text_dim, "width": width, "heads": heads, "grid": grid, "trunk": trunk, "mix": mix,
-                       "where": where, "bind": bind}
+                       "where": where, "bind": bind, "relate": relate}
         # learned, starting from where each patch sits: at zero the head saw no position at first (the encoder's
         # convolutions are nearly blind to it). Not the cure for relations alone: the prior stayed at chance on mirrored
         # pictures with these codes only (0.47 held out); the where term below cures it (1.00, 2026-12-05)
@@ -91,6 +93,34 @@ class RewardHead(nn.Module):
         # beside a purple circle holds every word of the caption; the swap of two groups' colours was the
         # prior's weakest break (0.66 held out, 2026-12-06). None on heads saved before it existed
         self.bind = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1)) if bind else None
+        # relate: the where term made bounded and paid only between the named objects. Added as a signed, unbounded
+        # sum it paid the *degree* of separation (a faithful picture lost by 12.7 to one whose star sat farther left)
+        # and the arrangement of *wrong* objects ("exactly the promised objects, wrong side" lost to "a wrong colour
+        # where the words point" in 18 of 25 base pairs the rater decides that way; bench/reward_terms.py,
+        # 2026-12-06). With it the caption's relation pays scale * sigmoid(slope * where) * gate, the gate being the
+        # geometric mean over tokens of sigmoid(a judgement of the object each token located): near 1 only when
+        # every located object is the named one, so it is also a "these are the promised objects" bonus on
+        # captions without a relation. None / absent on heads saved before it existed
+        self.relate = relate
+        if relate:
+            self.gate = nn.Sequential(nn.LayerNorm(2 * width), nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, 1))
+            nn.init.constant_(self.gate[-1].bias, 3.0)  # open at the start: a head going on from an ungated prior keeps its relations
+            self.relate_scale = nn.Parameter(torch.tensor(4.0))
+            self.relate_slope = nn.Parameter(torch.tensor(1.0))
+
+    @torch.no_grad()
+    def scale_output(self, factor: float) -> None:
+        """Multiply every reward by ``factor`` (> 0) in place, the ranking unchanged: each term's last linear map
+        (judge, bind, and where's wanted directions, which the where term is linear in) or, with ``relate``, the
+        relation's own scale (its where reading sits inside a sigmoid)."""
+        layers = [self.judge[-1]] + ([self.bind[-1]] if self.bind is not None else [])
+        if self.where is not None and not self.relate:
+            layers.append(self.where)
+        for layer in layers:
+            layer.weight.mul_(factor)
+            layer.bias.mul_(factor)
+        if self.relate:
+            self.relate_scale.mul_(factor)
 
     def forward(self, grid: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """grid (B, C, h, w) image features, states (B, L, D) prompt tokens, mask (B, L) True on real tokens -> (B,) rewards."""
@@ -114,12 +144,19 @@ class RewardHead(nn.Module):
                 found = layer(found, tokens, tgt_key_padding_mask=pad)
         per_token = self.judge(torch.cat([query, found], -1)).squeeze(-1)
         m = mask.to(per_token.dtype)
+        relation = 0.0
         if self.where is not None:
             where, looked = self._where_term(tokens, states, m)
-            per_token = per_token + where
             if self.bind is not None:  # what each token's attention landed on (averaged over heads): one object
-                per_token = per_token + self.bind(torch.cat([query, (looked @ tokens[:, None]).mean(1)], -1)).squeeze(-1)
-        return (per_token * m).sum(1) / m.sum(1).clamp_min(1.0)
+                located = torch.cat([query, (looked @ tokens[:, None]).mean(1)], -1)
+                per_token = per_token + self.bind(located).squeeze(-1)
+            if self.relate:
+                n = m.sum(1).clamp_min(1.0)
+                gate = ((F.logsigmoid(self.gate(located).squeeze(-1)) * m).sum(1) / n).exp()
+                relation = self.relate_scale * torch.sigmoid(self.relate_slope * (where * m).sum(1) / n) * gate
+            else:
+                per_token = per_token + where
+        return (per_token * m).sum(1) / m.sum(1).clamp_min(1.0) + relation
 
     def locate(self, tokens: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """(B, L, heads, 2): where each prompt token's objects sit in the picture, x and y in [-1, 1] (y down), per head."""
@@ -209,6 +246,6 @@ def load_reward(folder: str | Path, device: str = "cpu") -> RewardModel:
         raise FileNotFoundError(f"{folder} is not a reward model (no {HEAD_FILE} and config.json)")
     config = json.loads((folder / "config.json").read_text())
     head = RewardHead(**{k: config[k] for k in ("image_dim", "text_dim", "width", "heads", "grid")}, trunk=config.get("trunk", 0), mix=config.get("mix", 0),
-                      where=config.get("where", False), bind=config.get("bind", False))
+                      where=config.get("where", False), bind=config.get("bind", False), relate=config.get("relate", False))
     head.load_state_dict(load_file(str(folder / HEAD_FILE)))
     return RewardModel(head.eval(), device=device)

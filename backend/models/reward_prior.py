@@ -180,13 +180,28 @@ def _through_vae(images: list, which: list[bool], batch: int = 128) -> list:
 
 def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int = 32, lr: float = 2e-3, width: int = 32, seed: int = 0,
                    vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
-                   sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, log=print) -> dict[str, Any]:
-    """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes)."""
+                   sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, relate: bool = False,
+                   init: Path | None = None, log=print) -> dict[str, Any]:
+    """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes).
+    ``init``: go on from an earlier prior's weights (its width, trunk, mix, where and bind); parts it lacks
+    (``relate`` on an ungated prior) start fresh."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     data = prior_data(scenes, seed, vae_share, log)
-    head = RewardHead(width=width, trunk=trunk, mix=mix, where=where, bind=bind)
+    if init is not None:
+        from safetensors.torch import load_file
+
+        from backend.models.reward import HEAD_FILE
+
+        shape = json.loads((Path(init) / "config.json").read_text())
+        width, trunk, mix, where, bind = shape["width"], shape.get("trunk", 0), shape.get("mix", 0), shape.get("where", False), shape.get("bind", False)
+        head = RewardHead(width=width, trunk=trunk, mix=mix, where=where, bind=bind, relate=relate)
+        missing, unexpected = head.load_state_dict(load_file(str(Path(init) / HEAD_FILE)), strict=False)
+        if unexpected or any(not k.startswith(("gate.", "relate_")) for k in missing):
+            raise ValueError(f"{init} does not fit this head: missing {missing}, unexpected {unexpected}")
+    else:
+        head = RewardHead(width=width, trunk=trunk, mix=mix, where=where, bind=bind, relate=relate)
     model = RewardModel(head)
     grids = model.grids(data["images"])
     t1 = time.perf_counter()
@@ -239,7 +254,8 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
     log(f"[reward-prior] held-out: true render preferred over its broken copy {held['accuracy']:.3f} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in held['by_break'].items())})")
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "prior": True, "scenes": scenes, "steps": steps,
-            "batch": batch, "seed": seed, "vae_share": vae_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
+            "batch": batch, "seed": seed, "vae_share": vae_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
+            "init": str(init) if init is not None else None, "lr": lr, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "heldout_scenes": n_held, "zero_shot": held,
             "first_loss": round(sum(losses[:20]) / len(losses[:20]), 4), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
             "script": "signal-backend reward pretrain", "judgements": 0}

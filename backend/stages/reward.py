@@ -186,19 +186,19 @@ def starting_head(recipe: RewardRecipe, project: Project) -> tuple[Any, str]:
 
 @torch.no_grad()
 def calibrate(head: torch.nn.Module, data: Features) -> float:
-    """Fit one temperature on the training pairs and fold it into the head's last layer: the ranking
-    (every accuracy) is unchanged, but a prior trained contrastively is far too confident for
-    Bradley-Terry, and its validation loss then says little about its ranking: the first steps
-    would only shrink the scale, and the head kept by validation loss would be chosen on that."""
+    """Fit one temperature on the training pairs and fold it into the head's output (every term's last
+    layer, ``RewardHead.scale_output``): the ranking (every accuracy) is unchanged, but a prior trained
+    contrastively is far too confident for Bradley-Terry, and its validation loss then says little about
+    its ranking: the first steps would only shrink the scale, and the head kept by validation loss would be
+    chosen on that. (Until 2026-12-06 only the judge term was scaled: on the shipped prior, whose where and
+    bind terms add to it, x0.1 re-ranked the pairs before any rating was learned.)"""
     idx = torch.arange(len(data))
     grid_a, grid_b, states, mask, label = data.take(idx, torch.device("cpu"))
     diff = head(grid_a, states, mask) - head(grid_b, states, mask)
     scales = torch.logspace(-2, 1, 61)
     losses = torch.stack([bt_loss(s * diff, label) for s in scales])
     scale = float(scales[int(losses.argmin())])
-    last = head.judge[-1]
-    last.weight.mul_(scale)
-    last.bias.mul_(scale)
+    head.scale_output(scale)
     return scale
 
 
