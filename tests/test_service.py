@@ -269,7 +269,7 @@ def test_the_next_job_runs_in_a_warm_standby_worker_that_ends_with_the_service(o
     proc, client = start_backend(own_project, log_path=tmp_path / "svc.log")
     try:
         assert client.info()["runner"]["standby_pid"] is None  # a service that has run no job spends nothing on one
-        first = client.create_job(tiny_pretrain_recipe(steps=2, name="cold"), "cold")
+        first = client.create_job(f'kind = "import"\ndataset = "again"\nsources = ["{tmp_path / "w"}"]\n', "cold")  # any job; a quick one
         assert client.wait_job(first["id"], timeout=240)["state"] == "done"
         standby = _wait(lambda: client.info()["runner"]["standby_pid"])
         assert "--standby" in psutil.Process(standby).cmdline()

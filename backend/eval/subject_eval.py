@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from backend.sample.euler import SampleSettings, generate
+from backend.world.spec import SHAPES
 
 
 def subject_count(img: Image.Image) -> int:
@@ -137,6 +138,7 @@ class SubjectEval:
         self.instance_prompt, self.class_prompt = instance_prompt, class_prompt
         self.context_prompts = [p for p in context_prompts if token in p.split()]
         self.checks = {p: context_checks(p, token, class_noun) for p in self.context_prompts}
+        self.class_noun = class_noun
         self.seeds = [seed + k for k in range(images)]
         self.detector, self.encoder = load_detector(), load_encoder()
         self.references = self.encoder.pooled(references)
@@ -173,10 +175,13 @@ class SubjectEval:
         leaks = [subject_found(im) for im in cls_images + eval_images]
         k = min(8, n)  # the grid shows the first 8 of each prompt
         shown_ctx = [i for j in range(len(self.context_prompts)) for i in range(j * n, j * n + k)]
+        # a class picture passes when it shows one object of the class and not the subject (an empty picture for
+        # "a circle" was framed green while only leakage was checked)
+        one = [self.class_noun not in SHAPES or [o.shape for o in d.objects] == [self.class_noun] for d in self.detector(cls_images[:k])]
         self.grid = labelled_grid(inst[:k] + [ctx_images[i] for i in shown_ctx] + cls_images[:k],
                                   [self.instance_prompt] * k + [ctx_prompts[i] for i in shown_ctx] + [self.class_prompt] * k,
                                   [subject_found(im) for im in inst[:k]] + [passed[i] for i in shown_ctx]
-                                  + [not subject_found(im) for im in cls_images[:k]], cols=8)
+                                  + [ok and not subject_found(im) for ok, im in zip(one, cls_images[:k])], cols=8)
         strict = report.overall if report is not None else float("nan")
         self.last = SubjectReport(
             fidelity=float(sims.mean()), fidelity_sd=float(sims.std()) if n > 1 else 0.0, shown=float(np.mean([subject_found(im) for im in inst])),
