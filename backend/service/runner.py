@@ -32,13 +32,13 @@ from backend.store.project import connect
 LIVE = ("running",)
 
 
-def _is_our_worker(pid: int, job_id: int) -> bool:
+def _is_our_worker(pid: int, job_id: int, project: Path) -> bool:
     try:
         cmd = psutil.Process(pid).cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    # a standby worker's command line names no job: the pid the job row holds is what ties them
-    return "worker" in cmd and ("--standby" in cmd or ("--job" in cmd and str(job_id) in cmd))
+    # a standby worker's command line names no job, only its project: the pid the job row holds ties them
+    return "worker" in cmd and (("--standby" in cmd and str(project) in cmd) or ("--job" in cmd and str(job_id) in cmd))
 
 
 class JobRunner:
@@ -80,7 +80,7 @@ class JobRunner:
         """Adopt live workers of earlier services; mark jobs whose process died as interrupted."""
         changed = []
         for job_id, pid in self.db.execute("SELECT id, pid FROM jobs WHERE state IN ('running')").fetchall():
-            if pid and psutil.pid_exists(pid) and _is_our_worker(pid, job_id):
+            if pid and psutil.pid_exists(pid) and _is_our_worker(pid, job_id, self.root):
                 self.adopted[job_id] = pid
                 continue
             self._mark_interrupted(job_id, "the worker process is gone (service restart or crash)")
