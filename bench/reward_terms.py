@@ -31,26 +31,19 @@ from reward import hidden_utilities
 
 
 def prior_terms(model, images: list, prompts: list[str]) -> dict[str, list[float]]:
-    """Each term of the head's reward, averaged over the prompt's tokens as the head does (their sum is the reward)."""
+    """Each part of the head's reward (``RewardHead.terms``), with their sum as ``total``; the oracle rows also read
+    the raw ``where`` mean of a ``relate`` head, so it is given under that name too."""
     head = model.head.eval()
     grid = model.grids(images)
     states, mask = model.prompt_states(prompts)
     with torch.no_grad():
         tokens = head.image_tokens(grid)
-        query = head.text_in(states)
-        found, _ = head.attend(query, tokens, tokens, need_weights=False)
-        if len(head.mix):
-            found = query + found
-            for layer in head.mix:
-                found = layer(found, tokens, tgt_key_padding_mask=~mask.bool())
-        m = mask.float()
-        out = {"judge": head.judge(torch.cat([query, found], -1)).squeeze(-1)}
-        if head.where is not None:
-            out["where"], looked = head._where_term(tokens, states, m)
-            if head.bind is not None:
-                out["bind"] = head.bind(torch.cat([query, (looked @ tokens[:, None]).mean(1)], -1)).squeeze(-1)
-        terms = {k: ((v * m).sum(1) / m.sum(1)).tolist() for k, v in out.items()}
-        terms["total"] = head.judge_tokens(tokens, states, mask).tolist()
+        parts = head.terms(tokens, states, mask)
+        terms = {k: v.tolist() for k, v in parts.items()}
+        terms["total"] = sum(parts.values()).tolist()
+        if "relation" in parts:
+            m = mask.float()
+            terms["where"] = ((head._where_term(tokens, states, m)[0] * m).sum(1) / m.sum(1).clamp_min(1.0)).tolist()
     return terms
 
 
@@ -112,7 +105,7 @@ def main() -> None:
             k[0] + ("+" if v else "-") for k, v in sorted(check_image(scene, det).items()))
 
     def reward(t: dict, i: int, variant: str, exact: bool) -> float:
-        base = t["judge"][i] + t.get("bind", [0.0] * (i + 1))[i]
+        base = t["judge"][i] + t.get("bind", [0.0] * (i + 1))[i]  # without the where term (or relation)
         if variant == "as is":
             return t["total"][i]
         if variant == "without where":

@@ -135,6 +135,11 @@ class RewardHead(nn.Module):
         return tokens
 
     def judge_tokens(self, tokens: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return sum(self.terms(tokens, states, mask).values())
+
+    def terms(self, tokens: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The reward's parts, each (B,) and summing to it: ``judge``, ``bind`` and ``where`` averaged over the prompt's
+        real tokens, or with ``relate`` the caption's ``relation`` in place of ``where`` (bench/reward_terms.py reads them)."""
         query = self.text_in(states)
         found, _ = self.attend(query, tokens, tokens, need_weights=False)
         if len(self.mix):  # the tokens read each other's findings (and the image again): relations between objects
@@ -142,21 +147,24 @@ class RewardHead(nn.Module):
             found = query + found
             for layer in self.mix:
                 found = layer(found, tokens, tgt_key_padding_mask=pad)
-        per_token = self.judge(torch.cat([query, found], -1)).squeeze(-1)
-        m = mask.to(per_token.dtype)
-        relation = 0.0
+        m = mask.to(query.dtype)
+        n = m.sum(1).clamp_min(1.0)
+
+        def mean(per_token: torch.Tensor) -> torch.Tensor:
+            return (per_token * m).sum(1) / n
+
+        out = {"judge": mean(self.judge(torch.cat([query, found], -1)).squeeze(-1))}
         if self.where is not None:
             where, looked = self._where_term(tokens, states, m)
             if self.bind is not None:  # what each token's attention landed on (averaged over heads): one object
                 located = torch.cat([query, (looked @ tokens[:, None]).mean(1)], -1)
-                per_token = per_token + self.bind(located).squeeze(-1)
+                out["bind"] = mean(self.bind(located).squeeze(-1))
             if self.relate:
-                n = m.sum(1).clamp_min(1.0)
-                gate = ((F.logsigmoid(self.gate(located).squeeze(-1)) * m).sum(1) / n).exp()
-                relation = self.relate_scale * torch.sigmoid(self.relate_slope * (where * m).sum(1) / n) * gate
+                gate = mean(F.logsigmoid(self.gate(located).squeeze(-1))).exp()
+                out["relation"] = self.relate_scale * torch.sigmoid(self.relate_slope * mean(where)) * gate
             else:
-                per_token = per_token + where
-        return (per_token * m).sum(1) / m.sum(1).clamp_min(1.0) + relation
+                out["where"] = mean(where)
+        return out
 
     def locate(self, tokens: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """(B, L, heads, 2): where each prompt token's objects sit in the picture, x and y in [-1, 1] (y down), per head."""
