@@ -29,8 +29,13 @@ from common import REPO, Collect, chart, scratch_project, table
 SIZES = (100, 250, 500, 1000)
 
 
-def heldout(prompt: str) -> bool:
-    return hashlib.sha256(f"bench:{prompt}".encode()).digest()[0] < 64  # a quarter of the prompts
+def fold_of(prompt: str, folds: int) -> int:
+    """Which of ``folds`` equal shares of the prompts this one falls in (fold 0 of 4 is the held-out quarter)."""
+    return hashlib.sha256(f"bench:{prompt}".encode()).digest()[0] * folds // 256
+
+
+def heldout(prompt: str, fold: int = 0, folds: int = 4) -> bool:
+    return fold_of(prompt, folds) == fold  # a quarter of the prompts by default
 
 
 def make_pairs(project: Path, per_prompt: int) -> None:
@@ -92,11 +97,11 @@ def hidden_utilities(project, tastes: tuple[str, ...]) -> tuple[dict[str, float]
     return utilities, images, promises
 
 
-def copy_judgements(project, rater: str, n: int) -> int:
-    """The first ``n`` judgements of the hidden rater on training prompts, stored again as ``rater``."""
+def copy_judgements(project, rater: str, n: int, fold: int = 0, folds: int = 4) -> int:
+    """The first ``n`` judgements of the hidden rater on training prompts (outside ``fold``), stored again as ``rater``."""
     rows = project.db.execute("""SELECT r.comparison_id, r.choice, r.shown_left, r.decision_ms, c.prompt FROM ratings r
                                  JOIN comparisons c ON c.id = r.comparison_id WHERE r.rater = 'hidden' AND r.undone IS NULL ORDER BY r.id""").fetchall()
-    rows = [r for r in rows if not heldout(r[4])][:n]
+    rows = [r for r in rows if not heldout(r[4], fold, folds)][:n]
     with project.transaction():
         for cid, choice, left, ms, _ in rows:
             project.db.execute("INSERT INTO ratings (comparison_id, choice, shown_left, rater, decision_ms) VALUES (?, ?, ?, ?, ?)", [cid, choice, left, rater, ms])
@@ -155,6 +160,54 @@ def plot(rows: dict[str, list[tuple[int, float, float]]], zero_shot: float, out:
           hlines=[(zero_shot, f"prior alone (0 judgements) {zero_shot:.3f}"), (0.5, "chance"), (0.85, "target 0.85")], logx=True, ylim=(0.4, 1.0))
 
 
+def recipe_overrides(args: argparse.Namespace, init: str) -> dict:
+    extra: dict = {}
+    if args.anchor is not None and init == "prior":
+        extra["anchor"] = args.anchor
+    if args.tune is not None and init == "prior":
+        extra["tune"] = args.tune
+    if args.validation is not None:
+        extra["validation"] = args.validation
+    return extra
+
+
+def cross_validate(project, args: argparse.Namespace, rows: list, utilities: dict, images: dict, promises: dict, categories: dict,
+                   prior_dir: Path) -> list[dict]:
+    """Each share of the prompts held out in turn: a reward run on the first N judgements of the others, scored on the
+    share's decided pairs; the shares' verdicts pooled, so every decided pair counts once."""
+    from backend.models.reward import load_reward
+    from backend.recipes.reward import RewardRecipe
+    from backend.stages import reward as reward_stage
+
+    out = []
+    for init in args.inits:
+        for n in args.sizes:
+            right: list[bool] = []
+            by_cat: dict[str, list[bool]] = {}
+            weights = []
+            for fold in range(args.folds):
+                rater = f"n{n}f{fold}of{args.folds}"
+                if not project.db.execute("SELECT 1 FROM ratings WHERE rater = ? LIMIT 1", [rater]).fetchone():
+                    copy_judgements(project, rater, n, fold, args.folds)
+                start = str(prior_dir) if init == "prior" and args.prior else init
+                recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}-fold{fold}", **recipe_overrides(args, init))
+                summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
+                model = load_reward(project.root / summary["path"])
+                weights.append(json.loads((project.root / summary["path"] / "card.json").read_text()).get("term_weights"))
+                pairs = [r for r in rows if heldout(r[0], fold, args.folds) and abs(utilities[r[1]] - utilities[r[2]]) > 1e-9]
+                acc = accuracy(model, pairs, utilities, images)
+                verdicts = [(x > y) == (utilities[a] > utilities[b]) for (_, a, b), x, y in zip(pairs, acc["ra"], acc["rb"])]
+                right += verdicts
+                for (p, _, _), v in zip(pairs, verdicts):
+                    by_cat.setdefault(categories[p], []).append(v)
+            row = {"init": init, "judgements": n, "folds": args.folds, **share(right), "by_category": {c: share(v) for c, v in sorted(by_cat.items())},
+                   "term_weights": weights, **recipe_overrides(args, init)}
+            out.append(row)
+            print(f"{init:6s} {n:5d} judgements, {args.folds}-fold cross-validated: {row['accuracy']:.3f} ± {row['se']:.3f} on {row['n']} pairs; "
+                  + ", ".join(f"{c} {v['accuracy']:.2f}" for c, v in row["by_category"].items()), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--taste", default="faithful")
@@ -163,6 +216,10 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--inits", nargs="+", default=["prior", "none"])
     ap.add_argument("--anchor", type=float, default=None, help="override the recipe's anchor for runs from the prior")
+    ap.add_argument("--tune", choices=["all", "terms"], default=None, help="override the recipe's tune for runs from the prior")
+    ap.add_argument("--folds", type=int, default=1, help="also cross-validate over this many shares of the prompts (each held out "
+                                                          "in turn): every decided pair measured once, a tighter figure than one quarter")
+    ap.add_argument("--validation", type=float, default=None, help="override the recipe's validation share (0 = keep the last step's head)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--project", type=Path, default=None, help="reuse the project (pairs and judgements) of an earlier run")
@@ -218,7 +275,7 @@ def main() -> None:
                 rater = f"n{n}"
                 if not project.db.execute("SELECT 1 FROM ratings WHERE rater = ? LIMIT 1", [rater]).fetchone():
                     copy_judgements(project, rater, n)
-                extra = {"anchor": args.anchor} if args.anchor is not None and init == "prior" else {}
+                extra = recipe_overrides(args, init)
                 start = str(prior_dir) if init == "prior" and args.prior else init
                 recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}", **extra)
                 summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
@@ -226,17 +283,20 @@ def main() -> None:
                 acc = accuracy(model, held, utilities, images, promises)
                 row = {"init": init, "judgements": n, "accuracy": acc["accuracy"], "se": acc["se"], "n": acc["n"],
                        "by_promises": acc["by_promises"], "by_near_miss_credit": acc["by_near_miss_credit"],
-                       "stage_heldout_accuracy_noisy": summary["heldout"].get("accuracy"), "anchor": recipe.anchor}
+                       "stage_heldout_accuracy_noisy": summary["heldout"].get("accuracy"), "anchor": recipe.anchor, "tune": recipe.tune,
+                       "validation": recipe.validation}
                 result["runs"].append(row)
-                curves.setdefault(f"from {'the prior' if init == 'prior' else 'a fresh head'}", []).append((n, acc["accuracy"], acc["se"]))
+                curves.setdefault(f"from {'the prior' if init == 'prior' else 'a fresh head'}" + (", term weights only" if recipe.tune == "terms" else ""), []).append((n, acc["accuracy"], acc["se"]))
                 print(f"{init:6s} {n:5d} judgements: {acc['accuracy']:.3f} ± {acc['se']:.3f}", flush=True)
                 if init == args.inits[0] and n == 500:
                     best = acc
+        if args.folds > 1:
+            result["cross_validated"] = cross_validate(project, args, rows, utilities, images, promises, categories, prior_dir)
     def cells(r: dict) -> list:
         return [f"{r['accuracy']:.3f} ± {r['se']:.3f}", r["n"]] + [f"{r[k]['accuracy']:.3f} ± {r[k]['se']:.3f} ({r[k]['n']})"
                                                                  for k in ("by_promises", "by_near_miss_credit")]
 
-    lines = [[r["init"], r["judgements"], *cells(r)] for r in result["runs"]]
+    lines = [[r["init"] + (" (terms)" if r["tune"] == "terms" else ""), r["judgements"], *cells(r)] for r in result["runs"]]
     lines.insert(0, ["prior alone", 0, *cells(result["zero_shot"])])
     result["heldout_split"] = {"by_promises": result["zero_shot"]["by_promises"]["n"], "by_near_miss_credit": result["zero_shot"]["by_near_miss_credit"]["n"]}
     print(table(lines, ["start", "judgements", "held-out accuracy vs hidden preference", "pairs", "pairs the promises decide",

@@ -19,12 +19,17 @@ class RewardRecipe(RecipeBase):
                                                            "validation loss, the starting head included); 0 = keep the last step's head")
     steps: int = Field(600, ge=1, le=1_000_000, description="Optimizer steps")
     batch_size: int = Field(64, ge=1, le=4096, description="Pairs per step")
-    lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (AdamW, cosine after warm-up)")
+    lr: float | None = Field(None, gt=0, le=1, description="Peak learning rate (AdamW, cosine after warm-up); empty = 1e-3 with tune = "
+                                                         "'all', 3e-2 with tune = 'terms'")
     weight_decay: float = Field(0.01, ge=0, le=1)
     init: str = Field("prior", description="Where the head starts: 'prior' = the shipped reward prior (matched to captions, no ratings), "
                                            "'none' = from nothing, or a reward model folder to continue from")
     anchor: float = Field(0.0, ge=0, le=1e6, description="Weight of the pull back towards the starting head (L2-SP): keeps what the prior knows "
                                                       "when the judgements are few")
+    tune: Literal["all", "terms"] = Field("all", description="What the judgements train: 'all' = the whole head, 'terms' = only how much "
+                                                             "each part of the starting head's reward counts (its judgement of the "
+                                                             "words, of each located object, of the relation): a few numbers that a "
+                                                             "few hundred judgements decide without memorising them")
     width: int = Field(32, ge=8, le=1024, description="Width of the head's attention with init = 'none' (a prior or a model brings its own)")
     trunk: int = Field(0, ge=0, le=8, description="Residual convolution blocks over the image's patch grid with init = 'none' (they let the "
                                                   "head see an object's outline; the prior has 2, learned from 12000 scenes, but from a few "
@@ -43,6 +48,8 @@ class RewardRecipe(RecipeBase):
     def _trunk_fits_width(self) -> RewardRecipe:
         if self.trunk and self.width % 8:
             raise ValueError(f"width = {self.width} with trunk = {self.trunk}: the trunk's group norm needs a width divisible by 8")
+        if self.tune == "terms" and self.init == "none":
+            raise ValueError("tune = 'terms' re-weighs the parts of a starting head's reward: it needs init = 'prior' or a reward model, not 'none'")
         if self.bind and not self.where:
             raise ValueError("bind = true needs where = true: it judges what the where term's attention located")
         return self

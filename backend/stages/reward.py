@@ -211,7 +211,7 @@ def evaluate_head(head: torch.nn.Module, data: Features, device: torch.device) -
 
 
 def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
-    from backend.models.reward import RewardModel, save_reward
+    from backend.models.reward import RewardModel, TermWeights, save_reward
     from backend.train.loop import LoopConfig, Trainer
 
     torch.manual_seed(recipe.seed)
@@ -225,20 +225,27 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
         reporter.log(f"reward scale fitted to the training judgements: x{scale:.3g} (the ranking is unchanged)")
     start_metrics = evaluate_head(head, held, torch.device("cpu"))
     reporter.log(f"before training: held-out accuracy {start_metrics['accuracy']:.3f}, loss {start_metrics['loss']:.3f}")
-    start = {n: p.detach().clone() for n, p in head.named_parameters()}
-    cfg = LoopConfig(steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay, warmup=min(50, recipe.steps // 10), ema=0.0,
+    trainable = TermWeights(head) if recipe.tune == "terms" else head
+    if recipe.tune == "terms":
+        reporter.log(f"only the weights of its terms train ({', '.join(trainable.names)}); the rest of the head stays as it starts")
+    start = {n: p.detach().clone() for n, p in trainable.named_parameters()}
+    lr = recipe.lr if recipe.lr is not None else (3e-2 if recipe.tune == "terms" else 1e-3)
+    cfg = LoopConfig(steps=recipe.steps, lr=lr, weight_decay=recipe.weight_decay, warmup=min(50, recipe.steps // 10), ema=0.0,
                      seed=recipe.seed, log_every=10, checkpoint_every=max(50, recipe.eval_every), sample_every=0, eval_every=recipe.eval_every,
                      loss_bins=1, device="cpu")
     method = BradleyTerry(train, held, recipe.batch_size, recipe.seed, recipe.anchor, start, val)
-    trainer = Trainer(None, method, lambda *a: None, cfg, run_dir, reporter, trainable=model.head)
+    trainer = Trainer(None, method, lambda *a: None, cfg, run_dir, reporter, trainable=trainable)
     result = trainer.run(resume=resume)
     if result.state != "done":
         return {"state": result.state, "step": result.step}
     final = trainer.accelerator.unwrap_model(trainer.model).cpu().eval()
-    head = trainer.module("best").cpu().eval() if val is not None else final
+    kept = trainer.module("best").cpu().eval() if val is not None else final
+    weights = kept.weights() if isinstance(kept, TermWeights) else None
+    head = kept.folded().eval() if isinstance(kept, TermWeights) else kept
     last = evaluate_head(head, held, torch.device("cpu"))
     chance = pair_metrics(torch.zeros(len(held)), held.label.float())
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "init": recipe.init, "anchor": recipe.anchor, "start_scale": scale,
+            "tune": recipe.tune, "term_weights": weights, "lr": lr,
             "heldout": last, "heldout_before": start_metrics, "chance": {"accuracy": 0.5, "loss": chance["loss"]},
             "kept": ({"step": method.best["step"], "by": "lowest validation loss", "validation": {k: v for k, v in method.best.items() if k != "step"},
                       "start_validation": {k: v for k, v in method.start_validation.items() if k != "step"},
