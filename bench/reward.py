@@ -168,7 +168,14 @@ def recipe_overrides(args: argparse.Namespace, init: str) -> dict:
         extra["tune"] = args.tune
     if args.validation is not None:
         extra["validation"] = args.validation
+    if args.ties is not None:
+        extra["ties"] = args.ties
     return extra
+
+
+def tag(args: argparse.Namespace, init: str) -> str:
+    """The overrides in a model's name, so runs of different settings on one project keep their own folders."""
+    return "".join(f"-{k}{v}" for k, v in recipe_overrides(args, init).items())
 
 
 def cross_validate(project, args: argparse.Namespace, rows: list, utilities: dict, images: dict, promises: dict, categories: dict,
@@ -190,7 +197,7 @@ def cross_validate(project, args: argparse.Namespace, rows: list, utilities: dic
                 if not project.db.execute("SELECT 1 FROM ratings WHERE rater = ? LIMIT 1", [rater]).fetchone():
                     copy_judgements(project, rater, n, fold, args.folds)
                 start = str(prior_dir) if init == "prior" and args.prior else init
-                recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}-fold{fold}", **recipe_overrides(args, init))
+                recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}-fold{fold}{tag(args, init)}", **recipe_overrides(args, init))
                 summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
                 model = load_reward(project.root / summary["path"])
                 weights.append(json.loads((project.root / summary["path"] / "card.json").read_text()).get("term_weights"))
@@ -217,6 +224,7 @@ def main() -> None:
     ap.add_argument("--inits", nargs="+", default=["prior", "none"])
     ap.add_argument("--anchor", type=float, default=None, help="override the recipe's anchor for runs from the prior")
     ap.add_argument("--tune", choices=["all", "terms"], default=None, help="override the recipe's tune for runs from the prior")
+    ap.add_argument("--ties", choices=["half", "ignore"], default=None, help="override the recipe's ties")
     ap.add_argument("--folds", type=int, default=1, help="also cross-validate over this many shares of the prompts (each held out "
                                                           "in turn): every decided pair measured once, a tighter figure than one quarter")
     ap.add_argument("--validation", type=float, default=None, help="override the recipe's validation share (0 = keep the last step's head)")
@@ -277,7 +285,7 @@ def main() -> None:
                     copy_judgements(project, rater, n)
                 extra = recipe_overrides(args, init)
                 start = str(prior_dir) if init == "prior" and args.prior else init
-                recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}", **extra)
+                recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}{tag(args, init)}", **extra)
                 summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
                 model = load_reward(project.root / summary["path"])
                 acc = accuracy(model, held, utilities, images, promises)

@@ -441,3 +441,26 @@ def test_tuning_only_the_term_weights_learns_which_part_of_the_prior_the_rater_c
         after = saved.head.terms(saved.head.image_tokens(saved.grids([good])), s, m)
     for name, w in weights.items():
         assert torch.allclose(after[name], before[name] * card["start_scale"] * w, rtol=1e-4, atol=1e-5), name
+
+
+def test_ties_can_be_left_out_instead_of_counted_half(tmp_path: Path):
+    """With ties = "ignore" a tie teaches nothing (it is left out and counted, like "both bad"); by default it
+    is a half-and-half label. And term weights need a head to re-weigh: tune = "terms" refuses init = "none"."""
+    from pydantic import ValidationError
+
+    from backend.models.reward import RewardHead, RewardModel
+    from backend.stages.reward import gather
+
+    rng = random.Random(4)
+    with Project.init(tmp_path / "p") as project:
+        for i in range(60):
+            cid, good = _queue_good_and_bad(project, 13, i, rng)
+            ratings.record(project.db, cid, "tie" if i % 3 == 0 else good, rng.choice("ab"), "rater", 400)
+        model = RewardModel(RewardHead(width=16))
+        half = gather(project, RewardRecipe(heldout=0.25, validation=0.0), model, log=lambda *_: None)
+        ignore = gather(project, RewardRecipe(heldout=0.25, validation=0.0, ties="ignore"), model, log=lambda *_: None)
+    assert half[2]["ties"] == 20 and (half[0].label == 0.5).sum() + (half[1].label == 0.5).sum() == 20
+    assert ignore[2]["ties"] == 0 and ignore[2]["left_out"]["tie"] == 20 and ignore[2]["judgements"] == 40
+    assert not bool((ignore[0].label == 0.5).any() or (ignore[1].label == 0.5).any())
+    with pytest.raises(ValidationError, match="needs init"):
+        RewardRecipe(tune="terms", init="none")

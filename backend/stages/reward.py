@@ -65,7 +65,9 @@ def gather(project: Project, recipe: RewardRecipe, model: Any, log=print) -> tup
 
     rows = [r for r in ratings.history(project.db, rater=recipe.rater, limit=10_000_000) if not r["is_repeat"]]
     left_out = {c: sum(1 for r in rows if r["choice"] == c) for c in ("both_bad", "skip")}
-    rows = [r for r in rows if r["choice"] in LABEL]
+    if recipe.ties == "ignore":
+        left_out["tie"] = sum(1 for r in rows if r["choice"] == "tie")
+    rows = [r for r in rows if r["choice"] in LABEL and not (recipe.ties == "ignore" and r["choice"] == "tie")]
     decisive = sum(1 for r in rows if r["choice"] != "tie")
     if decisive < recipe.min_pairs:
         raise ValueError(f"only {decisive} decisive judgements (a or b) to learn from; rate at least {recipe.min_pairs} pairs first")
@@ -93,7 +95,7 @@ def gather(project: Project, recipe: RewardRecipe, model: Any, log=print) -> tup
     info = {"judgements": len(rows), "train_judgements": len(train), "validation_judgements": len(val), "heldout_judgements": len(held),
             "prompts": len(prompts), "left_out": left_out, "ties": sum(1 for r in rows if r["choice"] == "tie")}
     log(f"{len(rows)} judgements on {len(prompts)} prompts: {len(train)} to train on, {len(val)} to choose the head by, {len(held)} held out "
-        f"({info['ties']} ties counted half; left out: {left_out['both_bad']} both bad, {left_out['skip']} skipped)")
+        f"({info['ties']} ties counted half; left out: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in left_out.items()) + ")")
     return build(train), build(held), info, (build(val) if val else None)
 
 
