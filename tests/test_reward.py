@@ -273,7 +273,7 @@ def test_prior_pretraining_lowers_its_contrastive_loss(tmp_path: Path):
     assert len(model.score([good, bad], [prompt, prompt])) == 2
     # going on from a prior (here adding the relation gate it lacked, which starts fresh): it starts where that one ended
     more = pretrain_prior(tmp_path / "more", scenes=150, steps=60, batch=16, vae_share=0.5, where=True, bind=True, log=lambda *_: None)
-    on = pretrain_prior(tmp_path / "on", scenes=150, steps=20, batch=16, vae_share=0.5, relate=True, init=tmp_path / "more", lr=5e-4, log=lambda *_: None)
+    on = pretrain_prior(tmp_path / "on", scenes=100, steps=10, batch=16, vae_share=0.5, relate=True, init=tmp_path / "more", lr=5e-4, log=lambda *_: None)
     assert on["init"] == str(tmp_path / "more") and on["relate"] and load_reward(tmp_path / "on").head.config["relate"]
     assert on["first_loss"] < more["first_loss"] - 0.2, (on["first_loss"], more["first_loss"])
 
