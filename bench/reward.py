@@ -179,9 +179,10 @@ def tag(args: argparse.Namespace, init: str) -> str:
 
 
 def cross_validate(project, args: argparse.Namespace, rows: list, utilities: dict, images: dict, promises: dict, categories: dict,
-                   prior_dir: Path) -> list[dict]:
+                   prior_dir: Path, trained: dict) -> list[dict]:
     """Each share of the prompts held out in turn: a reward run on the first N judgements of the others, scored on the
-    share's decided pairs; the shares' verdicts pooled, so every decided pair counts once."""
+    share's decided pairs; the shares' verdicts pooled, so every decided pair counts once. ``trained`` holds the
+    models of the main table ((init, N) -> model folder), whose held-out quarter is fold 0 of 4: not trained again."""
     from backend.models.reward import load_reward
     from backend.recipes.reward import RewardRecipe
     from backend.stages import reward as reward_stage
@@ -193,14 +194,18 @@ def cross_validate(project, args: argparse.Namespace, rows: list, utilities: dic
             by_cat: dict[str, list[bool]] = {}
             weights = []
             for fold in range(args.folds):
-                rater = f"n{n}f{fold}of{args.folds}"
-                if not project.db.execute("SELECT 1 FROM ratings WHERE rater = ? LIMIT 1", [rater]).fetchone():
-                    copy_judgements(project, rater, n, fold, args.folds)
-                start = str(prior_dir) if init == "prior" and args.prior else init
-                recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}-fold{fold}{tag(args, init)}", **recipe_overrides(args, init))
-                summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
-                model = load_reward(project.root / summary["path"])
-                weights.append(json.loads((project.root / summary["path"] / "card.json").read_text()).get("term_weights"))
+                if args.folds == 4 and fold == 0 and (init, n) in trained:
+                    folder = trained[(init, n)]
+                else:
+                    rater = f"n{n}f{fold}of{args.folds}"
+                    if not project.db.execute("SELECT 1 FROM ratings WHERE rater = ? LIMIT 1", [rater]).fetchone():
+                        copy_judgements(project, rater, n, fold, args.folds)
+                    start = str(prior_dir) if init == "prior" and args.prior else init
+                    recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}-fold{fold}{tag(args, init)}", **recipe_overrides(args, init))
+                    summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
+                    folder = project.root / summary["path"]
+                model = load_reward(folder)
+                weights.append(json.loads((folder / "card.json").read_text()).get("term_weights"))
                 pairs = [r for r in rows if heldout(r[0], fold, args.folds) and abs(utilities[r[1]] - utilities[r[2]]) > 1e-9]
                 acc = accuracy(model, pairs, utilities, images)
                 verdicts = [(x > y) == (utilities[a] > utilities[b]) for (_, a, b), x, y in zip(pairs, acc["ra"], acc["rb"])]
@@ -277,6 +282,7 @@ def main() -> None:
         print(f"prior alone on every pair with a hidden preference: {prior_all['accuracy']:.3f} ± {prior_all['se']:.3f} ({prior_all['n']} pairs); "
               + ", ".join(f"{c} {v['accuracy']:.2f} of {v['n']}" for c, v in prior_all["by_category"].items()))
         curves: dict[str, list[tuple[int, float, float]]] = {}
+        trained: dict[tuple[str, int], Path] = {}
         best = None
         for init in args.inits:
             for n in args.sizes:
@@ -287,7 +293,8 @@ def main() -> None:
                 start = str(prior_dir) if init == "prior" and args.prior else init
                 recipe = RewardRecipe(rater=rater, init=start, heldout=0.1, name=f"bench-{init}-{n}{tag(args, init)}", **extra)
                 summary = reward_stage.run(project, recipe, Path(tempfile.mkdtemp(prefix="reward-bench-")), Collect(quiet=True), resume=False)
-                model = load_reward(project.root / summary["path"])
+                trained[(init, n)] = project.root / summary["path"]
+                model = load_reward(trained[(init, n)])
                 acc = accuracy(model, held, utilities, images, promises)
                 row = {"init": init, "judgements": n, "accuracy": acc["accuracy"], "se": acc["se"], "n": acc["n"],
                        "by_promises": acc["by_promises"], "by_near_miss_credit": acc["by_near_miss_credit"],
@@ -299,7 +306,7 @@ def main() -> None:
                 if init == args.inits[0] and n == 500:
                     best = acc
         if args.folds > 1:
-            result["cross_validated"] = cross_validate(project, args, rows, utilities, images, promises, categories, prior_dir)
+            result["cross_validated"] = cross_validate(project, args, rows, utilities, images, promises, categories, prior_dir, trained)
     def cells(r: dict) -> list:
         return [f"{r['accuracy']:.3f} ± {r['se']:.3f}", r["n"]] + [f"{r[k]['accuracy']:.3f} ± {r[k]['se']:.3f} ({r[k]['n']})"
                                                                  for k in ("by_promises", "by_near_miss_credit")]
