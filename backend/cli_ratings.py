@@ -94,6 +94,8 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
                    help="with --bind: the where term bounded and paid only as far as the located objects are the named ones")
     p.add_argument("--init", type=Path, default=None, help="go on from this prior's weights (its width, trunk, mix, where and bind)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW); lower when going on from --init")
+    p.add_argument("--base-share", type=float, default=0.0,
+                   help="share of scenes redrawn by the shipped base model from t = 0.4 (the base's strokes on known promises)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -103,6 +105,6 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
                          relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, relate=args.relate,
-                         init=args.init, lr=args.lr, seed=args.seed)
+                         init=args.init, lr=args.lr, seed=args.seed, base_share=args.base_share)
     print(json.dumps(card["zero_shot"]))
     return 0

@@ -278,6 +278,29 @@ def test_prior_pretraining_lowers_its_contrastive_loss(tmp_path: Path):
     assert on["first_loss"] < more["first_loss"] - 0.2, (on["first_loss"], more["first_loss"])
 
 
+def test_renders_redrawn_by_the_base_keep_their_scene_and_a_pair_keeps_its_difference():
+    """The prior's ``base_share``: a render noised to t = 0.4 and drawn back by the shipped base takes the
+    base's strokes but keeps its objects (closer to its own render than to another scene's), and the two
+    images of a pair share their noise, so two equal renders come back equal."""
+    import numpy as np
+
+    from backend.models.reward_prior import _through_base
+
+    scenes = [make_scene(5, i, resolution=(64, 64)) for i in range(3)]
+    images = [render(scenes[0]), render(scenes[0]), render(scenes[1]), render(scenes[2])]
+    captions = [caption(scenes[0])] * 2 + [caption(scenes[1]), caption(scenes[2])]
+    out = _through_base(images, captions, [True] * 4, 0.4, seed=0)
+
+    def a(im):
+        return np.asarray(im, dtype=np.float32) / 255.0
+
+    assert np.array_equal(a(out[0]), a(out[1]))  # one pair, one noise: no difference but the scene's
+    assert not np.array_equal(a(out[2]), a(out[3]))
+    for i, j in ((0, 2), (2, 0), (3, 0)):
+        own, other = float(np.abs(a(out[i]) - a(images[i])).mean()), float(np.abs(a(out[i]) - a(images[j])).mean())
+        assert 0.0 < own < 0.5 * other, (i, own, other)
+
+
 def test_shipped_prior_prefers_the_true_render_without_any_rating():
     """Zero-shot: the shipped prior ranks a scene's render above the same scene with one promise
     broken, on scenes of a world seed it was not trained on (chance 0.5)."""

@@ -13,7 +13,9 @@ above its sibling alone: among six easy images of other scenes the sibling's sha
 small, and shape swaps stayed at chance without it (2026-12-04, trunk 2: shape 0.52 without, 0.64 with).
 So the head learns to rank images for a prompt, which is what a reward does (one direction only:
 scoring every caption against every image of a batch cost 20x more on a CPU for the same use). Part of the renders go
-through the world's VAE and back, so the head has seen the softened edges of generated images.
+through the world's VAE and back, so the head has seen the softened edges of generated images, and with
+``base_share`` part are redrawn by the shipped base from part-way noise (SDEdit): its strokes on scenes
+whose promises are still known.
 
 No rater's judgement is used: the prior is the "CLIP" of this world. Its zero-shot accuracy is
 reported beside what ratings add (``bench/reward.py``). Hand-written because no library pretrains
@@ -111,8 +113,8 @@ def break_promise(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     return s, what
 
 
-def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print) -> dict[str, Any]:
-    """Scenes at 64 px with their broken copies: renders (some through the VAE), canonical captions."""
+def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_share: float = 0.0, base_from: float = 0.4) -> dict[str, Any]:
+    """Scenes at 64 px with their broken copies: renders (some through the VAE, some redrawn by the base), canonical captions."""
     from backend.world.captions import caption
     from backend.world.generate import make_scene
     from backend.world.render import render
@@ -125,8 +127,14 @@ def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print) -> dic
     images = [render(s) for s in all_scenes]
     captions = [caption(s) for s in all_scenes]
     log(f"[reward-prior] rendered {len(images)} images ({scenes} scenes and their broken copies) in {time.perf_counter() - t0:.0f} s")
-    if vae_share > 0:
-        images = _through_vae(images, [rng.random() < vae_share for _ in range(scenes) for _ in range(2)])
+    redraw = [rng.random() < base_share for _ in range(scenes)] if base_share > 0 else [False] * scenes
+    if vae_share > 0:  # the VAE's share is of the scenes the base does not redraw
+        soften = [not r and rng.random() < vae_share for r in redraw]
+        images = _through_vae(images, [w for w in soften for _ in range(2)])
+    if base_share > 0:
+        t1 = time.perf_counter()
+        images = _through_base(images, captions, [w for w in redraw for _ in range(2)], base_from, seed)
+        log(f"[reward-prior] {2 * sum(redraw)} images redrawn by the base from t = {base_from} in {time.perf_counter() - t1:.0f} s")
     return {"images": images, "captions": captions, "breaks": [w for _, w in broken], "places": [group_places(s, c) for s, c in zip(all_scenes, captions)]}
 
 
@@ -178,17 +186,47 @@ def _through_vae(images: list, which: list[bool], batch: int = 128) -> list:
     return out
 
 
+@torch.no_grad()
+def _through_base(images: list, captions: list[str], which: list[bool], t_start: float, seed: int, batch: int = 64) -> list:
+    """The chosen images noised to ``t_start`` and integrated back to t = 0 by the shipped base model for
+    their own caption (SDEdit): the base's strokes, edges and slight distortions on a scene whose promises
+    are still known. Both images of a pair share their noise, so they still differ only in the broken
+    promise; from t = 0.4 the objects stay where and what they were (at 0.6 the base began to add and
+    drop objects, which would make the broken copy's label wrong)."""
+    from backend.imaging import to_image, to_tensor
+    from backend.models.family import load_model
+    from backend.paths import shipped_base_dir
+
+    bundle = load_model(shipped_base_dir())
+    ts = bundle.sampling_schedule(20, bundle.default_alpha(64, 64))
+    first = int((ts > t_start + 1e-6).sum())
+    empty = bundle.empty_prompt()
+    idx = [i for i, w in enumerate(which) if w]
+    out = list(images)
+    for k in range(0, len(idx), batch):
+        part = idx[k: k + batch]
+        z = bundle.encode_images(torch.stack([to_tensor(images[i]) for i in part]))
+        noise = torch.cat([torch.randn(1, *z.shape[1:], generator=torch.Generator().manual_seed(seed * 100_003 + i // 2)) for i in part])
+        x = (1 - ts[first]) * z + ts[first] * noise
+        cond = bundle.encode_prompts([captions[i] for i in part])
+        for j in range(first, len(ts) - 1):
+            x = x + (ts[j + 1] - ts[j]) * bundle.guided_velocity(x, ts[j].expand(len(part)), cond, empty, 3.0).float()
+        for i, y in zip(part, bundle.decode_latents(x).clamp(-1, 1)):
+            out[i] = to_image(y)
+    return out
+
+
 def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int = 32, lr: float = 2e-3, width: int = 32, seed: int = 0,
                    vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
                    sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, relate: bool = False,
-                   init: Path | None = None, log=print) -> dict[str, Any]:
+                   init: Path | None = None, base_share: float = 0.0, log=print) -> dict[str, Any]:
     """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes).
     ``init``: go on from an earlier prior's weights (its width, trunk, mix, where and bind); parts it lacks
     (``relate`` on an ungated prior) start fresh."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    data = prior_data(scenes, seed, vae_share, log)
+    data = prior_data(scenes, seed, vae_share, log, base_share=base_share)
     if init is not None:
         from safetensors.torch import load_file
 
@@ -254,7 +292,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
     log(f"[reward-prior] held-out: true render preferred over its broken copy {held['accuracy']:.3f} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in held['by_break'].items())})")
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "prior": True, "scenes": scenes, "steps": steps,
-            "batch": batch, "seed": seed, "vae_share": vae_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
+            "batch": batch, "seed": seed, "vae_share": vae_share, "base_share": base_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
             "init": str(init) if init is not None else None, "lr": lr, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "heldout_scenes": n_held, "zero_shot": held,
             "first_loss": round(sum(losses[:20]) / len(losses[:20]), 4), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
