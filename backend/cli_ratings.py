@@ -96,6 +96,8 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW); lower when going on from --init")
     p.add_argument("--base-share", type=float, default=0.0,
                    help="share of scenes redrawn by the shipped base model from t = 0.4 (the base's strokes on known promises)")
+    p.add_argument("--compound-share", type=float, default=0.0,
+                   help="share of broken copies with two promises broken (the base's misses often come in pairs)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -105,6 +107,6 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
                          relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, relate=args.relate,
-                         init=args.init, lr=args.lr, seed=args.seed, base_share=args.base_share)
+                         init=args.init, lr=args.lr, seed=args.seed, base_share=args.base_share, compound_share=args.compound_share)
     print(json.dumps(card["zero_shot"]))
     return 0

@@ -278,6 +278,30 @@ def test_prior_pretraining_lowers_its_contrastive_loss(tmp_path: Path):
     assert on["first_loss"] < more["first_loss"] - 0.2, (on["first_loss"], more["first_loss"])
 
 
+def test_two_breaks_give_a_copy_the_caption_no_longer_describes():
+    """``compound_share``'s copies: two promises broken one after the other, never one that undoes the other
+    (the copy's caption is never the scene's); the second break is applied to the first's result."""
+    from backend.models.reward_prior import break_promise, break_two
+
+    rng = random.Random(3)
+    kinds = []
+    for i in range(300):
+        scene = make_scene(9, i, resolution=(64, 64))
+        copy, what = break_two(scene, rng)
+        assert caption(copy) != caption(scene), (what, caption(scene))
+        kinds.append(what)
+    two = [k for k in kinds if "+" in k]
+    assert len(two) > 200, len(kinds) - len(two)  # most copies break two (a relation mirrored back is the usual fallback)
+    assert {k.split("+")[0] for k in two} >= {"shape", "colour", "swap", "more"}
+    # the same draws, made by hand: the first break, then a second on its result
+    scene = make_scene(9, 0, resolution=(64, 64))
+    a, b = random.Random(5), random.Random(5)
+    once, first = break_promise(scene, b)
+    twice, second = break_promise(once, b)
+    copy, what = break_two(scene, a)
+    assert what == f"{first}+{second}" and caption(copy) == caption(twice)
+
+
 def test_renders_redrawn_by_the_base_keep_their_scene_and_a_pair_keeps_its_difference():
     """The prior's ``base_share``: a render noised to t = 0.4 and drawn back by the shipped base takes the
     base's strokes but keeps its objects (closer to its own render than to another scene's), and the two

@@ -113,7 +113,23 @@ def break_promise(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     return s, what
 
 
-def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_share: float = 0.0, base_from: float = 0.4) -> dict[str, Any]:
+def break_two(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
+    """A copy with two promises broken, one after the other ("swap+shape"): the base's misses often come in
+    pairs (an orange star above a red square for "a red star right of an orange triangle": colours swapped and
+    a shape wrong), which a prior taught one break at a time ranked above the faithful picture. When the second
+    break undoes the first (a relation mirrored back, a colour changed back: the caption is the scene's
+    again) or grows a group past five (no caption counts six), the copy keeps its one break."""
+    from backend.world.captions import COUNT_WORDS, caption
+
+    once, first = break_promise(scene, rng)
+    twice, second = break_promise(once, rng)
+    if any(g.count not in COUNT_WORDS for g in twice.groups) or caption(twice) == caption(scene):
+        return once, first
+    return twice, f"{first}+{second}"
+
+
+def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_share: float = 0.0, base_from: float = 0.4,
+               compound_share: float = 0.0) -> dict[str, Any]:
     """Scenes at 64 px with their broken copies: renders (some through the VAE, some redrawn by the base), canonical captions."""
     from backend.world.captions import caption
     from backend.world.generate import make_scene
@@ -122,7 +138,7 @@ def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_s
     rng = random.Random(seed)
     t0 = time.perf_counter()
     originals = [make_scene(seed + 11, i, resolution=(64, 64)) for i in range(scenes)]
-    broken = [break_promise(s, rng) for s in originals]
+    broken = [break_two(s, rng) if compound_share > 0 and rng.random() < compound_share else break_promise(s, rng) for s in originals]
     all_scenes = [x for s, (b, _) in zip(originals, broken) for x in (s, b)]  # pairs side by side: 2i true, 2i+1 broken
     images = [render(s) for s in all_scenes]
     captions = [caption(s) for s in all_scenes]
@@ -219,14 +235,14 @@ def _through_base(images: list, captions: list[str], which: list[bool], t_start:
 def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int = 32, lr: float = 2e-3, width: int = 32, seed: int = 0,
                    vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
                    sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, relate: bool = False,
-                   init: Path | None = None, base_share: float = 0.0, log=print) -> dict[str, Any]:
+                   init: Path | None = None, base_share: float = 0.0, compound_share: float = 0.0, log=print) -> dict[str, Any]:
     """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes).
     ``init``: go on from an earlier prior's weights (its width, trunk, mix, where and bind); parts it lacks
     (``relate`` on an ungated prior) start fresh."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    data = prior_data(scenes, seed, vae_share, log, base_share=base_share)
+    data = prior_data(scenes, seed, vae_share, log, base_share=base_share, compound_share=compound_share)
     if init is not None:
         from safetensors.torch import load_file
 
@@ -292,7 +308,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
     log(f"[reward-prior] held-out: true render preferred over its broken copy {held['accuracy']:.3f} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in held['by_break'].items())})")
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "prior": True, "scenes": scenes, "steps": steps,
-            "batch": batch, "seed": seed, "vae_share": vae_share, "base_share": base_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
+            "batch": batch, "seed": seed, "vae_share": vae_share, "base_share": base_share, "compound_share": compound_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
             "init": str(init) if init is not None else None, "lr": lr, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "heldout_scenes": n_held, "zero_shot": held,
             "first_loss": round(sum(losses[:20]) / len(losses[:20]), 4), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
@@ -316,7 +332,7 @@ def heldout_figures(head: RewardHead, grids: torch.Tensor, states: torch.Tensor,
     right = (r_true > r_broken).float()
     by: dict[str, list[float]] = {}
     for i, ok in zip(scenes, right.tolist()):
-        by.setdefault(breaks[i], []).append(ok)
+        by.setdefault("two" if "+" in breaks[i] else breaks[i], []).append(ok)  # two breaks counted together
     acc = float(right.mean())
     return {"accuracy": acc, "se": math.sqrt(acc * (1 - acc) / len(scenes)), "n": len(scenes),
             "by_break": {k: sum(v) / len(v) for k, v in sorted(by.items())}, "by_break_n": {k: len(v) for k, v in sorted(by.items())}}
