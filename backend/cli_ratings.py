@@ -104,9 +104,11 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 @command("reward pretrain", "pretrain the reward prior: the reward head matched to ShapesWorld captions, no ratings", _pretrain_args)
 def _pretrain(args: argparse.Namespace) -> int:
     from backend.models.reward_prior import pretrain_prior
+    from backend.sample.redraw import redraw_pairs
 
     card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
                          relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, relate=args.relate,
-                         init=args.init, lr=args.lr, seed=args.seed, base_share=args.base_share, compound_share=args.compound_share)
+                         init=args.init, lr=args.lr, seed=args.seed, base_share=args.base_share, compound_share=args.compound_share,
+                         redraw=redraw_pairs)
     print(json.dumps(card["zero_shot"]))
     return 0

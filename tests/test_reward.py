@@ -308,12 +308,12 @@ def test_renders_redrawn_by_the_base_keep_their_scene_and_a_pair_keeps_its_diffe
     images of a pair share their noise, so two equal renders come back equal."""
     import numpy as np
 
-    from backend.models.reward_prior import _through_base
+    from backend.sample.redraw import redraw_pairs
 
     scenes = [make_scene(5, i, resolution=(64, 64)) for i in range(3)]
     images = [render(scenes[0]), render(scenes[0]), render(scenes[1]), render(scenes[2])]
     captions = [caption(scenes[0])] * 2 + [caption(scenes[1]), caption(scenes[2])]
-    out = _through_base(images, captions, [True] * 4, 0.4, seed=0)
+    out = redraw_pairs(images, captions, [True] * 4, 0.4, seed=0)
 
     def a(im):
         return np.asarray(im, dtype=np.float32) / 255.0
@@ -323,6 +323,27 @@ def test_renders_redrawn_by_the_base_keep_their_scene_and_a_pair_keeps_its_diffe
     for i, j in ((0, 2), (2, 0), (3, 0)):
         own, other = float(np.abs(a(out[i]) - a(images[i])).mean()), float(np.abs(a(out[i]) - a(images[j])).mean())
         assert 0.0 < own < 0.5 * other, (i, own, other)
+
+
+def test_a_redraw_from_pure_noise_is_the_full_draw_and_from_part_way_keeps_the_latent_closer():
+    """SDEdit runs on the sampler's own loop: from t = 1 with the draw's noise it gives the draw itself, and
+    from t = 0.4 it lands nearer the latent it started from than the full draw does."""
+    import torch
+
+    from backend.imaging import to_tensor
+    from backend.models.family import load_model
+    from backend.paths import shipped_base_dir
+    from backend.sample.euler import SampleSettings, initial_noise, redraw_latents, sample_latents
+
+    bundle = load_model(shipped_base_dir())
+    settings = SampleSettings(width=64, height=64, steps=8, cfg=3.0)
+    cond = bundle.encode_prompts(["a red star", "two blue circles"])
+    drawn = sample_latents(bundle, cond, [3, 4], settings)
+    noise = initial_noise([3, 4], drawn.shape[1], drawn.shape[2], drawn.shape[3])
+    z = bundle.encode_images(torch.stack([to_tensor(render(make_scene(5, i, resolution=(64, 64)))) for i in range(2)]))
+    assert torch.allclose(redraw_latents(bundle, z, cond, noise, 1.0, settings), drawn, atol=1e-5)
+    part = redraw_latents(bundle, z, cond, noise, 0.4, settings)
+    assert float((part - z).abs().mean()) < 0.5 * float((drawn - z).abs().mean())
 
 
 def test_shipped_prior_prefers_the_true_render_without_any_rating():

@@ -30,7 +30,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,8 @@ from backend.world.fit import fit
 from backend.world.spec import COLOR_NAMES, SHAPES, SIZES, PlacedObject, Scene
 
 FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+# (images, captions, which to redraw, t_start, seed) -> images: the base's SDEdit redraw, from backend.sample.redraw
+Redraw = Callable[[list, list[str], list[bool], float, int], list]
 BREAKS = ("shape", "colour", "swap", "size", "fewer", "more", "relation")
 # how often each promise is broken: a colour or a count is easy to see (held out 0.98-1.0 at equal
 # weights), a shape and above all a relation are not, and only a fifth of scenes have a relation
@@ -129,8 +131,10 @@ def break_two(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
 
 
 def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_share: float = 0.0, base_from: float = 0.4,
-               compound_share: float = 0.0) -> dict[str, Any]:
-    """Scenes at 64 px with their broken copies: renders (some through the VAE, some redrawn by the base), canonical captions."""
+               compound_share: float = 0.0, redraw: Redraw | None = None) -> dict[str, Any]:
+    """Scenes at 64 px with their broken copies: renders (some through the VAE, some redrawn by the base), canonical captions.
+    ``redraw`` (``backend.sample.redraw.redraw_pairs``, passed in by the caller: a model does not sample)
+    redraws the ``base_share`` of scenes."""
     from backend.world.captions import caption
     from backend.world.generate import make_scene
     from backend.world.render import render
@@ -143,14 +147,16 @@ def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_s
     images = [render(s) for s in all_scenes]
     captions = [caption(s) for s in all_scenes]
     log(f"[reward-prior] rendered {len(images)} images ({scenes} scenes and their broken copies) in {time.perf_counter() - t0:.0f} s")
-    redraw = [rng.random() < base_share for _ in range(scenes)] if base_share > 0 else [False] * scenes
+    if base_share > 0 and redraw is None:
+        raise ValueError("base_share needs a redraw function (signal-backend reward pretrain passes the shipped base's)")
+    chosen = [rng.random() < base_share for _ in range(scenes)] if base_share > 0 else [False] * scenes
     if vae_share > 0:  # the VAE's share is of the scenes the base does not redraw
-        soften = [not r and rng.random() < vae_share for r in redraw]
+        soften = [not r and rng.random() < vae_share for r in chosen]
         images = _through_vae(images, [w for w in soften for _ in range(2)])
     if base_share > 0:
         t1 = time.perf_counter()
-        images = _through_base(images, captions, [w for w in redraw for _ in range(2)], base_from, seed)
-        log(f"[reward-prior] {2 * sum(redraw)} images redrawn by the base from t = {base_from} in {time.perf_counter() - t1:.0f} s")
+        images = redraw(images, captions, [w for w in chosen for _ in range(2)], base_from, seed)
+        log(f"[reward-prior] {2 * sum(chosen)} images redrawn by the base from t = {base_from} in {time.perf_counter() - t1:.0f} s")
     return {"images": images, "captions": captions, "breaks": [w for _, w in broken], "places": [group_places(s, c) for s, c in zip(all_scenes, captions)]}
 
 
@@ -202,47 +208,18 @@ def _through_vae(images: list, which: list[bool], batch: int = 128) -> list:
     return out
 
 
-@torch.no_grad()
-def _through_base(images: list, captions: list[str], which: list[bool], t_start: float, seed: int, batch: int = 64) -> list:
-    """The chosen images noised to ``t_start`` and integrated back to t = 0 by the shipped base model for
-    their own caption (SDEdit): the base's strokes, edges and slight distortions on a scene whose promises
-    are still known. Both images of a pair share their noise, so they still differ only in the broken
-    promise; from t = 0.4 the objects stay where and what they were (at 0.6 the base began to add and
-    drop objects, which would make the broken copy's label wrong)."""
-    from backend.imaging import to_image, to_tensor
-    from backend.models.family import load_model
-    from backend.paths import shipped_base_dir
-
-    bundle = load_model(shipped_base_dir())
-    ts = bundle.sampling_schedule(20, bundle.default_alpha(64, 64))
-    first = int((ts > t_start + 1e-6).sum())
-    empty = bundle.empty_prompt()
-    idx = [i for i, w in enumerate(which) if w]
-    out = list(images)
-    for k in range(0, len(idx), batch):
-        part = idx[k: k + batch]
-        z = bundle.encode_images(torch.stack([to_tensor(images[i]) for i in part]))
-        noise = torch.cat([torch.randn(1, *z.shape[1:], generator=torch.Generator().manual_seed(seed * 100_003 + i // 2)) for i in part])
-        x = (1 - ts[first]) * z + ts[first] * noise
-        cond = bundle.encode_prompts([captions[i] for i in part])
-        for j in range(first, len(ts) - 1):
-            x = x + (ts[j + 1] - ts[j]) * bundle.guided_velocity(x, ts[j].expand(len(part)), cond, empty, 3.0).float()
-        for i, y in zip(part, bundle.decode_latents(x).clamp(-1, 1)):
-            out[i] = to_image(y)
-    return out
-
-
 def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int = 32, lr: float = 2e-3, width: int = 32, seed: int = 0,
                    vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
                    sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, relate: bool = False,
-                   init: Path | None = None, base_share: float = 0.0, compound_share: float = 0.0, log=print) -> dict[str, Any]:
+                   init: Path | None = None, base_share: float = 0.0, compound_share: float = 0.0, redraw: Redraw | None = None,
+                   log=print) -> dict[str, Any]:
     """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes).
     ``init``: go on from an earlier prior's weights (its width, trunk, mix, where and bind); parts it lacks
     (``relate`` on an ungated prior) start fresh."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    data = prior_data(scenes, seed, vae_share, log, base_share=base_share, compound_share=compound_share)
+    data = prior_data(scenes, seed, vae_share, log, base_share=base_share, compound_share=compound_share, redraw=redraw)
     if init is not None:
         from safetensors.torch import load_file
 

@@ -1,5 +1,6 @@
 """Euler ODE sampling with classifier-free guidance on the shifted schedule (METHODS.md §0), and the
-consistency sampler of a consistency-distilled student (jump to x0, re-noise to the next point).
+consistency sampler of a consistency-distilled student (jump to x0, re-noise to the next point), and
+SDEdit's redraw of a clean latent from part-way noise on the same schedule.
 
 Noise comes from one generator per seed, so the same prompt, seed and settings give the same
 image on any batch size: the playground can compare two checkpoints fairly.
@@ -61,10 +62,23 @@ def sample_latents(
         return _integrate(bundle, net, x, ts, cond, empty, seeds, settings)
 
 
+@torch.no_grad()
+def redraw_latents(bundle: ModelBundle, z: torch.Tensor, cond: PromptEmbeds, noise: torch.Tensor, t_start: float,
+                   settings: SampleSettings) -> torch.Tensor:
+    """SDEdit: clean latents ``z`` noised to the first point of the schedule at or below ``t_start`` and
+    integrated from there to t = 0 for ``cond``, on the same schedule and guidance as a full draw."""
+    alpha = settings.alpha if settings.alpha is not None else bundle.default_alpha(settings.width, settings.height)
+    ts = bundle.sampling_schedule(settings.steps, alpha).to(z.device)
+    first = int((ts > t_start + 1e-6).sum())
+    x = (1 - ts[first]) * z + ts[first] * noise.to(z.device, z.dtype)
+    empty = bundle.empty_prompt().to(z.device) if settings.cfg != 1.0 else None
+    return _integrate(bundle, bundle.net, x, ts, cond.to(z.device), empty, [], settings, start=first)
+
+
 def _integrate(bundle: ModelBundle, net: torch.nn.Module, x: torch.Tensor, ts: torch.Tensor, cond: PromptEmbeds, empty: PromptEmbeds | None,
-               seeds: list[int], settings: SampleSettings) -> torch.Tensor:
+               seeds: list[int], settings: SampleSettings, start: int = 0) -> torch.Tensor:
     device, n = x.device, x.shape[0]
-    for i in range(settings.steps):
+    for i in range(start, settings.steps):
         t, t_next = ts[i], ts[i + 1]
         v = bundle.guided_velocity(x, t.expand(n), cond, empty, settings.cfg, net).float()
         if settings.kind == "consistency":
