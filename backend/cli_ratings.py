@@ -98,6 +98,8 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
                    help="share of scenes redrawn by the shipped base model from t = 0.4 (the base's strokes on known promises)")
     p.add_argument("--compound-share", type=float, default=0.0,
                    help="share of broken copies with two promises broken (the base's misses often come in pairs)")
+    p.add_argument("--group-breaks", action="store_true",
+                   help="also break whole groups: drop one of two named groups, or add a stray object to a one-group scene")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -109,6 +111,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
                          relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, relate=args.relate,
                          init=args.init, lr=args.lr, seed=args.seed, base_share=args.base_share, compound_share=args.compound_share,
-                         redraw=redraw_pairs)
+                         redraw=redraw_pairs, group_breaks=args.group_breaks)
     print(json.dumps(card["zero_shot"]))
     return 0

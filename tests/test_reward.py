@@ -302,6 +302,36 @@ def test_two_breaks_give_a_copy_the_caption_no_longer_describes():
     assert what == f"{first}+{second}" and caption(copy) == caption(twice)
 
 
+def test_group_breaks_drop_a_named_group_or_add_a_stray_object_and_the_caption_follows():
+    """``group_breaks``: a two-group scene loses one whole group (its relation with it), a one-group scene gains
+    one object of another shape and colour; the copy's render and caption agree, and differ from the scene's."""
+    from backend.models.reward_prior import break_promise
+
+    rng = random.Random(2)
+    seen = {"drop": 0, "extra": 0}
+    for i in range(300):
+        scene = make_scene(4, i, resolution=(64, 64))
+        copy, what = break_promise(scene, rng, group_breaks=True)
+        assert caption(copy) != caption(scene), (what, caption(scene))
+        if what not in seen:
+            continue
+        seen[what] += 1
+        if what == "drop":
+            assert len(scene.groups) == 2 and len(copy.groups) == 1 and copy.relation is None
+            kept = copy.groups[0]
+            assert kept in scene.groups and len(copy.objects) == kept.count
+            assert all((o.shape, o.color, o.group) == (kept.shape, kept.color, 0) for o in copy.objects)
+        else:
+            assert len(scene.groups) == 1 and len(copy.groups) == 2 and len(copy.objects) == len(scene.objects) + 1
+            stray = copy.objects[-1]
+            assert (stray.shape, stray.color, stray.group) == (copy.groups[1].shape, copy.groups[1].color, 1)
+            assert stray.shape != scene.groups[0].shape and stray.color != scene.groups[0].color
+            assert caption(copy).startswith(caption(scene).split(" on a ")[0] + " and ")
+    assert seen["drop"] > 20 and seen["extra"] > 20, seen
+    # off by default: no group is dropped or added
+    assert not {break_promise(make_scene(4, i, resolution=(64, 64)), rng)[1] for i in range(200)} & {"drop", "extra"}
+
+
 def test_renders_redrawn_by_the_base_keep_their_scene_and_a_pair_keeps_its_difference():
     """The prior's ``base_share``: a render noised to t = 0.4 and drawn back by the shipped base takes the
     base's strokes but keeps its objects (closer to its own render than to another scene's), and the two

@@ -50,6 +50,11 @@ BREAKS = ("shape", "colour", "swap", "size", "fewer", "more", "relation")
 # base's commonest colour-binding miss, which a "colour" break (a new colour) does not teach. A
 # size promise (small / large, where the caption says it) decided a fifth of the base's rated pairs
 BREAK_WEIGHTS = {"shape": 2.0, "colour": 1.0, "swap": 3.0, "size": 2.0, "fewer": 1.0, "more": 1.0, "relation": 8.0}
+# with ``group_breaks``: a whole named group dropped (two-group scenes; a relation goes with it) or a stray object
+# of another shape and colour added (one-group scenes): the base's misses are often not exactly the promised
+# objects (a relation drawn with one object, a second circle beside the cross), which no break above showed
+GROUP_BREAKS = ("drop", "extra")
+GROUP_BREAK_WEIGHTS = {"drop": 3.0, "extra": 2.0}
 
 
 def _swappable(s: Scene) -> list[tuple[int, int]]:
@@ -63,14 +68,18 @@ def _swappable(s: Scene) -> list[tuple[int, int]]:
             if s.groups[i].color != s.groups[j].color and s.groups[i].shape != s.groups[j].shape and distinct_after(i, j)]
 
 
-def break_promise(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
+def break_promise(scene: Scene, rng: random.Random, group_breaks: bool = False) -> tuple[Scene, str]:
     """A copy of ``scene`` with one promise broken, objects and groups changed together so that the
     copy's render and caption agree with each other (and not with the original)."""
     s = copy.deepcopy(scene)
     growable = [i for i, h in enumerate(s.groups) if h.size == "large" or h.count <= 2]  # three or four grown would pile up
-    possible = {"relation": s.relation is not None, "swap": bool(_swappable(s)), "size": (s.mention_size or s.complexity == 4) and bool(growable)}
-    options = [b for b in BREAKS if possible.get(b, True)]
-    what = rng.choices(options, [BREAK_WEIGHTS[b] for b in options])[0]
+    possible = {"relation": s.relation is not None, "swap": bool(_swappable(s)), "size": (s.mention_size or s.complexity == 4) and bool(growable),
+                "drop": len(s.groups) == 2, "extra": len(s.groups) == 1}
+    weights = {**BREAK_WEIGHTS, **(GROUP_BREAK_WEIGHTS if group_breaks else {})}
+    options = [b for b in weights if possible.get(b, True)]
+    what = rng.choices(options, [weights[b] for b in options])[0]
+    if what in GROUP_BREAKS:
+        return _break_group(s, what, rng), what
     gi = rng.choice(growable) if what == "size" else rng.randrange(len(s.groups))
     g = s.groups[gi]
     members = [o for o in s.objects if o.group == gi]
@@ -115,6 +124,28 @@ def break_promise(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     return s, what
 
 
+def _break_group(s: Scene, what: str, rng: random.Random) -> Scene:
+    """``s`` (a copy) with a whole group dropped or a stray object added; sizes stay in the caption if they were."""
+    s.mention_size = s.mention_size or s.complexity == 4
+    if what == "drop":
+        keep = rng.randrange(2)
+        s.objects = [o for o in s.objects if o.group == keep]
+        for o in s.objects:
+            o.group = 0
+        s.groups, s.relation = [s.groups[keep]], None
+        return s
+    g, like = s.groups[0], s.objects[0]
+    shape = rng.choice([x for x in SHAPES if x != g.shape])
+    color = rng.choice([c for c in COLOR_NAMES if c != g.color])
+    for _ in range(30):  # a free spot for the stray object, or the best of 30 tries
+        cx, cy = rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85)
+        if all(math.dist((cx, cy), o.center) > o.radius + like.radius for o in s.objects):
+            break
+    s.groups.append(type(g)(shape, color, like.size, 1))
+    s.objects.append(PlacedObject(shape, color, like.size, 1, (cx, cy), like.radius, rng.uniform(0, 360)))
+    return s
+
+
 def break_two(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
     """A copy with two promises broken, one after the other ("swap+shape"): the base's misses often come in
     pairs (an orange star above a red square for "a red star right of an orange triangle": colours swapped and
@@ -131,7 +162,7 @@ def break_two(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
 
 
 def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_share: float = 0.0, base_from: float = 0.4,
-               compound_share: float = 0.0, redraw: Redraw | None = None) -> dict[str, Any]:
+               compound_share: float = 0.0, redraw: Redraw | None = None, group_breaks: bool = False) -> dict[str, Any]:
     """Scenes at 64 px with their broken copies: renders (some through the VAE, some redrawn by the base), canonical captions.
     ``redraw`` (``backend.sample.redraw.redraw_pairs``, passed in by the caller: a model does not sample)
     redraws the ``base_share`` of scenes."""
@@ -142,7 +173,7 @@ def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_s
     rng = random.Random(seed)
     t0 = time.perf_counter()
     originals = [make_scene(seed + 11, i, resolution=(64, 64)) for i in range(scenes)]
-    broken = [break_two(s, rng) if compound_share > 0 and rng.random() < compound_share else break_promise(s, rng) for s in originals]
+    broken = [break_two(s, rng) if compound_share > 0 and rng.random() < compound_share else break_promise(s, rng, group_breaks) for s in originals]
     all_scenes = [x for s, (b, _) in zip(originals, broken) for x in (s, b)]  # pairs side by side: 2i true, 2i+1 broken
     images = [render(s) for s in all_scenes]
     captions = [caption(s) for s in all_scenes]
@@ -212,14 +243,15 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
                    vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
                    sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, relate: bool = False,
                    init: Path | None = None, base_share: float = 0.0, compound_share: float = 0.0, redraw: Redraw | None = None,
-                   log=print) -> dict[str, Any]:
+                   group_breaks: bool = False, log=print) -> dict[str, Any]:
     """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes).
     ``init``: go on from an earlier prior's weights (its width, trunk, mix, where and bind); parts it lacks
     (``relate`` on an ungated prior) start fresh."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    data = prior_data(scenes, seed, vae_share, log, base_share=base_share, compound_share=compound_share, redraw=redraw)
+    data = prior_data(scenes, seed, vae_share, log, base_share=base_share, compound_share=compound_share, redraw=redraw,
+                      group_breaks=group_breaks)
     if init is not None:
         from safetensors.torch import load_file
 
@@ -286,7 +318,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
         f"({', '.join(f'{k} {v:.2f}' for k, v in held['by_break'].items())})")
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "prior": True, "scenes": scenes, "steps": steps,
             "batch": batch, "seed": seed, "vae_share": vae_share, "base_share": base_share, "compound_share": compound_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
-            "init": str(init) if init is not None else None, "lr": lr, "break_weights": BREAK_WEIGHTS, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
+            "init": str(init) if init is not None else None, "lr": lr, "break_weights": {**BREAK_WEIGHTS, **(GROUP_BREAK_WEIGHTS if group_breaks else {})}, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "heldout_scenes": n_held, "zero_shot": held,
             "first_loss": round(sum(losses[:20]) / len(losses[:20]), 4), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
             "script": "signal-backend reward pretrain", "judgements": 0}
