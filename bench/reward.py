@@ -170,6 +170,8 @@ def recipe_overrides(args: argparse.Namespace, init: str) -> dict:
         extra["validation"] = args.validation
     if args.ties is not None:
         extra["ties"] = args.ties
+    if args.label_noise is not None:
+        extra["label_noise"] = args.label_noise
     return extra
 
 
@@ -230,6 +232,7 @@ def main() -> None:
     ap.add_argument("--anchor", type=float, default=None, help="override the recipe's anchor for runs from the prior")
     ap.add_argument("--tune", choices=["all", "terms"], default=None, help="override the recipe's tune for runs from the prior")
     ap.add_argument("--ties", choices=["half", "ignore"], default=None, help="override the recipe's ties")
+    ap.add_argument("--label-noise", type=float, default=None, help="override the recipe's label_noise (robust Bradley-Terry)")
     ap.add_argument("--folds", type=int, default=1, help="also cross-validate over this many shares of the prompts (each held out "
                                                           "in turn): every decided pair measured once, a tighter figure than one quarter")
     ap.add_argument("--validation", type=float, default=None, help="override the recipe's validation share (0 = keep the last step's head)")

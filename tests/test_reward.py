@@ -146,6 +146,43 @@ def test_the_starting_scale_is_fitted_without_changing_the_ranking(terms: dict):
     assert float(bt_loss(after, label)) < 0.75 < float(bt_loss(before, label)) - 1.0
 
 
+def test_robust_bradley_terry_keeps_a_term_that_a_few_confident_mistakes_would_silence():
+    """Two terms add up to the judged preference; on a tenth of the pairs the second term is far off the
+    other way (what a head's term cannot express, or a mistaken judgement). Plain Bradley-Terry pays those
+    pairs without bound, so it all but switches the second term off and ranks the other pairs worse; with
+    ``noise`` (recipe ``label_noise``) a pair costs at most -log ε, the term keeps its weight and every
+    other pair is ranked right. At noise 0 the loss is plain Bradley-Terry."""
+    import torch
+
+    from backend.stages.reward import bt_loss
+
+    torch.manual_seed(0)
+    n = 400
+    a, b = torch.randn(n), torch.randn(n)
+    label = ((a + b) > 0).float()
+    off = torch.zeros(n, dtype=torch.bool)
+    off[: n // 10] = True
+    b = torch.where(off, -8 * torch.sign(a + b) * (1 + torch.rand(n)), b)
+    accuracy, weights = {}, {}
+    for noise in (0.0, 0.1):
+        w = torch.zeros(2, requires_grad=True)
+        opt = torch.optim.Adam([w], lr=0.05)
+        for _ in range(400):
+            loss = bt_loss(w[0].exp() * a + w[1].exp() * b, label, noise)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        diff = (w[0].exp() * a + w[1].exp() * b).detach()
+        accuracy[noise] = float(((diff > 0) == (label > 0.5))[~off].float().mean())
+        weights[noise] = (w[1] - w[0]).exp().item()  # the second term's weight beside the first's
+    assert weights[0.0] < 0.1 and weights[0.1] > 0.5
+    assert accuracy[0.1] > 0.95 and accuracy[0.0] < accuracy[0.1] - 0.1
+    wrong, one = torch.tensor([-100.0]), torch.tensor([1.0])
+    assert float(bt_loss(wrong, one, 0.1)) <= -torch.log(torch.tensor(0.1)).item() + 1e-4 < float(bt_loss(wrong, one))
+    d, y = torch.randn(32), torch.tensor([0.0, 0.5, 1.0]).repeat(11)[:32]
+    assert torch.allclose(bt_loss(d, y, 0.0), bt_loss(d, y, 1e-9), atol=1e-5)
+
+
 def test_the_trunk_lets_the_head_see_how_patches_sit_together(tmp_path: Path):
     """Without the trunk the head weighs the patches one by one: an image and the same patches
     shuffled score the same (at zero position embedding), so an outline is invisible to it. The
@@ -562,3 +599,16 @@ def test_ties_can_be_left_out_instead_of_counted_half(tmp_path: Path):
     assert not bool((ignore[0].label == 0.5).any() or (ignore[1].label == 0.5).any())
     with pytest.raises(ValidationError, match="needs init"):
         RewardRecipe(tune="terms", init="none")
+
+
+def test_an_empty_tune_and_label_noise_are_decided_by_where_the_head_starts():
+    """The recipe's empty ``tune`` is term weights from a prior or a model and the whole head from nothing; an
+    empty ``label_noise`` follows it (robust Bradley-Terry for term weights, plain for a whole head). Both are
+    written into the recipe, so a job's record says what trained; a value given is kept as given."""
+    assert (RewardRecipe().tune, RewardRecipe().label_noise) == ("terms", 0.1)
+    assert (RewardRecipe(init="none").tune, RewardRecipe(init="none").label_noise) == ("all", 0.0)
+    assert (RewardRecipe(tune="all").tune, RewardRecipe(tune="all").label_noise) == ("all", 0.0)
+    assert RewardRecipe(label_noise=0.0).label_noise == 0.0 and RewardRecipe(init="none", label_noise=0.2).label_noise == 0.2
+    from backend.recipes import dumps_recipe
+
+    assert "label_noise = 0.1" in dumps_recipe(RewardRecipe(), comments=False)

@@ -28,14 +28,26 @@ LABEL = {"a": 1.0, "b": 0.0, "tie": 0.5}
 
 
 
-def bt_loss(diff: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry with soft labels: label 1 = a preferred, 0 = b, 0.5 = a tie."""
-    return -(label * torch.nn.functional.logsigmoid(diff) + (1 - label) * torch.nn.functional.logsigmoid(-diff)).mean()
+def bt_loss(diff: torch.Tensor, label: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
+    """Bradley-Terry with soft labels: label 1 = a preferred, 0 = b, 0.5 = a tie.
+
+    With ``noise`` = ε the judgement is taken to be flipped by mistake with probability ε, so
+    P(a judged better) = ε + (1 − 2ε)·σ(diff) (a robust Bradley-Terry): a pair the head ranks
+    confidently against its judgement costs at most −log ε instead of growing without bound, so
+    a few such pairs (mistakes, or what the head's terms cannot express) no longer decide the fit."""
+    logsig = torch.nn.functional.logsigmoid
+    if noise <= 0:
+        return -(label * logsig(diff) + (1 - label) * logsig(-diff)).mean()
+    log_eps, log_keep = torch.log(torch.tensor(noise)), torch.log(torch.tensor(1 - 2 * noise))
+    log_a = torch.logaddexp(log_eps, log_keep + logsig(diff))
+    log_b = torch.logaddexp(log_eps, log_keep + logsig(-diff))
+    return -(label * log_a + (1 - label) * log_b).mean()
 
 
-def pair_metrics(diff: torch.Tensor, label: torch.Tensor, bins: int = 10) -> dict[str, float]:
-    """Accuracy on decisive pairs, BT loss, and expected calibration error of σ(diff) against the labels."""
-    p = torch.sigmoid(diff)
+def pair_metrics(diff: torch.Tensor, label: torch.Tensor, bins: int = 10, noise: float = 0.0) -> dict[str, float]:
+    """Accuracy on decisive pairs, BT loss (robust with ``noise``, as trained), and expected calibration error
+    of the predicted probability against the labels."""
+    p = noise + (1 - 2 * noise) * torch.sigmoid(diff)
     decisive = label != 0.5
     acc = float(((p > 0.5) == (label > 0.5))[decisive].float().mean()) if bool(decisive.any()) else float("nan")
     ece = 0.0
@@ -43,7 +55,7 @@ def pair_metrics(diff: torch.Tensor, label: torch.Tensor, bins: int = 10) -> dic
         inside = (p >= b / bins) & (p < (b + 1) / bins if b < bins - 1 else p <= 1)
         if bool(inside.any()):
             ece += float(inside.float().mean()) * abs(float(p[inside].mean()) - float(label[inside].mean()))
-    return {"accuracy": acc, "loss": float(bt_loss(diff, label)), "ece": ece}
+    return {"accuracy": acc, "loss": float(bt_loss(diff, label, noise)), "ece": ece}
 
 
 class Features:
@@ -112,8 +124,8 @@ class BradleyTerry(Method):
     name = "bradley-terry"
 
     def __init__(self, train: Features, held: Features, batch_size: int, seed: int, anchor: float = 0.0, start: dict[str, torch.Tensor] | None = None,
-                 val: Features | None = None):
-        self.train, self.held, self.batch_size, self.seed = train, held, batch_size, seed
+                 val: Features | None = None, noise: float = 0.0):
+        self.train, self.held, self.batch_size, self.seed, self.noise = train, held, batch_size, seed, noise
         self.anchor, self.start = anchor, start or {}
         self.val = val
         self.last: dict[str, float] = {}
@@ -127,7 +139,7 @@ class BradleyTerry(Method):
 
             head = _unwrapped(run.module("model"))
             run.add_module("best", copy.deepcopy(head), trainable=False)
-            self.best = {"step": 0, **evaluate_head(head, self.val, run.device)}
+            self.best = {"step": 0, **evaluate_head(head, self.val, run.device, self.noise)}
             self.start_validation = dict(self.best)
 
     def state(self) -> dict[str, Any]:
@@ -142,7 +154,7 @@ class BradleyTerry(Method):
         grid_a, grid_b, states, mask, label = self.train.take(idx, run.device)
         head = run.model
         diff = head(grid_a, states, mask) - head(grid_b, states, mask)
-        loss = bt_loss(diff, label)
+        loss = bt_loss(diff, label, self.noise)
         run.log("loss", loss)
         if self.anchor > 0 and self.start:  # L2-SP: stay near the starting head where the judgements do not say otherwise
             drift = sum(((p - self.start[n].to(p.device)) ** 2).sum() for n, p in _unwrapped(head).named_parameters())
@@ -154,10 +166,10 @@ class BradleyTerry(Method):
             run.log("reward/train_accuracy", ((diff > 0) == (label > 0.5))[decisive].float().mean())
 
     def evaluate(self, run, step: int, net: torch.nn.Module) -> dict[str, float]:
-        self.last = evaluate_head(net, self.held, run.device)
+        self.last = evaluate_head(net, self.held, run.device, self.noise)
         out = {f"reward/heldout_{k}": v for k, v in self.last.items()}
         if self.val is not None:
-            val = evaluate_head(net, self.val, run.device)
+            val = evaluate_head(net, self.val, run.device, self.noise)
             if val["loss"] < self.best["loss"]:
                 run.module("best").load_state_dict(_unwrapped(net).state_dict())
                 self.best = {"step": step, **val}
@@ -187,7 +199,7 @@ def starting_head(recipe: RewardRecipe, project: Project) -> tuple[Any, str]:
 
 
 @torch.no_grad()
-def calibrate(head: torch.nn.Module, data: Features) -> float:
+def calibrate(head: torch.nn.Module, data: Features, noise: float = 0.0) -> float:
     """Fit one temperature on the training pairs and fold it into the head's output (every term's last
     layer, ``RewardHead.scale_output``): the ranking (every accuracy) is unchanged, but a prior trained
     contrastively is far too confident for Bradley-Terry, and its validation loss then says little about
@@ -198,18 +210,18 @@ def calibrate(head: torch.nn.Module, data: Features) -> float:
     grid_a, grid_b, states, mask, label = data.take(idx, torch.device("cpu"))
     diff = head(grid_a, states, mask) - head(grid_b, states, mask)
     scales = torch.logspace(-2, 1, 61)
-    losses = torch.stack([bt_loss(s * diff, label) for s in scales])
+    losses = torch.stack([bt_loss(s * diff, label, noise) for s in scales])
     scale = float(scales[int(losses.argmin())])
     head.scale_output(scale)
     return scale
 
 
 @torch.no_grad()
-def evaluate_head(head: torch.nn.Module, data: Features, device: torch.device) -> dict[str, float]:
+def evaluate_head(head: torch.nn.Module, data: Features, device: torch.device, noise: float = 0.0) -> dict[str, float]:
     idx = torch.arange(len(data))
     grid_a, grid_b, states, mask, label = data.take(idx, device)
     diff = head(grid_a, states, mask) - head(grid_b, states, mask)
-    return pair_metrics(diff.float().cpu(), label.float().cpu())
+    return pair_metrics(diff.float().cpu(), label.float().cpu(), noise=noise)
 
 
 def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, resume: bool) -> dict[str, Any]:
@@ -223,9 +235,10 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
     train, held, info, val = gather(project, recipe, model, log=reporter.log)
     scale = 1.0
     if recipe.init != "none":  # a fresh head ranks at random: there is no confidence to fit
-        scale = calibrate(head, train)
+        scale = calibrate(head, train, recipe.label_noise or 0.0)
         reporter.log(f"reward scale fitted to the training judgements: x{scale:.3g} (the ranking is unchanged)")
-    start_metrics = evaluate_head(head, held, torch.device("cpu"))
+    noise = recipe.label_noise or 0.0
+    start_metrics = evaluate_head(head, held, torch.device("cpu"), noise)
     reporter.log(f"before training: held-out accuracy {start_metrics['accuracy']:.3f}, loss {start_metrics['loss']:.3f}")
     trainable = TermWeights(head) if recipe.tune == "terms" else head
     if recipe.tune == "terms":
@@ -235,7 +248,7 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
     cfg = LoopConfig(steps=recipe.steps, lr=lr, weight_decay=recipe.weight_decay, warmup=min(50, recipe.steps // 10), ema=0.0,
                      seed=recipe.seed, log_every=10, checkpoint_every=max(50, recipe.eval_every), sample_every=0, eval_every=recipe.eval_every,
                      loss_bins=1, device="cpu")
-    method = BradleyTerry(train, held, recipe.batch_size, recipe.seed, recipe.anchor, start, val)
+    method = BradleyTerry(train, held, recipe.batch_size, recipe.seed, recipe.anchor, start, val, noise)
     trainer = Trainer(None, method, lambda *a: None, cfg, run_dir, reporter, trainable=trainable)
     result = trainer.run(resume=resume)
     if result.state != "done":
@@ -244,14 +257,14 @@ def run(project: Project, recipe: RewardRecipe, run_dir: Path, reporter: Any, re
     kept = trainer.module("best").cpu().eval() if val is not None else final
     weights = kept.weights() if isinstance(kept, TermWeights) else None
     head = kept.folded().eval() if isinstance(kept, TermWeights) else kept
-    last = evaluate_head(head, held, torch.device("cpu"))
-    chance = pair_metrics(torch.zeros(len(held)), held.label.float())
+    last = evaluate_head(head, held, torch.device("cpu"), noise)
+    chance = pair_metrics(torch.zeros(len(held)), held.label.float(), noise=noise)
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "init": recipe.init, "anchor": recipe.anchor, "start_scale": scale,
-            "tune": recipe.tune, "term_weights": weights, "lr": lr,
+            "tune": recipe.tune, "term_weights": weights, "lr": lr, "label_noise": noise,
             "heldout": last, "heldout_before": start_metrics, "chance": {"accuracy": 0.5, "loss": chance["loss"]},
             "kept": ({"step": method.best["step"], "by": "lowest validation loss", "validation": {k: v for k, v in method.best.items() if k != "step"},
                       "start_validation": {k: v for k, v in method.start_validation.items() if k != "step"},
-                      "heldout_of_last_step": evaluate_head(final, held, torch.device("cpu"))} if val is not None else {"step": result.step, "by": "last step"}),
+                      "heldout_of_last_step": evaluate_head(final, held, torch.device("cpu"), noise)} if val is not None else {"step": result.step, "by": "last step"}),
             "data": info, "rater": recipe.rater, "steps": recipe.steps, "job": getattr(reporter, "job_id", None)}
     if val is not None:
         reporter.log(f"kept the head of step {method.best['step']} (lowest validation loss {method.best['loss']:.3f}, accuracy "
