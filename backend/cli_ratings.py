@@ -100,6 +100,8 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
                    help="share of broken copies with two promises broken (the base's misses often come in pairs)")
     p.add_argument("--group-breaks", action="store_true",
                    help="also break whole groups: drop one of two named groups, or add a stray object to a one-group scene")
+    p.add_argument("--near-share", type=float, default=0.0,
+                   help="share of relation scenes drawn with the two named groups close along the relation's axis, broken by mirroring")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -111,6 +113,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
                          relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, relate=args.relate,
                          init=args.init, lr=args.lr, seed=args.seed, base_share=args.base_share, compound_share=args.compound_share,
-                         redraw=redraw_pairs, group_breaks=args.group_breaks)
+                         redraw=redraw_pairs, group_breaks=args.group_breaks, near_share=args.near_share)
     print(json.dumps(card["zero_shot"]))
     return 0

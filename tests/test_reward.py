@@ -7,6 +7,7 @@ issue's target of 0.85 from 500 noisy ratings is not reached yet.)"""
 
 from __future__ import annotations
 
+import copy
 import io
 import random
 from pathlib import Path
@@ -367,6 +368,41 @@ def test_group_breaks_drop_a_named_group_or_add_a_stray_object_and_the_caption_f
     assert seen["drop"] > 20 and seen["extra"] > 20, seen
     # off by default: no group is dropped or added
     assert not {break_promise(make_scene(4, i, resolution=(64, 64)), rng)[1] for i in range(200)} & {"drop", "extra"}
+
+
+def test_a_close_up_keeps_its_relation_at_a_small_distance_and_its_mirror_breaks_it():
+    """``near_share``: a relation scene drawn close up (the named groups 0.08-0.2 apart along the relation's
+    axis, anywhere across it, no overlap) still shows its caption to the ShapesEval detector, every check;
+    its mirrored copy fails the relation and only the relation. Off by default: the data are the same as
+    without the option."""
+    from backend.eval.shapes_eval import check_image
+    from backend.models.reward_prior import _mirror, close_up, prior_data
+    from backend.world.pretrained import load_detector
+
+    rng = random.Random(5)
+    relation_scenes = [s for s in (make_scene(6, i, category="spatial", resolution=(64, 64)) for i in range(60)) if s.relation is not None][:24]
+    near = [n for n in (close_up(s, rng) for s in relation_scenes) if n is not None]
+    assert len(near) >= 18, len(near)
+    for n in near:
+        axis = 0 if n.relation.kind in ("left of", "right of") else 1
+        centre = [sum(o.center[axis] for o in n.objects if o.group == g) / n.groups[g].count for g in (n.relation.a, n.relation.b)]
+        first = n.relation.kind in ("left of", "above")
+        assert 0.07 < (centre[1] - centre[0] if first else centre[0] - centre[1]) < 0.21
+    mirrored = []
+    for n in near:
+        m = copy.deepcopy(n)
+        _mirror(m)
+        mirrored.append(m)
+    det = load_detector()
+    checks_true = [check_image(n, d) for n, d in zip(near, det([render(n) for n in near]))]
+    checks_mirror = [check_image(n, d) for n, d in zip(near, det([render(m) for m in mirrored]))]
+    assert sum(all(c.values()) for c in checks_true) >= len(near) - 2, checks_true
+    assert sum(not c["relation"] and all(v for k, v in c.items() if k != "relation") for c in checks_mirror) >= len(near) - 2, checks_mirror
+    plain = prior_data(40, 3, vae_share=0.0, log=lambda *_: None)
+    again = prior_data(40, 3, vae_share=0.0, log=lambda *_: None, near_share=0.0)
+    assert plain["captions"] == again["captions"] and plain["breaks"] == again["breaks"]
+    with_near = prior_data(40, 3, vae_share=0.0, log=lambda *_: None, near_share=1.0)
+    assert "near" in with_near["breaks"]
 
 
 def test_renders_redrawn_by_the_base_keep_their_scene_and_a_pair_keeps_its_difference():

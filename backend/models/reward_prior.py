@@ -115,13 +115,52 @@ def break_promise(scene: Scene, rng: random.Random, group_breaks: bool = False) 
                 break
         s.objects.append(PlacedObject(like.shape, like.color, like.size, gi, (cx, cy), like.radius, rng.uniform(0, 360)))
         g.count += 1
-    else:  # mirror the picture across the axis of the relation: "a left of b" becomes "a right of b"
-        horizontal = s.relation.kind in ("left of", "right of")
-        for o in s.objects:
-            x, y = o.center
-            o.center = (1 - x, y) if horizontal else (x, 1 - y)
-        s.relation.kind = FLIP[s.relation.kind]
+    else:
+        _mirror(s)
     return s, what
+
+
+def _mirror(s: Scene) -> None:
+    """Mirror the picture across the axis of the relation, in place: "a left of b" becomes "a right of b"."""
+    horizontal = s.relation.kind in ("left of", "right of")
+    for o in s.objects:
+        x, y = o.center
+        o.center = (1 - x, y) if horizontal else (x, 1 - y)
+    s.relation.kind = FLIP[s.relation.kind]
+
+
+def close_up(scene: Scene, rng: random.Random, tries: int = 30) -> Scene | None:
+    """A copy of a relation scene with its two named groups moved close along the relation's axis (centres
+    0.08-0.2 of the picture apart, the right way round) and anywhere across it, or None when no free layout
+    is found. The world always puts the two groups in their own halves, so a prior never saw a star *just*
+    left of a triangle, both in the right half, which is how the base often draws a relation; ShapesEval
+    still decides such a picture (its relation check needs 0.05)."""
+    if scene.relation is None:
+        return None
+    horizontal = scene.relation.kind in ("left of", "right of")
+    axis = 0 if horizontal else 1
+    before = scene.relation.kind in ("left of", "above")  # group a sits first along the axis
+    a, b = scene.relation.a, scene.relation.b
+    for _ in range(tries):
+        s = copy.deepcopy(scene)
+        gap = rng.uniform(0.08, 0.2)
+        centre = rng.uniform(0.3, 0.7)
+        along = {a: centre - gap / 2 if before else centre + gap / 2, b: centre + gap / 2 if before else centre - gap / 2}
+        across = {a: rng.uniform(0.2, 0.8), b: rng.uniform(0.2, 0.8)}
+        for gi in (a, b):
+            members = [o for o in s.objects if o.group == gi]
+            mean_along = sum(o.center[axis] for o in members) / len(members)
+            mean_across = sum(o.center[1 - axis] for o in members) / len(members)
+            for o in members:
+                pos = [0.0, 0.0]
+                pos[axis] = o.center[axis] - mean_along + along[gi]
+                pos[1 - axis] = o.center[1 - axis] - mean_across + across[gi]
+                o.center = (pos[0], pos[1])
+        inside = all(o.radius <= x <= 1 - o.radius for o in s.objects for x in o.center)
+        apart = all(math.dist(p.center, q.center) > p.radius + q.radius + 0.02 for i, p in enumerate(s.objects) for q in s.objects[i + 1:])
+        if inside and apart:
+            return s
+    return None
 
 
 def _break_group(s: Scene, what: str, rng: random.Random) -> Scene:
@@ -162,10 +201,11 @@ def break_two(scene: Scene, rng: random.Random) -> tuple[Scene, str]:
 
 
 def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_share: float = 0.0, base_from: float = 0.4,
-               compound_share: float = 0.0, redraw: Redraw | None = None, group_breaks: bool = False) -> dict[str, Any]:
+               compound_share: float = 0.0, redraw: Redraw | None = None, group_breaks: bool = False, near_share: float = 0.0) -> dict[str, Any]:
     """Scenes at 64 px with their broken copies: renders (some through the VAE, some redrawn by the base), canonical captions.
     ``redraw`` (``backend.sample.redraw.redraw_pairs``, passed in by the caller: a model does not sample)
-    redraws the ``base_share`` of scenes."""
+    redraws the ``base_share`` of scenes. A ``near_share`` of the relation scenes is drawn close up (``close_up``)
+    and broken by mirroring (break "near"): the relation's sign at a small distance."""
     from backend.world.captions import caption
     from backend.world.generate import make_scene
     from backend.world.render import render
@@ -173,7 +213,20 @@ def prior_data(scenes: int, seed: int, vae_share: float = 0.5, log=print, base_s
     rng = random.Random(seed)
     t0 = time.perf_counter()
     originals = [make_scene(seed + 11, i, resolution=(64, 64)) for i in range(scenes)]
-    broken = [break_two(s, rng) if compound_share > 0 and rng.random() < compound_share else break_promise(s, rng, group_breaks) for s in originals]
+    if near_share > 0:
+        near = [close_up(s, rng) if s.relation is not None and rng.random() < near_share else None for s in originals]
+        originals = [n or s for n, s in zip(near, originals)]
+    else:
+        near = [None] * scenes
+
+    def broken_copy(s: Scene, was_near: bool) -> tuple[Scene, str]:
+        if was_near:
+            b = copy.deepcopy(s)
+            _mirror(b)
+            return b, "near"
+        return break_two(s, rng) if compound_share > 0 and rng.random() < compound_share else break_promise(s, rng, group_breaks)
+
+    broken = [broken_copy(s, n is not None) for s, n in zip(originals, near)]
     all_scenes = [x for s, (b, _) in zip(originals, broken) for x in (s, b)]  # pairs side by side: 2i true, 2i+1 broken
     images = [render(s) for s in all_scenes]
     captions = [caption(s) for s in all_scenes]
@@ -243,7 +296,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
                    vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
                    sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, relate: bool = False,
                    init: Path | None = None, base_share: float = 0.0, compound_share: float = 0.0, redraw: Redraw | None = None,
-                   group_breaks: bool = False, log=print) -> dict[str, Any]:
+                   group_breaks: bool = False, near_share: float = 0.0, log=print) -> dict[str, Any]:
     """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes).
     ``init``: go on from an earlier prior's weights (its width, trunk, mix, where and bind); parts it lacks
     (``relate`` on an ungated prior) start fresh."""
@@ -251,7 +304,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     data = prior_data(scenes, seed, vae_share, log, base_share=base_share, compound_share=compound_share, redraw=redraw,
-                      group_breaks=group_breaks)
+                      group_breaks=group_breaks, near_share=near_share)
     if init is not None:
         from safetensors.torch import load_file
 
@@ -317,7 +370,7 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
     log(f"[reward-prior] held-out: true render preferred over its broken copy {held['accuracy']:.3f} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in held['by_break'].items())})")
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "prior": True, "scenes": scenes, "steps": steps,
-            "batch": batch, "seed": seed, "vae_share": vae_share, "base_share": base_share, "compound_share": compound_share, "group_breaks": group_breaks, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
+            "batch": batch, "seed": seed, "vae_share": vae_share, "base_share": base_share, "compound_share": compound_share, "group_breaks": group_breaks, "near_share": near_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
             "init": str(init) if init is not None else None, "lr": lr, "break_weights": {**BREAK_WEIGHTS, **(GROUP_BREAK_WEIGHTS if group_breaks else {})}, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "heldout_scenes": n_held, "zero_shot": held,
             "first_loss": round(sum(losses[:20]) / len(losses[:20]), 4), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
