@@ -218,7 +218,7 @@ class TermWeights(nn.Module):
     """A frozen head whose terms are re-weighted by learned positive factors: a handful of numbers a few hundred
     judgements can decide without memorising them (tuned whole from a prior, a head fits its training
     judgements). It learns a taste that *is* a re-weighting of the prior's terms (tests/test_reward.py); on the
-    bench's base pairs, 4-fold cross-validated on the shipped prior (2026-12-07), 100 / 250 / 500 / 1000
+    bench's base pairs, 4-fold cross-validated on the prior shipped before group breaks, 100 / 250 / 500 / 1000
     judgements give 0.796 / 0.807 / 0.822 / 0.836 against the prior alone 0.822 ± 0.018, where tuning the
     whole head from 500 gave 0.794: what the prior misses there is mostly no weighting of its terms.
     ``folded`` gives back a plain head with the factors in its weights (same format, same loader)."""

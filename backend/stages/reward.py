@@ -1,6 +1,7 @@
 """The ``reward`` stage: a reward model from the project's judgements, trained by the one loop.
 
-Bradley-Terry on reward differences, ``-log σ(r_w − r_l)``, with a tie counted half to each side;
+Bradley-Terry on reward differences, ``-log σ(r_w − r_l)`` (or its robust form with ``label_noise``,
+see ``bt_loss``), with a tie counted half to each side;
 "both bad" and skips say nothing about which is better and are left out (and counted). The split
 is by prompt, so the held-out accuracy measures judging prompts the head has not seen. Images are
 read through the frozen backbone once; the head then trains on those features (exact resume,
