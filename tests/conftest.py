@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["SIGNAL_STUDIO_HOME"] = tempfile.mkdtemp(prefix="signal-home-")
+atexit.register(shutil.rmtree, os.environ["SIGNAL_STUDIO_HOME"], True)
 
 
 @pytest.fixture(autouse=True)
