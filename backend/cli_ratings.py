@@ -102,6 +102,8 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
                    help="also break whole groups: drop one of two named groups, or add a stray object to a one-group scene")
     p.add_argument("--near-share", type=float, default=0.0,
                    help="share of relation scenes drawn with the two named groups close along the relation's axis, broken by mirroring")
+    p.add_argument("--no-mirror", action="store_true",
+                   help="read the saved prior on the picture alone, not as the mean over it and its mirror image under the mirrored caption")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -113,6 +115,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     card = pretrain_prior(args.out, scenes=args.scenes, steps=args.steps, width=args.width, trunk=args.trunk, mix=args.mix, where=args.where,
                          relation_share=args.relation_share, locate_weight=args.locate_weight, sibling_weight=args.sibling_weight, bind=args.bind, relate=args.relate,
                          init=args.init, lr=args.lr, seed=args.seed, base_share=args.base_share, compound_share=args.compound_share,
-                         redraw=redraw_pairs, group_breaks=args.group_breaks, near_share=args.near_share)
+                         redraw=redraw_pairs, group_breaks=args.group_breaks, near_share=args.near_share, mirror=not args.no_mirror)
     print(json.dumps(card["zero_shot"]))
     return 0

@@ -573,6 +573,7 @@ def test_tuning_only_the_term_weights_learns_which_part_of_the_prior_the_rater_c
     import json
 
     import torch
+    from PIL import Image
 
     from backend.models.reward_prior import break_promise
     from backend.paths import shipped_reward_prior_dir
@@ -601,6 +602,13 @@ def test_tuning_only_the_term_weights_learns_which_part_of_the_prior_the_rater_c
         assert summary["state"] == "done"
         card = json.loads(project.db.execute("SELECT card FROM models WHERE job_id = ?", [job]).fetchone()[0])
         saved = load_reward(project.root / summary["path"])
+        # the figure the stage reports is the saved model's own reading (both views of each picture, as trained)
+        held = [r for r in ratings.history(project.db, limit=1000) if ratings.heldout_prompt(r["prompt"], 0.25, 0) and r["choice"] in "ab"]
+        look = {h: Image.open(io.BytesIO(project.blob_path(h, "png").read_bytes())).convert("RGB") for r in held for h in (r["image_a"], r["image_b"])}
+    assert saved.mirror and len(held) >= 30
+    ra = saved.score([look[r["image_a"]] for r in held], [r["prompt"] for r in held])
+    rb = saved.score([look[r["image_b"]] for r in held], [r["prompt"] for r in held])
+    assert sum((x > y) == (r["choice"] == "a") for x, y, r in zip(ra, rb, held)) / len(held) == pytest.approx(summary["heldout"]["accuracy"], abs=1e-6)
     weights = card["term_weights"]
     assert set(weights) == {"judge", "bind", "relation"} and card["tune"] == "terms"
     assert weights["judge"] > 3 * max(weights["bind"], weights["relation"]), weights
@@ -648,3 +656,99 @@ def test_an_empty_tune_and_label_noise_are_decided_by_where_the_head_starts():
     from backend.recipes import dumps_recipe
 
     assert "label_noise = 0.1" in dumps_recipe(RewardRecipe(), comments=False)
+
+
+def test_the_world_mirrored_keeps_its_promises_and_a_mirror_model_reads_both_views_alike():
+    """The premise of ``mirror``: a world picture mirrored left-right is a picture of its caption with "left" and
+    "right" swapped (the ShapesEval detector passes or fails it exactly as it does the original against its own
+    caption, on every category), while upside down it is not (a turned triangle or heart is another thing).
+    A reward model with ``mirror`` reads a picture as the mean of its two views, so the mirror image under the
+    mirrored caption gets the very same reward, and each reward is the mean of the plain head's two readings."""
+    import copy
+
+    import torch
+    from PIL import ImageOps
+
+    from backend.eval.shapes_eval import strict_pass
+    from backend.models.reward import RewardModel
+    from backend.paths import shipped_reward_prior_dir
+    from backend.world.captions import mirror_caption
+    from backend.world.pretrained import load_detector
+
+    assert mirror_caption("a red circle to the left of two blue squares") == "a red circle to the right of two blue squares"
+    assert mirror_caption("Right of a bright star, on the left of") == "Left of a bright star, on the right of"
+    scenes = [make_scene(21, i, category=c, resolution=(64, 64)) for c, n in (("spatial", 20), ("colour_binding", 8), ("counting", 8)) for i in range(n)]
+    mirrored = []
+    for s in scenes:
+        m = Scene.from_json(s.to_json())
+        for o in m.objects:
+            o.center = (1 - o.center[0], o.center[1])
+        if m.relation is not None and m.relation.kind in ("left of", "right of"):
+            m.relation.kind = "right of" if m.relation.kind == "left of" else "left of"
+        mirrored.append(m)
+        assert caption(m) == mirror_caption(caption(s))
+    assert sum(s.relation is not None and s.relation.kind in ("left of", "right of") for s in scenes) >= 6
+    detector = load_detector()
+    pictures = [render(s) for s in scenes]
+    kept = [strict_pass(s, d) for s, d in zip(scenes, detector(pictures))]
+    kept_mirrored = [strict_pass(m, d) for m, d in zip(mirrored, detector([ImageOps.mirror(p) for p in pictures]))]
+    kept_upside_down = [strict_pass(s, d) for s, d in zip(scenes, detector([ImageOps.flip(p) for p in pictures]))]
+    assert sum(kept) >= 30 and kept_mirrored == kept, (kept, kept_mirrored)
+    assert sum(kept_upside_down) < sum(kept) - 5  # the premise holds for left-right only
+
+    model = load_reward(shipped_reward_prior_dir())
+    assert model.mirror
+    prompts = [caption(s) for s in scenes]
+    reward = model.score(pictures, prompts)
+    assert reward == pytest.approx(model.score([ImageOps.mirror(p) for p in pictures], [mirror_caption(p) for p in prompts]), abs=1e-4)
+    plain_head = copy.deepcopy(model.head)
+    plain_head.config["mirror"] = False
+    plain = RewardModel(plain_head, model.encoder, model.text)
+    one, other = plain.score(pictures, prompts), plain.score([ImageOps.mirror(p) for p in pictures], [mirror_caption(p) for p in prompts])
+    assert reward == pytest.approx([(a + b) / 2 for a, b in zip(one, other)], abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(one, other)) > 1e-2  # the two views are read differently: their mean is a new reading
+    from backend.world.arrays import square_batch
+    from backend.world.encoder import INPUT
+
+    with torch.no_grad():  # ReFL's differentiable reading is the same mean
+        pixels = model.score_pixels(square_batch(pictures, INPUT), prompts).tolist()
+    assert pixels == pytest.approx(reward, abs=1e-4)
+
+
+def test_a_trained_head_replaces_the_prior_only_when_validation_says_so_clearly(tmp_path: Path):
+    """Judgements that are the prior's own ranking with a third of them flipped carry nothing the prior lacks: some
+    step's re-weighting still scores a lower validation loss by chance, but it does not rank the validation
+    judgements better by keep_start = 2 standard errors (paired), so the stage saves the starting head, rescaled:
+    it ranks every picture as the prior does. With keep_start = 0 the same run keeps that lucky step."""
+    import json
+
+    from backend.models.reward_prior import break_promise
+    from backend.paths import shipped_reward_prior_dir
+
+    prior = load_reward(shipped_reward_prior_dir())
+    rng = random.Random(5)
+    items = []
+    for i in range(240):
+        scene = make_scene(17, i, resolution=(64, 64))
+        items.append((caption(scene), render(scene), render(break_promise(scene, rng)[0])))
+    ra = prior.score([g for _, g, _ in items], [p for p, _, _ in items])
+    rb = prior.score([b for _, _, b in items], [p for p, _, _ in items])
+    cards = {}
+    for keep_start in (2.0, 0.0):
+        with Project.init(tmp_path / f"p{keep_start:g}") as project:
+            for (prompt, good, bad), x, y in zip(items, ra, rb):
+                cid = ratings.queue_pair(project.db, prompt, project.put_blob(_png(good), "png"), project.put_blob(_png(bad), "png"))
+                prior_says = "a" if x > y else "b"
+                ratings.record(project.db, cid, prior_says if rng.random() > 0.33 else ("b" if prior_says == "a" else "a"), "a", "rater", 400)
+            job = create_job(project, RewardRecipe(name="r", steps=120, eval_every=20, heldout=0.2, validation=0.3, keep_start=keep_start))
+            summary = execute_job(project, job, echo=False)
+            assert summary["state"] == "done"
+            cards[keep_start] = json.loads(project.db.execute("SELECT card FROM models WHERE job_id = ?", [job]).fetchone()[0])
+            saved = load_reward(project.root / summary["path"])
+            if keep_start:
+                sa = saved.score([g for _, g, _ in items], [p for p, _, _ in items])
+                assert sa == pytest.approx([cards[keep_start]["start_scale"] * x for x in ra], rel=1e-4, abs=1e-5)
+    strict, loose = cards[2.0]["kept"], cards[0.0]["kept"]
+    assert loose["step"] > 0 and loose["by"] == "lowest validation loss", loose  # some step was luckier than the start...
+    assert strict["step"] == 0 and strict["by"].startswith("the starting head"), strict  # ...but not clearly
+    assert strict["paired_gain_over_start"]["z"] < 2.0

@@ -296,10 +296,11 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
                    vae_share: float = 0.5, others: int = 6, trunk: int = 2, mix: int = 0, where: bool = False,
                    sibling_weight: float = 1.0, relation_share: float = 0.0, locate_weight: float = 0.0, bind: bool = False, relate: bool = False,
                    init: Path | None = None, base_share: float = 0.0, compound_share: float = 0.0, redraw: Redraw | None = None,
-                   group_breaks: bool = False, near_share: float = 0.0, log=print) -> dict[str, Any]:
+                   group_breaks: bool = False, near_share: float = 0.0, mirror: bool = True, log=print) -> dict[str, Any]:
     """Train the head and save it as a reward model folder with a card (zero-shot figures on held-out scenes).
     ``init``: go on from an earlier prior's weights (its width, trunk, mix, where and bind); parts it lacks
-    (``relate`` on an ungated prior) start fresh."""
+    (``relate`` on an ungated prior) start fresh. ``mirror``: the saved model is read as the mean over the picture
+    and its mirror image (``RewardModel.views``); the held-out figures here read the picture alone."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
@@ -370,11 +371,12 @@ def pretrain_prior(out: Path, scenes: int = 6000, steps: int = 1500, batch: int 
     log(f"[reward-prior] held-out: true render preferred over its broken copy {held['accuracy']:.3f} "
         f"({', '.join(f'{k} {v:.2f}' for k, v in held['by_break'].items())})")
     card = {"kind": "reward", "backbone": "ShapesWorld encoder + MiniLM (frozen)", "prior": True, "scenes": scenes, "steps": steps,
-            "batch": batch, "seed": seed, "vae_share": vae_share, "base_share": base_share, "compound_share": compound_share, "group_breaks": group_breaks, "near_share": near_share, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
+            "batch": batch, "seed": seed, "vae_share": vae_share, "base_share": base_share, "compound_share": compound_share, "group_breaks": group_breaks, "near_share": near_share, "mirror": mirror, "width": width, "trunk": trunk, "mix": mix, "where": where, "bind": bind, "relate": relate,
             "init": str(init) if init is not None else None, "lr": lr, "break_weights": {**BREAK_WEIGHTS, **(GROUP_BREAK_WEIGHTS if group_breaks else {})}, "sibling_weight": sibling_weight, "relation_share": relation_share, "locate_weight": locate_weight, "train_seconds": round(seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1), "heldout_scenes": n_held, "zero_shot": held,
             "first_loss": round(sum(losses[:20]) / len(losses[:20]), 4), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
             "script": "signal-backend reward pretrain", "judgements": 0}
+    head.config["mirror"] = mirror
     save_reward(head, out, card)
     (out / "README.md").write_text(
         "# shapes-reward-prior\n\nThe reward head pretrained to match ShapesWorld images to captions (no ratings): the starting point of\n"

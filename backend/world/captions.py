@@ -7,6 +7,7 @@ paraphrases so the model does not learn one template.
 from __future__ import annotations
 
 import random
+import re
 
 from .spec import COUNT_WORDS, Group, Scene, plural
 
@@ -58,3 +59,19 @@ def caption(scene: Scene, paraphrase: int = 0, rng: random.Random | None = None)
     if prefix:
         text = prefix + text
     return text
+
+
+_MIRRORED_SIDE = {"left": "right", "right": "left"}
+
+
+def mirror_caption(text: str) -> str:
+    """The caption of the left-right mirror image: "left" and "right" swap, every other word stays.
+
+    The world draws every shape left-right symmetric (a triangle points up, a heart's lobes sit on
+    top), so a picture mirrored keeps its promises once its caption's sides swap; upside down it
+    would not (a flipped triangle is no longer one), so there is no vertical counterpart."""
+    def swap(m: re.Match) -> str:
+        word = _MIRRORED_SIDE[m.group(0).lower()]
+        return word.capitalize() if m.group(0)[0].isupper() else word
+
+    return re.sub(r"\b(left|right)\b", swap, text, flags=re.IGNORECASE)
