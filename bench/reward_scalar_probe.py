@@ -36,13 +36,9 @@ def parts(model, images: list, prompts: list[str]) -> tuple[torch.Tensor, ...]:
     states, mask = model.prompt_states(prompts)
     with torch.no_grad():
         tokens = head.image_tokens(grid)
-        m = mask.float()
         terms = head.terms(tokens, states, mask)
-        where, looked = head._where_term(tokens, states, m)
-        located = torch.cat([head.text_in(states), (looked @ tokens[:, None]).mean(1)], -1)
-        gate = head.gate(located).squeeze(-1)
-        mean_where = (where * m).sum(1) / m.sum(1).clamp_min(1)
-    return terms["judge"], terms["bind"], mean_where, gate, m
+        relation = head.relation_parts(tokens, states, mask)
+    return terms["judge"], terms["bind"], relation["where"], relation["gate_logits"], relation["mask"]
 
 
 def reward(features: tuple[torch.Tensor, ...], head, judge: float, bind: float, scale: float, slope: float, sharpness: float,

@@ -32,19 +32,20 @@ from reward import hidden_utilities
 
 def prior_terms(model, images: list, prompts: list[str]) -> dict[str, list[float]]:
     """Each part of the head's reward (``RewardHead.terms``), with their sum as ``total``; the oracle rows also read
-    the raw ``where`` mean of a ``relate`` head, so it is given under that name too."""
+    the raw ``where`` mean of a ``relate`` head, so it is given under that name too. With a ``mirror`` model each is
+    the mean over its two views, as the model's reward is."""
     head = model.head.eval()
-    grid = model.grids(images)
-    states, mask = model.prompt_states(prompts)
-    with torch.no_grad():
-        tokens = head.image_tokens(grid)
-        parts = head.terms(tokens, states, mask)
-        terms = {k: v.tolist() for k, v in parts.items()}
-        terms["total"] = sum(parts.values()).tolist()
-        if "relation" in parts:
-            m = mask.float()
-            terms["where"] = ((head._where_term(tokens, states, m)[0] * m).sum(1) / m.sum(1).clamp_min(1.0)).tolist()
-    return terms
+    views = []
+    for view_images, view_prompts in model.views(images, prompts):
+        states, mask = model.prompt_states(view_prompts)
+        with torch.no_grad():
+            tokens = head.image_tokens(model.grids(view_images))
+            parts = head.terms(tokens, states, mask)
+            parts["total"] = sum(parts.values())
+            if "relation" in parts:
+                parts["where"] = head.relation_parts(tokens, states, mask)["where"]
+        views.append(parts)
+    return {k: (sum(v[k] for v in views) / len(views)).tolist() for k in views[0]}
 
 
 def sigmoid(x: float) -> float:

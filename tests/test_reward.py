@@ -752,3 +752,28 @@ def test_a_trained_head_replaces_the_prior_only_when_validation_says_so_clearly(
     assert loose["step"] > 0 and loose["by"] == "lowest validation loss", loose  # some step was luckier than the start...
     assert strict["step"] == 0 and strict["by"].startswith("the starting head"), strict  # ...but not clearly
     assert strict["paired_gain_over_start"]["z"] < 2.0
+
+
+def test_the_relation_parts_the_probes_read_rebuild_the_relation_term():
+    """``RewardHead.relation_parts`` (what bench/reward_terms.py and bench/reward_scalar_probe.py turn their knobs on)
+    gives back the head's own relation term when the head's scale, slope and gate are applied to it."""
+    import torch
+    import torch.nn.functional as F
+
+    from backend.models.reward import RewardHead
+    from backend.paths import shipped_reward_prior_dir
+
+    model = load_reward(shipped_reward_prior_dir())
+    scenes = [make_scene(23, i, category="spatial", resolution=(64, 64)) for i in range(6)]
+    states, mask = model.prompt_states([caption(s) for s in scenes])
+    head = model.head.eval()
+    with torch.no_grad():
+        tokens = head.image_tokens(model.grids([render(s) for s in scenes]))
+        term = head.terms(tokens, states, mask)["relation"]
+        parts = head.relation_parts(tokens, states, mask)
+        m = parts["mask"]
+        gate = ((F.logsigmoid(parts["gate_logits"]) * m).sum(1) / m.sum(1)).exp()
+        rebuilt = head.relate_scale * torch.sigmoid(head.relate_slope * parts["where"]) * gate
+    assert torch.allclose(rebuilt, term, atol=1e-6) and float(term.std()) > 1e-3
+    with pytest.raises(ValueError, match="relate"):
+        RewardHead(width=16, where=True, bind=True).relation_parts(tokens[:, :, :16], states, mask)

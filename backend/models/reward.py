@@ -172,9 +172,8 @@ class RewardHead(nn.Module):
 
         out = {"judge": mean(self.judge(torch.cat([query, found], -1)).squeeze(-1))}
         if self.where is not None:
-            where, looked = self._where_term(tokens, states, m)
-            if self.bind is not None:  # what each token's attention landed on (averaged over heads): one object
-                located = torch.cat([query, (looked @ tokens[:, None]).mean(1)], -1)
+            where, located = self._where_and_located(tokens, states, m, query)
+            if self.bind is not None:
                 out["bind"] = mean(self.bind(located).squeeze(-1))
             if self.relate:
                 gate = mean(F.logsigmoid(self.gate(located).squeeze(-1))).exp()
@@ -182,6 +181,22 @@ class RewardHead(nn.Module):
             else:
                 out["where"] = mean(where)
         return out
+
+    def relation_parts(self, tokens: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a ``relate`` head's relation term is made of before its scale, slope and gate are applied: the prompt's
+        mean ``where`` reading (B,), each token's gate logit (B, L) and the mask as floats (B, L). The bench's probes
+        (``bench/reward_terms.py``, ``bench/reward_scalar_probe.py``) turn those knobs themselves."""
+        if not self.relate:
+            raise ValueError("only a head with relate = True has a relation term")
+        m = mask.to(tokens.dtype)
+        where, located = self._where_and_located(tokens, states, m, self.text_in(states))
+        return {"where": (where * m).sum(1) / m.sum(1).clamp_min(1.0), "gate_logits": self.gate(located).squeeze(-1), "mask": m}
+
+    def _where_and_located(self, tokens: torch.Tensor, states: torch.Tensor, m: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) each token's where reading, and (B, L, 2 * width) its words beside the one object its locating
+        attention landed on (averaged over heads): what the bind and gate judge."""
+        where, looked = self._where_term(tokens, states, m)
+        return where, torch.cat([query, (looked @ tokens[:, None]).mean(1)], -1)
 
     def locate(self, tokens: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """(B, L, heads, 2): where each prompt token's objects sit in the picture, x and y in [-1, 1] (y down), per head."""
