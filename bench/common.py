@@ -83,11 +83,11 @@ def chart(series: dict[str, list[tuple[float, float, float]]], out: Path, *, xla
     d.text(((W - len(xlabel) * 6) // 2, H - bottom + 26), xlabel, fill=(0, 0, 0))
     d.text((8, 4), ylabel, fill=(0, 0, 0))
     legend_y = H - bottom + 44
-    for y, label in hlines:
+    for k, (y, label) in enumerate(hlines):  # labels alternate left and right, so two close lines keep both readable
         grey = (120, 120, 120)
         for xx in range(left, W - right, 8):
             d.line([xx, py(y), xx + 4, py(y)], fill=grey)
-        d.text((left + 4, py(y) - 12), label, fill=grey)
+        d.text((left + 4 if k % 2 == 0 else W - right - 4 - 6 * len(label), py(y) - 12), label, fill=grey)
     for i, (name, pts) in enumerate(series.items()):
         c = colours[i % len(colours)]
         pts = sorted(pts)
@@ -95,8 +95,9 @@ def chart(series: dict[str, list[tuple[float, float, float]]], out: Path, *, xla
         for x, y, e in pts:
             d.line([px(x), py(y - e), px(x), py(y + e)], fill=c)
             d.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=c)
-        d.rectangle([left + 180 * i, legend_y + 24, left + 180 * i + 12, legend_y + 32], fill=c)
-        d.text((left + 180 * i + 16, legend_y + 22), name, fill=(0, 0, 0))
+        lx, ly = left + 320 * (i % 2), legend_y + 20 + 14 * (i // 2)  # two columns, so long names do not run into each other
+        d.rectangle([lx, ly + 2, lx + 12, ly + 10], fill=c)
+        d.text((lx + 16, ly), name, fill=(0, 0, 0))
     img.save(out)
 
 

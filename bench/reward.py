@@ -155,9 +155,22 @@ def pair_grid(pairs: list[tuple], images: dict, utilities: dict, ra: list[float]
     sheet.save(out)
 
 
-def plot(rows: dict[str, list[tuple[int, float, float]]], zero_shot: float, out: Path) -> None:
+def plot(rows: dict[str, list[tuple[int, float, float]]], zero_shot: float, out: Path, zero_shot_every: float | None = None) -> None:
+    """The accuracy curves; with cross-validated curves the prior alone on every decided pair is drawn too (their baseline)."""
+    lines = [(zero_shot, f"prior alone on the held-out quarter {zero_shot:.3f}")]
+    if zero_shot_every is not None:
+        lines.append((zero_shot_every, f"prior alone on every decided pair {zero_shot_every:.3f}"))
     chart(rows, out, xlabel="judgements given to the reward run (log scale)", ylabel="held-out accuracy vs the rater's hidden preference",
-          hlines=[(zero_shot, f"prior alone (0 judgements) {zero_shot:.3f}"), (0.5, "chance"), (0.85, "target 0.85")], logx=True, ylim=(0.4, 1.0))
+          hlines=lines + [(0.85, "target 0.85"), (0.5, "chance")], logx=True, ylim=(0.4, 1.0))
+
+
+def cross_validated_curves(rows: list[dict]) -> dict[str, list[tuple[int, float, float]]]:
+    """The cross-validated rows as curves, one per start."""
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for r in rows:
+        out.setdefault(f"from {'the prior' if r['init'] == 'prior' else 'a fresh head'}, {r['folds']}-fold cross-valid.", []).append(
+            (r["judgements"], r["accuracy"], r["se"]))
+    return out
 
 
 def recipe_overrides(args: argparse.Namespace, init: str) -> dict:
@@ -321,7 +334,10 @@ def main() -> None:
                         "pairs only near-miss credit decides"]))
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.taste == "faithful" else "_" + args.taste.replace(",", "_")
-    plot(curves, result["zero_shot"]["accuracy"], args.out / f"reward_accuracy{suffix}.png")
+    if "cross_validated" in result:
+        curves.update(cross_validated_curves(result["cross_validated"]))
+    plot(curves, result["zero_shot"]["accuracy"], args.out / f"reward_accuracy{suffix}.png",
+         result["zero_shot_every_pair"]["accuracy"] if "cross_validated" in result else None)
     if best is not None:
         pair_grid(held, images, utilities, best["ra"], best["rb"], args.out / f"reward_pairs{suffix}.png")
     if args.json:
