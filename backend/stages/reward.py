@@ -252,8 +252,8 @@ def paired_gain(head: torch.nn.Module, start: torch.nn.Module, data: Features, n
     loss_gain = bt_losses(d_start, label, noise) - bt_losses(d_head, label, noise)
     n = len(right)
     mean = float(right.mean()) if n else 0.0
-    se = float(right.std() / n ** 0.5) if n > 1 else 0.0
-    z = mean / se if se > 0 else (float("inf") if mean > 0 else 0.0)
+    se = max(float(right.std() / n ** 0.5) if n > 1 else 0.0, 1.0 / max(n, 1))  # at least one pair's worth: z stays finite
+    z = mean / se
     return {"accuracy_gain": mean, "se": se, "z": z, "pairs": n, "loss_gain": float(loss_gain.mean())}
 
 
