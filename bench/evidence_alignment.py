@@ -49,7 +49,8 @@ def one_run(args: argparse.Namespace) -> None:
     project = Project.init(root / "proj") if not (root / "proj").exists() else Project.open(root / "proj")
     if args.method == "grpo":
         recipe = AlignRecipe(method="grpo", name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96, eval_every=args.eval_every,
-                             sample_every=0, grpo={"kl": args.kl, "rewards": args.rewards, "group_size": args.group, "prompts_per_step": args.prompts})
+                             sample_every=0, grpo={"kl": args.kl, "rewards": args.rewards, "group_size": args.group, "prompts_per_step": args.prompts,
+                                                                "focus": args.focus})
     else:  # the rated project's judgements (DPO, SFT on winners) or its reward model (ReFL)
         recipe = AlignRecipe(method=args.method, name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96,
                              eval_every=args.eval_every, sample_every=0, beta=args.beta, refl={"reward": args.refl_reward})
@@ -57,17 +58,19 @@ def one_run(args: argparse.Namespace) -> None:
         def metrics(self, step: int, values: dict[str, float]) -> None:
             super().metrics(step, values)
             shown = {k: round(float(v), 3) for k, v in values.items() if k in ("grpo/reward_mean", "grpo/kl", "grpo/advantage_collapse",
-                                                                               "shapes_eval/overall", "step_s")}
+                                                                               "shapes_eval/overall", "step_s")
+                     or k.startswith("grpo/focus/")}
             print(step, shown, file=sys.stderr, flush=True)
 
     rep = Watch(quiet=False)
     t0 = time.perf_counter()
     out = align.run(project, recipe, root / "runs" / args.name, rep, resume=True)
     wall = time.perf_counter() - t0
-    res = {"name": args.name, "method": args.method, "kl": args.kl, "lr": args.lr, "steps": args.steps, "wall_s": wall, "path": str(project.root / out["path"]),
+    res = {"name": args.name, "method": args.method, "kl": args.kl, "lr": args.lr, "focus": args.focus, "steps": args.steps, "wall_s": wall, "path": str(project.root / out["path"]),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "curve": rep.series("shapes_eval/overall"), "reward": rep.series("grpo/reward_mean"), "kl_curve": rep.series("grpo/kl"),
-           "collapse": rep.series("grpo/advantage_collapse")}
+           "collapse": rep.series("grpo/advantage_collapse"),
+           "focus_shares": {k.split("/")[-1]: rep.series(k) for k in sorted({k for _, k, _ in rep.rows}) if k.startswith("grpo/focus/")}}
     Path(args.result).write_text(json.dumps(res))
 
 
@@ -94,18 +97,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--kls", default="0.04,0", help="Flow-GRPO runs, one per KL weight (at --lr)")
-    ap.add_argument("--runs", default="", help="instead of --kls: 'KL:LR,KL:LR' pairs, e.g. 0.04:1e-4,0.04:5e-4,0:5e-4")
+    ap.add_argument("--runs", default="", help="instead of --kls: 'KL:LR[:FOCUS],...', e.g. 0.04:1e-4,0.04:1e-4:1,0:5e-4 "
+                    "(FOCUS: the recipe's grpo.focus, 0 when left out)")
     ap.add_argument("--rewards", default="rule")
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parallel", action="store_true", help="start every run at once (e.g. two runs at --threads 1 on two cores); "
+                    "their wall times then share the machine")
     ap.add_argument("--assess-images", type=int, default=0, help="images per model in the final table (0 = all 960)")
     ap.add_argument("--workdir", default="")
     ap.add_argument("--json", default="")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--name", default="", help=argparse.SUPPRESS)
     ap.add_argument("--kl", type=float, default=0.04, help=argparse.SUPPRESS)
+    ap.add_argument("--focus", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="grpo", help=argparse.SUPPRESS)
     ap.add_argument("--rated", default="", help="a project with judgements (and a reward model) to copy for --methods, e.g. the demo project")
@@ -118,10 +125,10 @@ def main() -> None:
     if args.one:
         return one_run(args)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="signal-align-"))
+    work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {work}", flush=True)
-    runs = []
-    plan = ([(float(k), float(lr)) for k, lr in (part.split(":") for part in args.runs.split(","))] if args.runs
-            else [(float(k), args.lr) for k in args.kls.split(",")])
+    plan = ([(float(k), float(lr), float(rest[0]) if rest else 0.0) for k, lr, *rest in (part.split(":") for part in args.runs.split(","))]
+            if args.runs else [(float(k), args.lr, 0.0) for k in args.kls.split(",")])
     if args.no_grpo:
         plan = []
     rated = [(m, float(lr)) for m, lr in (part.split(":") for part in args.methods.split(","))] if args.methods else []
@@ -133,18 +140,29 @@ def main() -> None:
 
             shutil.copytree(args.rated, work / "proj", ignore=shutil.ignore_patterns("runs", "cache", "*.lock", "service.json"))
     betas = [float(b) for b in args.betas.split(",")] if args.betas else [args.beta]  # a DPO run per β: the sweep
-    jobs = [("grpo", f"grpo-kl{kl:g}-lr{lr:g}", kl, lr, args.beta) for kl, lr in plan]
+    jobs = [("grpo", f"grpo-kl{kl:g}-lr{lr:g}" + (f"-focus{focus:g}" if focus else ""), kl, lr, args.beta, focus) for kl, lr, focus in plan]
     for m, lr in rated:
-        jobs += [(m, f"{m}-lr{lr:g}-beta{b:g}", 0.0, lr, b) for b in betas] if m == "dpo" else [(m, f"{m}-lr{lr:g}", 0.0, lr, args.beta)]
-    for method, name, kl, lr, beta in jobs:
+        jobs += [(m, f"{m}-lr{lr:g}-beta{b:g}", 0.0, lr, b, 0.0) for b in betas] if m == "dpo" else [(m, f"{m}-lr{lr:g}", 0.0, lr, args.beta, 0.0)]
+    if not (work / "proj").exists():  # made once here: runs started together would race to make it
+        from backend.store import Project
+
+        Project.init(work / "proj")
+    children = []
+    for method, name, kl, lr, beta, focus in jobs:
         result = work / f"{name}.json"
         if not result.exists():
             cmd = [sys.executable, __file__, "--one", "--name", name, "--kl", str(kl), "--result", str(result), "--workdir", str(work),
                    "--steps", str(args.steps), "--lr", str(lr), "--rewards", args.rewards, "--group", str(args.group),
                    "--prompts", str(args.prompts), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
-                   "--method", method, "--beta", str(beta), "--refl-reward", args.refl_reward]
-            subprocess.run(cmd, check=True)
-        runs.append(json.loads(result.read_text()))
+                   "--method", method, "--beta", str(beta), "--refl-reward", args.refl_reward, "--focus", str(focus)]
+            if args.parallel:
+                children.append((subprocess.Popen(cmd, stderr=open(work / f"{name}.log", "w")), name))
+            else:
+                subprocess.run(cmd, check=True)
+    for child, name in children:
+        if child.wait():
+            raise SystemExit(f"run {name} failed: see {work / (name + '.log')}")
+    runs = [json.loads((work / f"{name}.json").read_text()) for _, name, *_ in jobs]
     n = args.assess_images or None
     rows = [assess(BASE, "base", n)] + [assess(Path(r["path"]), r["name"], n) for r in runs]
     cats = list(rows[0]["categories"])
@@ -160,7 +178,7 @@ def main() -> None:
     series = {r["name"]: [(s, v, 0.0) for s, v in r["curve"]] for r in runs}
     if any(series.values()):
         chart(series, OUT / ("strict_curve.png" if plan else "strict_curve_rated.png"), xlabel="step", ylabel="strict ShapesEval (96 images)", hlines=[(rows[0]["overall"], "base")],
-              ylim=(0.0, 0.5))
+              ylim=(0.0, 1.0))
     window = 10
     rew = {r["name"]: [(r["reward"][i][0], sum(v for _, v in r["reward"][max(0, i - window + 1): i + 1]) / len(r["reward"][max(0, i - window + 1): i + 1]), 0.0)
                        for i in range(0, len(r["reward"]), 5)] for r in runs}

@@ -2,7 +2,8 @@
 that density, and without noise it is the Euler step); advantages are relative within a group and
 a group of equal rewards teaches nothing; the clip stops the push once the ratio leaves [1-ε, 1+ε];
 a few steps raise the reward it is given; the KL term holds the policy nearer the reference; the
-reference never moves; a resumed run continues the same trajectory."""
+reference never moves; a resumed run continues the same trajectory; with focus, prompts whose
+groups all score alike are drawn less, and the rates that decide it survive a resume."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from test_engine_methods import Quiet, config, make_bundle, state_of
 
@@ -27,9 +29,11 @@ def brightness(images, prompts, specs):
     return r, {"brightness": r}
 
 
-def grpo(tmp: Path, steps: int, kl: float = 0.0, lr: float = 3e-3, lora: bool = False) -> tuple[Trainer, FlowGRPO]:
-    settings = GRPOSettings(group_size=4, prompts_per_step=2, sde_steps=4, noise=0.7, clip=0.2, kl=kl, cfg=1.0, minibatches=2)
-    method = FlowGRPO(PROMPTS, [None] * len(PROMPTS), brightness, settings, (8, 8), seed=0, lora=lora)
+def grpo(tmp: Path, steps: int, kl: float = 0.0, lr: float = 3e-3, lora: bool = False, focus: float = 0.0, reward=brightness,
+         categories: list[str] | None = None) -> tuple[Trainer, FlowGRPO]:
+    settings = GRPOSettings(group_size=4, prompts_per_step=2, sde_steps=4, noise=0.7, clip=0.2, kl=kl, cfg=1.0, minibatches=2, focus=focus)
+    weights = [1.0 / categories.count(c) for c in categories] if categories else None  # each category the same total
+    method = FlowGRPO(PROMPTS, [None] * len(PROMPTS), reward, settings, (8, 8), seed=0, lora=lora, weights=weights, categories=categories)
     tr = Trainer(make_bundle(lora), method, lambda *a: None, config(steps, ema=0.0, lr=lr, grad_accum=method.trained_steps), tmp, Quiet())
     return tr, method
 
@@ -69,6 +73,39 @@ def test_the_clip_stops_the_push_outside_the_trust_region():
         loss, ratio = ppo_clip_loss(lp, old, torch.full((4,), adv), clip=0.2)
         loss.backward()
         assert (lp.grad.abs().sum() > 0) == pushes, (shift, adv)
+
+
+CATEGORIES = ["circles", "others", "others", "others"]
+
+
+def flat_for_circles(images, prompts, specs):
+    """Brightness, except that every circle scores the same: a circle's group never teaches anything."""
+    r, _ = brightness(images, prompts, specs)
+    r = torch.where(torch.tensor(["circle" in p for p in prompts]), torch.tensor(0.5), r)
+    return r, {"flat_for_circles": r}
+
+
+def test_focus_moves_the_draws_from_groups_that_teach_nothing_to_groups_that_do(tmp_path: Path):
+    tr, method = grpo(tmp_path / "plain", steps=1)
+    assert torch.equal(method.draw_weights(), torch.ones(4, dtype=torch.float64))  # focus 0: the given weights
+    settings = GRPOSettings(group_size=4, prompts_per_step=2, sde_steps=4, focus=0.5)
+    weights = [1.0, 1 / 3, 1 / 3, 1 / 3]  # each category the same total
+    m = FlowGRPO(PROMPTS, [None] * 4, brightness, settings, (8, 8), seed=0, lora=False, weights=weights, categories=CATEGORIES)
+    share = m.draw_weights() / m.draw_weights().sum()
+    assert torch.allclose(share, torch.tensor(weights, dtype=torch.float64) / 2)  # rates all 1: the given split
+    m.informative = {"circles": 0.0, "others": 1.0}
+    share = m.draw_weights() / m.draw_weights().sum()
+    assert abs(float(share[0]) - 0.25) < 1e-3 and torch.allclose(share[1:], torch.full((3,), 0.25, dtype=torch.float64), atol=1e-3)
+    with pytest.raises(ValueError, match="focus"):
+        FlowGRPO(PROMPTS, [None] * 4, brightness, GRPOSettings(focus=1.5), (8, 8), seed=0, lora=False)
+
+    tr, method = grpo(tmp_path / "focus", steps=8, focus=1.0, reward=flat_for_circles, categories=CATEGORIES)
+    tr.run()
+    assert method.informative["others"] == 1.0  # brightness always differs within a group
+    c = method.informative["circles"]
+    assert c < 0.9, method.informative  # each circle group collapsed and lowered the rate
+    share = method.draw_weights() / method.draw_weights().sum()
+    assert abs(float(share[0]) - c / (c + 1.0)) < 1e-6 and float(share[0]) < 0.48  # from the half it had at the start
 
 
 def fixed_reward(tr: Trainer, method: FlowGRPO) -> float:
@@ -130,15 +167,18 @@ def test_under_lora_the_reference_is_the_base_and_only_the_adapter_moves(tmp_pat
 
 
 def test_a_grpo_run_resumes_on_the_same_trajectory(tmp_path: Path):
-    straight, _ = grpo(tmp_path / "a", steps=6, kl=0.5)
+    # with focus on, which prompts a step draws depends on the rates learnt so far: they must be restored too
+    run = dict(steps=6, kl=0.5, focus=1.0, reward=flat_for_circles, categories=CATEGORIES)
+    straight, first = grpo(tmp_path / "a", **run)
     straight.run()
     killed = tmp_path / "b"
     shutil.copytree(tmp_path / "a", killed)
     for ck in (killed / "checkpoints").iterdir():
         if ck.name > "step-0000003":
             shutil.rmtree(ck)
-    resumed, _ = grpo(killed, steps=6, kl=0.5)
+    resumed, second = grpo(killed, **run)
     resumed.run(resume=True)
+    assert first.informative == second.informative and first.informative["circles"] < 1.0
     a, b = state_of(straight), state_of(resumed)
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), [k for k in a if not torch.allclose(a[k], b[k], atol=1e-6)][:5]

@@ -27,6 +27,9 @@ class GRPOSection(Section):
     cfg: float | None = Field(None, ge=1.0, le=50.0, description="Guidance in rollouts and training; empty = sampler.cfg")
     minibatches: int = Field(2, ge=1, le=64, description="Optimizer updates per rollout batch")
     train_steps: int = Field(0, ge=0, le=100, description="Denoising steps trained per update (random); 0 = all")
+    focus: float = Field(0.0, ge=0.0, le=1.0, description="Share of the prompt draws that follows where groups still teach: a group whose "
+                         "images all score alike (e.g. single objects the base already draws) costs a rollout and teaches nothing; "
+                         "0 = every category equally often, 1 = in proportion to each category's rate of groups that differ")
     pool: int = Field(200, ge=4, le=100_000, description="Training prompts per ShapesEval category (kept apart from the eval prompts "
                       "except single objects, whose 48 shape-colour prompts are the whole vocabulary)")
 

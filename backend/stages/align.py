@@ -94,13 +94,13 @@ def grpo_method(recipe: AlignRecipe, project: Project, bundle, lora: bool) -> tu
     rewards = Rewards(g.rewards, locate=lambda ref: locate(project, ref))
     settings = GRPOSettings(group_size=g.group_size, prompts_per_step=g.prompts_per_step, sde_steps=g.sde_steps, noise=g.noise, clip=g.clip,
                             kl=g.kl, adv_clip=g.adv_clip, cfg=g.cfg if g.cfg is not None else s.cfg, minibatches=g.minibatches,
-                            train_steps=g.train_steps)
+                            train_steps=g.train_steps, focus=g.focus)
     per_cat: dict[str, int] = {}
     for p in pool:
         per_cat[p.category] = per_cat.get(p.category, 0) + 1
     f = bundle.vae_factor
     method = FlowGRPO([p.prompt for p in pool], [p.scene for p in pool], rewards, settings, (s.height // f, s.width // f), recipe.seed, lora,
-                      weights=[1.0 / per_cat[p.category] for p in pool])
+                      weights=[1.0 / per_cat[p.category] for p in pool], categories=[p.category for p in pool])
     info = {"prompts": len(pool), "prompts_per_category": per_cat, "rewards": rewards.weights}
     return method, info
 

@@ -15,6 +15,16 @@ the policy the previous updates made, which is where the clip acts.
 Logged per step: reward mean and std (and each named reward), advantage collapse (the share of
 groups whose rewards are all equal, which teach nothing), KL, clip fraction, ratio spread.
 Randomness depends only on the step number, so a resumed run repeats the same rollouts.
+
+Focus (``focus`` > 0): a group whose rewards are all equal costs a full rollout and teaches nothing,
+and on a base that already draws single objects nearly every such group does, while spatial prompts
+rarely collapse. Each prompt belongs to a group of prompts (its ShapesEval category); a running
+estimate per category of the share of its groups that taught something (an average over its last
+~10 groups, starting at 1) moves that share of the drawing weight from the recipe's split towards
+the categories still teaching: share_c = (1 - focus) · given_c + focus · informative_c / Σ informative.
+The estimates are the method's checkpointed state, so a resumed run draws the same prompts. This
+is DAPO's dynamic sampling in its cheap form: it re-weights before the rollout instead of drawing
+again after it.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ class GRPOSettings:
     cfg: float = 3.0  # guidance in rollouts and in the trained step (the policy is the guided sampler)
     minibatches: int = 2  # optimizer updates per rollout batch
     train_steps: int = 0  # denoising steps trained per update, drawn at random; 0 = all of them
+    focus: float = 0.0  # share of the drawing weight that follows each category's informative-group rate
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,17 +74,53 @@ class FlowGRPO(SamplesPrompts, Method):
     name = "flow-grpo"
 
     def __init__(self, prompts: list[str], specs: list[Scene | None], rewards, settings: GRPOSettings, latent_hw: tuple[int, int],
-                 seed: int, lora: bool, weights: list[float] | None = None):
+                 seed: int, lora: bool, weights: list[float] | None = None, categories: list[str] | None = None):
         if len(prompts) < settings.prompts_per_step:
             raise ValueError(f"{len(prompts)} prompts in the pool, fewer than the {settings.prompts_per_step} drawn per step")
         if settings.group_size < 2:
             raise ValueError("a group needs at least 2 images: advantages are relative to the group")
         if settings.sde_steps < 2:
             raise ValueError("at least 2 SDE steps")
+        if not 0.0 <= settings.focus <= 1.0:
+            raise ValueError(f"focus is a share of the drawing weight, between 0 and 1 (got {settings.focus})")
+        if categories is not None and len(categories) != len(prompts):
+            raise ValueError(f"{len(categories)} categories for {len(prompts)} prompts")
         self.prompts, self.specs, self.rewards, self.s = prompts, specs, rewards, settings
         self.latent_hw, self.seed, self.lora = latent_hw, seed, lora
         # how often each prompt is drawn (e.g. 1 / its category's size, so every category weighs the same)
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(prompts), dtype=torch.float64)
+        self.category_names = sorted(set(categories or ["all"]))
+        self.category_of = torch.tensor([self.category_names.index(c) for c in (categories or ["all"] * len(prompts))])
+        # the running share of each category's groups whose rewards differed (1 = optimistic start)
+        self.informative = {c: 1.0 for c in self.category_names}
+
+    def draw_weights(self) -> torch.Tensor:
+        """Each prompt's drawing weight: the given weights, their category totals moved by ``focus``
+        towards the categories whose groups still teach something."""
+        if self.s.focus == 0:
+            return self.weights
+        n = len(self.category_names)
+        given = torch.zeros(n, dtype=torch.float64).index_add_(0, self.category_of, self.weights)
+        inf = torch.tensor([self.informative[c] for c in self.category_names], dtype=torch.float64).clamp_min(1e-3)
+        share = (1 - self.s.focus) * given / given.sum() + self.s.focus * inf / inf.sum()
+        return self.weights / given[self.category_of] * share[self.category_of]
+
+    def _category_shares(self) -> list[float]:
+        w = torch.zeros(len(self.category_names), dtype=torch.float64).index_add_(0, self.category_of, self.draw_weights())
+        return (w / w.sum()).tolist()
+
+    def _learn_focus(self, rows: torch.Tensor, collapsed: torch.Tensor) -> None:
+        """Update each drawn category's informative-group rate (a running mean over its last ~10 groups)."""
+        rate = 0.1
+        for prompt, flat in zip(rows[:: self.s.group_size].tolist(), collapsed.tolist(), strict=True):
+            c = self.category_names[int(self.category_of[prompt])]
+            self.informative[c] = (1 - rate) * self.informative[c] + rate * (0.0 if flat else 1.0)
+
+    def state(self) -> dict:
+        return {"informative": dict(self.informative)}
+
+    def load_state(self, state: dict) -> None:
+        self.informative.update({c: float(v) for c, v in state.get("informative", {}).items() if c in self.informative})
 
     @property
     def trained_steps(self) -> int:
@@ -92,7 +139,7 @@ class FlowGRPO(SamplesPrompts, Method):
         from backend.sample.sde import sde_rollout
 
         s, bundle = self.s, run.bundle
-        pick = torch.multinomial(self.weights, s.prompts_per_step, replacement=False, generator=gen)
+        pick = torch.multinomial(self.draw_weights(), s.prompts_per_step, replacement=False, generator=gen)
         rows = pick.repeat_interleave(s.group_size)
         cond = self.embeds[rows].to(run.device)
         h, w = self.latent_hw
@@ -129,6 +176,12 @@ class FlowGRPO(SamplesPrompts, Method):
             if len(parts) > 1 or name != "rule":
                 run.log(f"grpo/reward/{name}", value.mean())
         run.log("grpo/advantage_collapse", collapsed.float().mean())
+        if s.focus > 0:  # every rank learns from every rank's groups, so all hold (and checkpoint) the same rates
+            gather = run.accelerator.gather
+            self._learn_focus(gather(rows.to(run.device)).cpu(), gather(collapsed.to(run.device)).cpu())
+            if len(self.category_names) > 1:
+                for c, share in zip(self.category_names, self._category_shares(), strict=True):
+                    run.log(f"grpo/focus/{c}", share)
         adv = adv.to(run.device)
         n = len(rows)
         run.count_images(n)

@@ -142,6 +142,7 @@ class AlignView(RecipeForm, QWidget):
             ("grpo.group_size", "Images per prompt (group)", ispin(*self._limits("grpo.group_size"), g["group_size"]), {"grpo"}),
             ("grpo.prompts_per_step", "Prompts per step", ispin(*self._limits("grpo.prompts_per_step"), g["prompts_per_step"]), {"grpo"}),
             ("grpo.sde_steps", "SDE steps per rollout", ispin(*self._limits("grpo.sde_steps"), g["sde_steps"]), {"grpo"}),
+            ("grpo.focus", "Focus on prompts still learning", spin(*self._limits("grpo.focus", 0.25), g["focus"], 0.25, 2), {"grpo"}),
             ("beta", "β (closeness to the start)", spin(*self._limits("beta", 1.0), r["beta"], 10.0, 1), {"dpo"}),
             ("batch_size", "Rated pairs per step", ispin(*self._limits("batch_size"), r["batch_size"]), {"dpo", "sft"}),
             ("refl.batch_size", "Images per step", ispin(*self._limits("refl.batch_size"), f["batch_size"]), {"refl"}),
