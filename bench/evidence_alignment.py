@@ -49,7 +49,7 @@ def one_run(args: argparse.Namespace) -> None:
     project = Project.init(root / "proj") if not (root / "proj").exists() else Project.open(root / "proj")
     if args.method == "grpo":
         recipe = AlignRecipe(method="grpo", name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96, eval_every=args.eval_every,
-                             sample_every=0, grpo={"kl": args.kl, "rewards": args.rewards, "group_size": args.group, "prompts_per_step": args.prompts,
+                             sample_every=0, seed=args.seed, grpo={"kl": args.kl, "rewards": args.rewards, "group_size": args.group, "prompts_per_step": args.prompts,
                                                                 "focus": args.focus})
     else:  # the rated project's judgements (DPO, SFT on winners) or its reward model (ReFL)
         recipe = AlignRecipe(method=args.method, name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96,
@@ -66,12 +66,20 @@ def one_run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out = align.run(project, recipe, root / "runs" / args.name, rep, resume=True)
     wall = time.perf_counter() - t0
-    res = {"name": args.name, "method": args.method, "kl": args.kl, "lr": args.lr, "focus": args.focus, "steps": args.steps, "wall_s": wall, "path": str(project.root / out["path"]),
+    res = {"name": args.name, "method": args.method, "kl": args.kl, "lr": args.lr, "focus": args.focus, "seed": args.seed, "rewards": args.rewards,
+           "steps": args.steps, "wall_s": wall, "path": str(project.root / out["path"]),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "curve": rep.series("shapes_eval/overall"), "reward": rep.series("grpo/reward_mean"), "kl_curve": rep.series("grpo/kl"),
            "collapse": rep.series("grpo/advantage_collapse"),
            "focus_shares": {k.split("/")[-1]: rep.series(k) for k in sorted({k for _, k, _ in rep.rows}) if k.startswith("grpo/focus/")}}
     Path(args.result).write_text(json.dumps(res))
+
+
+def run_plan(part: str, rewards: str) -> tuple[float, float, float, int, str]:
+    """'KL:LR[:FOCUS[:SEED[:REWARDS]]]' -> (kl, lr, focus, seed, rewards); REWARDS joins its parts with '+'."""
+    kl, lr, *rest = part.split(":")
+    return (float(kl), float(lr), float(rest[0]) if rest else 0.0, int(rest[1]) if len(rest) > 1 else 0,
+            rest[2].replace("+", ",") if len(rest) > 2 else rewards)
 
 
 def assess(folder: Path, label: str, n: int | None = None) -> dict:
@@ -97,8 +105,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--kls", default="0.04,0", help="Flow-GRPO runs, one per KL weight (at --lr)")
-    ap.add_argument("--runs", default="", help="instead of --kls: 'KL:LR[:FOCUS],...', e.g. 0.04:1e-4,0.04:1e-4:1,0:5e-4 "
-                    "(FOCUS: the recipe's grpo.focus, 0 when left out)")
+    ap.add_argument("--runs", default="", help="instead of --kls: 'KL:LR[:FOCUS[:SEED[:REWARDS]]],...', e.g. 0.04:1e-4,0.04:1e-4:1,"
+                    "0.04:1e-4:1:0:rule=1+relation=2 (REWARDS as --rewards with '+' for ','; default --rewards)")
     ap.add_argument("--rewards", default="rule")
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=4)
@@ -113,6 +121,7 @@ def main() -> None:
     ap.add_argument("--name", default="", help=argparse.SUPPRESS)
     ap.add_argument("--kl", type=float, default=0.04, help=argparse.SUPPRESS)
     ap.add_argument("--focus", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="grpo", help=argparse.SUPPRESS)
     ap.add_argument("--rated", default="", help="a project with judgements (and a reward model) to copy for --methods, e.g. the demo project")
@@ -127,8 +136,8 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="signal-align-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {work}", flush=True)
-    plan = ([(float(k), float(lr), float(rest[0]) if rest else 0.0) for k, lr, *rest in (part.split(":") for part in args.runs.split(","))]
-            if args.runs else [(float(k), args.lr, 0.0) for k in args.kls.split(",")])
+    plan = ([run_plan(part, args.rewards) for part in args.runs.split(",")] if args.runs
+            else [(float(k), args.lr, 0.0, 0, args.rewards) for k in args.kls.split(",")])
     if args.no_grpo:
         plan = []
     rated = [(m, float(lr)) for m, lr in (part.split(":") for part in args.methods.split(","))] if args.methods else []
@@ -140,19 +149,22 @@ def main() -> None:
 
             shutil.copytree(args.rated, work / "proj", ignore=shutil.ignore_patterns("runs", "cache", "*.lock", "service.json"))
     betas = [float(b) for b in args.betas.split(",")] if args.betas else [args.beta]  # a DPO run per β: the sweep
-    jobs = [("grpo", f"grpo-kl{kl:g}-lr{lr:g}" + (f"-focus{focus:g}" if focus else ""), kl, lr, args.beta, focus) for kl, lr, focus in plan]
+    jobs = [("grpo", f"grpo-kl{kl:g}-lr{lr:g}" + (f"-focus{focus:g}" if focus else "") + (f"-seed{seed}" if seed else "")
+             + ("-" + rewards.replace("=", "").replace(",", "-").replace(" ", "") if rewards != args.rewards else ""), kl, lr, args.beta, focus, seed, rewards)
+            for kl, lr, focus, seed, rewards in plan]
     for m, lr in rated:
-        jobs += [(m, f"{m}-lr{lr:g}-beta{b:g}", 0.0, lr, b, 0.0) for b in betas] if m == "dpo" else [(m, f"{m}-lr{lr:g}", 0.0, lr, args.beta, 0.0)]
+        jobs += ([(m, f"{m}-lr{lr:g}-beta{b:g}", 0.0, lr, b, 0.0, 0, args.rewards) for b in betas] if m == "dpo"
+                 else [(m, f"{m}-lr{lr:g}", 0.0, lr, args.beta, 0.0, 0, args.rewards)])
     if not (work / "proj").exists():  # made once here: runs started together would race to make it
         from backend.store import Project
 
         Project.init(work / "proj")
     children = []
-    for method, name, kl, lr, beta, focus in jobs:
+    for method, name, kl, lr, beta, focus, seed, rewards in jobs:
         result = work / f"{name}.json"
         if not result.exists():
             cmd = [sys.executable, __file__, "--one", "--name", name, "--kl", str(kl), "--result", str(result), "--workdir", str(work),
-                   "--steps", str(args.steps), "--lr", str(lr), "--rewards", args.rewards, "--group", str(args.group),
+                   "--steps", str(args.steps), "--lr", str(lr), "--rewards", rewards, "--seed", str(seed), "--group", str(args.group),
                    "--prompts", str(args.prompts), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
                    "--method", method, "--beta", str(beta), "--refl-reward", args.refl_reward, "--focus", str(focus)]
             if args.parallel:

@@ -218,3 +218,50 @@ def test_an_align_job_tunes_the_shipped_base_with_grpo_under_lora_and_records_it
         tuned, base = load_model(folder).net.state_dict(), load_model(project.root / "models" / "shapes-base").net.state_dict()
         assert tuned.keys() == base.keys(), "the saved model is a plain network, adapters fused"
         assert any(not torch.equal(tuned[k], base[k]) for k in base), "the fused adapter changed some weights"
+
+
+def test_a_promise_reward_scores_only_its_promise_and_weighs_against_the_rule():
+    """True renders of spatial prompts scored against their own prompt and against the prompt with
+    the relation turned round: 'relation' is 1 then 0, the rule loses one promise's share, and
+    'rule=1, relation=2' makes the kept relation worth more than all the rest. A prompt with no
+    relation keeps the promise vacuously (a constant, which group advantages cancel)."""
+    import json
+
+    from backend.eval.shapes_eval import load_eval_prompts
+    from backend.train.rewards import Rewards, parse_rewards
+    from backend.world.generate import PlacementError, place, scene_rng
+    from backend.world.render import render
+    from backend.world.spec import Scene
+
+    turned = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    spatial = [p for p in load_eval_prompts() if p.category == "spatial"][::8]
+    singles = [p for p in load_eval_prompts() if p.category == "single_object"][::8]
+    images, kept, broken = [], [], []
+    for p in spatial + singles:
+        for attempt in range(50):
+            try:
+                images.append(render(place(p.scene, scene_rng(5, attempt, "promise-test"))))
+                break
+            except PlacementError:
+                continue
+        kept.append(p.scene)
+        other = Scene.from_json(json.loads(json.dumps(p.spec)))
+        if other.relation is not None:
+            other.relation.kind = turned[other.relation.kind]
+        broken.append(other)
+    prompts = [p.prompt for p in spatial + singles]
+    rewards = Rewards("rule=1, relation=2")
+    total_kept, parts_kept = rewards(images, prompts, kept)
+    total_broken, parts_broken = rewards(images, prompts, broken)
+    n = len(spatial)
+    rel_kept, rel_broken = parts_kept["relation"][:n], parts_broken["relation"][:n]
+    assert rel_kept.mean() >= 0.85 and rel_broken.mean() <= 0.15, (rel_kept, rel_broken)
+    both = (rel_kept == 1) & (rel_broken == 0)  # images whose relation the detector reads
+    assert both.sum() >= 0.8 * n
+    drop = parts_kept["rule"][:n][both] - parts_broken["rule"][:n][both]
+    assert torch.all(drop > 0.1) and torch.all(drop < 0.3), drop  # one promise of four to seven
+    assert torch.allclose(total_kept[:n][both] - total_broken[:n][both], drop + 2.0)
+    assert torch.all(parts_kept["relation"][n:] == 1) and torch.equal(parts_kept["relation"][n:], parts_broken["relation"][n:])
+    assert parse_rewards("rule=1, relation=2") == {"rule": 1.0, "relation": 2.0}
+    with pytest.raises(ValueError, match="relation"):
+        parse_rewards("")

@@ -15,8 +15,9 @@ class GRPOSection(Section):
     """Flow-GRPO's knobs (METHODS.md §2); defaults sized for the embedded model on a CPU."""
 
     rewards: str = Field("rule", description="What is rewarded: 'rule' (share of the prompt's promises the detector finds kept, "
-                         "1 = exactly the promised objects), 'strict' (1 on a strict pass, else 0), a reward model folder, "
-                         "or several weighted: 'rule=1, models/reward-3=0.5'")
+                         "1 = exactly the promised objects), 'strict' (1 on a strict pass, else 0), one promise ('relation', 'count', "
+                         "'color', 'size', 'object', 'background', 'exact': 1 kept or not made), a reward model folder, "
+                         "or several weighted: 'rule=1, relation=2' or 'rule=1, models/reward-3=0.5'")
     group_size: int = Field(8, ge=2, le=256, description="Images per prompt; advantages are relative to the group")
     prompts_per_step: int = Field(4, ge=1, le=1024, description="Prompts drawn per step (each gets a group)")
     sde_steps: int = Field(10, ge=2, le=100, description="SDE steps of a rollout (evaluation uses the ODE at sampler.steps)")

@@ -6,6 +6,11 @@
   credit matters on a weak base: with a 0/1 rule most groups of a hard prompt score all zeros and
   their advantages collapse.
 - ``strict``: the same rule without partial credit (1 on a strict pass, else 0).
+- one promise by its check's name (``relation``, ``count``, ``color``, ``size``, ``object``, ``background``,
+  ``exact``): 1 where the detector finds it kept, and 1 where the prompt does not make it, so it adds
+  a constant there that group-normalised advantages cancel. ``"rule=1, relation=2"`` makes a kept
+  relation worth more than every other promise together: the rule alone counts it as one promise of
+  four to seven, and groups then improve on the others first.
 - anything else names a reward model folder (``models/reward-…`` in the project, or a path),
   trained from the project's ratings by the ``reward`` stage.
 
@@ -23,7 +28,8 @@ from PIL import Image
 
 from backend.world.spec import Scene
 
-RULES = ("rule", "strict")
+PROMISES = ("object", "color", "count", "size", "relation", "background", "exact")
+RULES = ("rule", "strict", *PROMISES)
 
 
 def parse_rewards(spec: str | dict[str, float]) -> dict[str, float]:
@@ -41,20 +47,21 @@ def parse_rewards(spec: str | dict[str, float]) -> dict[str, float]:
             except ValueError:
                 raise ValueError(f"reward {part!r}: the weight after '=' must be a number") from None
     if not out:
-        raise ValueError("no reward named: give 'rule', 'strict' or a reward model folder")
+        raise ValueError(f"no reward named: give 'rule', 'strict', a promise ({', '.join(PROMISES)}) or a reward model folder")
     if not any(w != 0 for w in out.values()):
         raise ValueError("every reward weighs 0")
     return out
 
 
-def rule_scores(specs: list[Scene], detections: list[Any], partial: bool = True) -> list[float]:
-    """Share of promises kept (``partial``) or 1/0 on a strict pass."""
+def rule_scores(specs: list[Scene], detections: list[Any], rule: str = "rule") -> list[float]:
+    """Share of promises kept (``rule``), 1/0 on a strict pass (``strict``), or one promise kept (1 where not made)."""
     from backend.eval.shapes_eval import check_image, exact_objects
 
     out = []
     for spec, det in zip(specs, detections):
-        checks = list(check_image(spec, det).values()) + [exact_objects(spec, det)]
-        out.append(sum(checks) / len(checks) if partial else float(all(checks)))
+        checks = {**check_image(spec, det), "exact": exact_objects(spec, det)}
+        kept = list(checks.values())
+        out.append(sum(kept) / len(kept) if rule == "rule" else float(all(kept)) if rule == "strict" else float(checks.get(rule, True)))
     return out
 
 
@@ -89,7 +96,7 @@ class Rewards:
             detections = self._detector(images)
         for name in self.weights:
             if name in RULES:
-                out[name] = torch.tensor(rule_scores(specs, detections, partial=name == "rule"))  # type: ignore[arg-type]
+                out[name] = torch.tensor(rule_scores(specs, detections, name))  # type: ignore[arg-type]
             else:
                 out[name] = torch.tensor(self._models[name].score(images, prompts))
         return out
