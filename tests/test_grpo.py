@@ -106,6 +106,8 @@ def test_focus_moves_the_draws_from_groups_that_teach_nothing_to_groups_that_do(
     assert c < 0.9, method.informative  # each circle group collapsed and lowered the rate
     share = method.draw_weights() / method.draw_weights().sum()
     assert abs(float(share[0]) - c / (c + 1.0)) < 1e-6 and float(share[0]) < 0.48  # from the half it had at the start
+    summed = torch.stack([share[0], share[1:].sum()])  # the logged category shares are the draws' totals
+    assert torch.allclose(method.category_shares(), summed)
 
 
 def fixed_reward(tr: Trainer, method: FlowGRPO) -> float:

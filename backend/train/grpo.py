@@ -91,23 +91,24 @@ class FlowGRPO(SamplesPrompts, Method):
         self.weights = torch.tensor(weights if weights is not None else [1.0] * len(prompts), dtype=torch.float64)
         self.category_names = sorted(set(categories or ["all"]))
         self.category_of = torch.tensor([self.category_names.index(c) for c in (categories or ["all"] * len(prompts))])
+        self._given = torch.zeros(len(self.category_names), dtype=torch.float64).index_add_(0, self.category_of, self.weights)
         # the running share of each category's groups whose rewards differed (1 = optimistic start)
         self.informative = {c: 1.0 for c in self.category_names}
 
+    def category_shares(self) -> torch.Tensor:
+        """Each category's share of the draws: its share of the given weights, moved by ``focus``
+        towards its share of the informative-group rates."""
+        given = self._given / self._given.sum()
+        if self.s.focus == 0:
+            return given
+        inf = torch.tensor([self.informative[c] for c in self.category_names], dtype=torch.float64).clamp_min(1e-3)
+        return (1 - self.s.focus) * given + self.s.focus * inf / inf.sum()
+
     def draw_weights(self) -> torch.Tensor:
-        """Each prompt's drawing weight: the given weights, their category totals moved by ``focus``
-        towards the categories whose groups still teach something."""
+        """Each prompt's drawing weight: the given weights, rescaled so each category's total is its share."""
         if self.s.focus == 0:
             return self.weights
-        n = len(self.category_names)
-        given = torch.zeros(n, dtype=torch.float64).index_add_(0, self.category_of, self.weights)
-        inf = torch.tensor([self.informative[c] for c in self.category_names], dtype=torch.float64).clamp_min(1e-3)
-        share = (1 - self.s.focus) * given / given.sum() + self.s.focus * inf / inf.sum()
-        return self.weights / given[self.category_of] * share[self.category_of]
-
-    def _category_shares(self) -> list[float]:
-        w = torch.zeros(len(self.category_names), dtype=torch.float64).index_add_(0, self.category_of, self.draw_weights())
-        return (w / w.sum()).tolist()
+        return self.weights / self._given[self.category_of] * self.category_shares()[self.category_of]
 
     def _learn_focus(self, rows: torch.Tensor, collapsed: torch.Tensor) -> None:
         """Update each drawn category's informative-group rate (a running mean over its last ~10 groups)."""
@@ -180,7 +181,7 @@ class FlowGRPO(SamplesPrompts, Method):
             gather = run.accelerator.gather
             self._learn_focus(gather(rows.to(run.device)).cpu(), gather(collapsed.to(run.device)).cpu())
             if len(self.category_names) > 1:
-                for c, share in zip(self.category_names, self._category_shares(), strict=True):
+                for c, share in zip(self.category_names, self.category_shares().tolist(), strict=True):
                     run.log(f"grpo/focus/{c}", share)
         adv = adv.to(run.device)
         n = len(rows)
