@@ -58,7 +58,7 @@ def one_run(args: argparse.Namespace) -> None:
         def metrics(self, step: int, values: dict[str, float]) -> None:
             super().metrics(step, values)
             shown = {k: round(float(v), 3) for k, v in values.items() if k in ("grpo/reward_mean", "grpo/kl", "grpo/advantage_collapse",
-                                                                               "shapes_eval/overall", "step_s")
+                                                                               "shapes_eval/overall", "step_s", "dpo/heldout_implicit_accuracy")
                      or k.startswith("grpo/focus/")}
             print(step, shown, file=sys.stderr, flush=True)
 
@@ -70,7 +70,8 @@ def one_run(args: argparse.Namespace) -> None:
            "steps": args.steps, "wall_s": wall, "path": str(project.root / out["path"]),
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "curve": rep.series("shapes_eval/overall"), "reward": rep.series("grpo/reward_mean"), "kl_curve": rep.series("grpo/kl"),
-           "collapse": rep.series("grpo/advantage_collapse"),
+           "collapse": rep.series("grpo/advantage_collapse"), "dpo_heldout_accuracy": rep.series("dpo/heldout_implicit_accuracy"),
+           "dpo_train_accuracy": rep.series("dpo/implicit_accuracy"),
            "focus_shares": {k.split("/")[-1]: rep.series(k) for k in sorted({k for _, k, _ in rep.rows}) if k.startswith("grpo/focus/")}}
     Path(args.result).write_text(json.dumps(res))
 
@@ -116,6 +117,7 @@ def main() -> None:
                     "their wall times then share the machine")
     ap.add_argument("--assess-images", type=int, default=0, help="images per model in the final table (0 = all 960)")
     ap.add_argument("--workdir", default="")
+    ap.add_argument("--base-from", default="", help="take the base's row from this earlier --json (same images) instead of scoring it again")
     ap.add_argument("--json", default="")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--name", default="", help=argparse.SUPPRESS)
@@ -176,7 +178,12 @@ def main() -> None:
             raise SystemExit(f"run {name} failed: see {work / (name + '.log')}")
     runs = [json.loads((work / f"{name}.json").read_text()) for _, name, *_ in jobs]
     n = args.assess_images or None
-    rows = [assess(BASE, "base", n)] + [assess(Path(r["path"]), r["name"], n) for r in runs]
+    base = None
+    if args.base_from:  # the base's row from an earlier run of this bench on as many images (it is deterministic)
+        base = next(m for m in json.loads(Path(args.base_from).read_text())["models"] if m["label"] == "base")
+        if base["images"] != (n or 960):
+            raise SystemExit(f"{args.base_from} scored the base on {base['images']} images, not {n or 960}")
+    rows = [base or assess(BASE, "base", n)] + [assess(Path(r["path"]), r["name"], n) for r in runs]
     cats = list(rows[0]["categories"])
     header = ["model", "strict overall", *cats, "control", "FD", "mean reward", "wall", "peak RSS"]
     lines = []
@@ -187,15 +194,18 @@ def main() -> None:
                       f"{row['control']:+.3f}", f"{row['fd']:.1f}", f"{row['reward']:.3f} ± {row['reward_se']:.3f}",
                       f"{run['wall_s'] / 60:.1f} min" if run else "-", f"{run['peak_rss_mb']:.0f} MB" if run else "-"])
     print(table(lines, header))
+    # each result file its own charts: bench/results/evidence_alignment_focus.json -> strict_curve_focus.png
+    tag = Path(args.json).stem.removeprefix("evidence_alignment") if args.json else ("" if plan else "_rated")
     series = {r["name"]: [(s, v, 0.0) for s, v in r["curve"]] for r in runs}
     if any(series.values()):
-        chart(series, OUT / ("strict_curve.png" if plan else "strict_curve_rated.png"), xlabel="step", ylabel="strict ShapesEval (96 images)", hlines=[(rows[0]["overall"], "base")],
+        chart(series, OUT / f"strict_curve{tag}.png", xlabel="step", ylabel="strict ShapesEval (96 images)", hlines=[(rows[0]["overall"], "base")],
               ylim=(0.0, 1.0))
     window = 10
     rew = {r["name"]: [(r["reward"][i][0], sum(v for _, v in r["reward"][max(0, i - window + 1): i + 1]) / len(r["reward"][max(0, i - window + 1): i + 1]), 0.0)
                        for i in range(0, len(r["reward"]), 5)] for r in runs}
     if any(rew.values()):
-        chart(rew, OUT / "reward_curve.png", xlabel="step", ylabel=f"rollout reward (mean of last {window} steps)", ylim=(0.0, 1.0))
+        top = max([1.0] + [v for points in rew.values() for _, v, _ in points])  # weighted rewards can pass 1
+        chart(rew, OUT / f"reward_curve{tag}.png", xlabel="step", ylabel=f"rollout reward (mean of last {window} steps)", ylim=(0.0, top))
     if args.json:
         Path(args.json).write_text(json.dumps({"steps": args.steps, "lr": args.lr, "rewards": args.rewards, "group": args.group,
                                                "prompts_per_step": args.prompts, "plan": plan, "models": rows,
