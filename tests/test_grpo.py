@@ -267,3 +267,5 @@ def test_a_promise_reward_scores_only_its_promise_and_weighs_against_the_rule():
     assert parse_rewards("rule=1, relation=2") == {"rule": 1.0, "relation": 2.0}
     with pytest.raises(ValueError, match="relation"):
         parse_rewards("")
+    with pytest.raises(ValueError, match="'relaton' is neither a rule .*relation.* nor a reward model"):  # a typo says what it could be
+        Rewards("rule=1, relaton=2")

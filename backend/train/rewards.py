@@ -77,7 +77,10 @@ class Rewards:
                 from backend.models.reward import load_reward
 
                 path = locate(name) if locate is not None else name
-                self._models[name] = load_reward(path)
+                try:
+                    self._models[name] = load_reward(path)
+                except FileNotFoundError as e:
+                    raise ValueError(f"reward {name!r} is neither a rule ({', '.join(RULES)}) nor a reward model: {e}") from None
 
     @property
     def needs_specs(self) -> bool:

@@ -55,7 +55,9 @@ ALL = set(METHODS)
 # (bench/evidence_alignment.py) where the recipe's 1e-5 barely moves it; the others keep the recipe's default
 METHOD_LR = {"grpo": 1e-4}
 REWARDS = [("rule", "the detector rule: share of the prompt's promises kept (1 = exactly the promised objects)"),
-           ("strict", "the detector rule, all or nothing (1 on a strict pass)")]
+           ("strict", "the detector rule, all or nothing (1 on a strict pass)"),
+           ("rule=1, relation=2", "the detector rule, with a kept spatial relation ('left of', 'above') worth more than every other "
+                                  "promise together: the rule alone counts it as one promise among several")]
 
 
 class AlignView(RecipeForm, QWidget):
@@ -90,8 +92,9 @@ class AlignView(RecipeForm, QWidget):
         self.model.setToolTip("The model to tune; it is also the reference the run is held to")
         self.reward = QComboBox()
         self.reward.setEditable(True)
-        self.reward.setToolTip("What Flow-GRPO rewards: a rule, a reward model trained from your ratings, or several weighted, "
-                               "e.g. 'rule=1, models/reward-3=0.5'")
+        self.reward.setToolTip("What Flow-GRPO rewards: a rule, one promise of it ('relation', 'count', 'color', 'size', 'object', "
+                               "'background', 'exact'), a reward model trained from your ratings, or several weighted, "
+                               "e.g. 'rule=1, relation=2' or 'rule=1, models/reward-3=0.5'")
         self.refl_reward = QComboBox()
         self.refl_reward.setToolTip("The reward model ReFL climbs (trained on the Rate page's judgements, or the shipped prior)")
         self.source = QComboBox()
