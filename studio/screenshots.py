@@ -242,6 +242,9 @@ def walk(args, win, shot, pump, until, project: Path) -> None:
     al = win.align
     until(lambda: "minute" in al.estimate.text(), 60)
     shot("11-align-grpo")
+    al.reward.showPopup()  # the rewards on offer: the rules, the relation weighted, and the project's reward models
+    shot("11-align-grpo-rewards", al.reward.view().window())
+    al.reward.hidePopup()
     al.method_buttons["dpo"].setChecked(True)
     pump(1.0)
     until(lambda: "minute" in al.estimate.text(), 30)

@@ -17,6 +17,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["SIGNAL_STUDIO_HOME"] = tempfile.mkdtemp(prefix="signal-home-")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist: the workers share the cores, so each (and its jobs) takes its part
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 atexit.register(shutil.rmtree, os.environ["SIGNAL_STUDIO_HOME"], True)
 
 
@@ -95,10 +97,19 @@ threads = {over.get('threads', 0)}
 """
 
 
-@pytest.fixture(scope="session")
-def shapes_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project with 160 ShapesWorld images at 32x32 imported into dataset 'shapes' (built once)."""
+@pytest.fixture(scope="module")
+def shapes_project(shapes_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with 160 ShapesWorld images at 32x32 in dataset 'shapes': each test file gets its own copy, so
+    what one file's tests leave in it (jobs, ratings, links) is seen by that file alone, in any order."""
     root = tmp_path_factory.mktemp("shapes_project")
+    shutil.copytree(shapes_template, root / "proj", symlinks=True)
+    return root / "proj"
+
+
+@pytest.fixture(scope="session")
+def shapes_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project ``shapes_project`` copies, built once per session (per worker under pytest-xdist)."""
+    root = tmp_path_factory.mktemp("shapes_template")
     export = root / "export"
     run_cli("world", "export", str(export), "--n", "160", "--seed", "11", "--resolution", "32x32", "--no-subject", check=True)
     run_cli("project", "init", str(root / "proj"), check=True)

@@ -102,10 +102,18 @@ def test_no_route_serves_files_outside_the_project(backend, shapes_project: Path
     _, client = backend
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
-    link = shapes_project / "exports" / "escape"
+    link = shapes_project / "exports" / "escape"  # the session's shared project: the link goes again at the end
     link.parent.mkdir(exist_ok=True)
-    if not link.exists():
-        link.symlink_to(tmp_path)
+    link.unlink(missing_ok=True)
+    link.symlink_to(tmp_path)
+    try:
+        _no_route_escapes(client, shapes_project, secret)
+    finally:  # tmp_path goes when the test passes: a dangling link left behind breaks every later copy of the project
+        link.unlink(missing_ok=True)
+        (shapes_project / "exports" / "note.txt").unlink(missing_ok=True)
+
+
+def _no_route_escapes(client, shapes_project: Path, secret: Path) -> None:
     attempts = [
         "%2e%2e/%2e%2e/etc/passwd", "..%2f..%2fetc%2fpasswd", "%2fetc%2fpasswd", "runs/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
         "exports/escape/secret.txt", "%252e%252e/etc/passwd", "images/..%5c..%5cetc%5cpasswd", str(secret).lstrip("/"),
