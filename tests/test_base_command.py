@@ -21,5 +21,5 @@ def test_base_does_not_retrain_or_reship_a_finished_recipe(shapes_project: Path,
 
     assert "already finished" in proc.stdout and "--again" in proc.stdout
     jobs = sqlite3.connect(project / "project.db").execute("SELECT name, state FROM jobs WHERE name = 'tiny-base'").fetchall()
-    assert jobs == [("tiny-base", "done")]  # no second job was created (the shared project may hold other tests' jobs)
+    assert jobs == [("tiny-base", "done")]  # no second job was created (the copied project may hold other jobs)
     assert not out.exists()  # and nothing was measured or shipped over the model already there

@@ -102,7 +102,7 @@ def test_no_route_serves_files_outside_the_project(backend, shapes_project: Path
     _, client = backend
     secret = tmp_path / "secret.txt"
     secret.write_text("top secret")
-    link = shapes_project / "exports" / "escape"  # the session's shared project: the link goes again at the end
+    link = shapes_project / "exports" / "escape"  # the test file's shared project: the link goes again at the end
     link.parent.mkdir(exist_ok=True)
     link.unlink(missing_ok=True)
     link.symlink_to(tmp_path)
