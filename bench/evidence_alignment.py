@@ -181,8 +181,10 @@ def main() -> None:
     base = None
     if args.base_from:  # the base's row from an earlier run of this bench on as many images (it is deterministic)
         base = next(m for m in json.loads(Path(args.base_from).read_text())["models"] if m["label"] == "base")
-        if base["images"] != (n or 960):
-            raise SystemExit(f"{args.base_from} scored the base on {base['images']} images, not {n or 960}")
+        shipped = json.loads((BASE / "card.json").read_text())["shapes_eval"]  # what the shipped base scores on every image
+        if base["images"] != (n or shipped["n"]) or (n is None and base["overall"] != shipped["overall"]):
+            raise SystemExit(f"{args.base_from} scored another base, or on {base['images']} images rather than {n or shipped['n']}: "
+                             "leave --base-from out to score this one")
     rows = [base or assess(BASE, "base", n)] + [assess(Path(r["path"]), r["name"], n) for r in runs]
     cats = list(rows[0]["categories"])
     header = ["model", "strict overall", *cats, "control", "FD", "mean reward", "wall", "peak RSS"]

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from backend.eval.shapes_eval import CHECKS
 from backend.world.spec import Scene
 
-PROMISES = ("object", "color", "count", "size", "relation", "background", "exact")
+PROMISES = (*CHECKS, "exact")  # ShapesEval's checks, and "nothing else in the picture"
 RULES = ("rule", "strict", *PROMISES)
 
 
