@@ -53,12 +53,14 @@ def one_run(args: argparse.Namespace) -> None:
                                                                 "focus": args.focus})
     else:  # the rated project's judgements (DPO, SFT on winners) or its reward model (ReFL)
         recipe = AlignRecipe(method=args.method, name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96,
-                             eval_every=args.eval_every, sample_every=0, beta=args.beta, refl={"reward": args.refl_reward})
+                             eval_every=args.eval_every, sample_every=0, seed=args.seed, beta=args.beta,
+                             refl={"reward": args.refl_reward, "margin": args.refl_margin})
     class Watch(Collect):  # the log file shows the run as it goes
         def metrics(self, step: int, values: dict[str, float]) -> None:
             super().metrics(step, values)
             shown = {k: round(float(v), 3) for k, v in values.items() if k in ("grpo/reward_mean", "grpo/kl", "grpo/advantage_collapse",
-                                                                               "shapes_eval/overall", "step_s", "dpo/heldout_implicit_accuracy")
+                                                                               "shapes_eval/overall", "step_s", "dpo/heldout_implicit_accuracy",
+                                                                               "refl/reward")
                      or k.startswith("grpo/focus/")}
             print(step, shown, file=sys.stderr, flush=True)
 
@@ -71,7 +73,7 @@ def one_run(args: argparse.Namespace) -> None:
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "curve": rep.series("shapes_eval/overall"), "reward": rep.series("grpo/reward_mean"), "kl_curve": rep.series("grpo/kl"),
            "collapse": rep.series("grpo/advantage_collapse"), "dpo_heldout_accuracy": rep.series("dpo/heldout_implicit_accuracy"),
-           "dpo_train_accuracy": rep.series("dpo/implicit_accuracy"),
+           "dpo_train_accuracy": rep.series("dpo/implicit_accuracy"), "refl_reward": rep.series("refl/reward"), "refl_margin": args.refl_margin,
            "focus_shares": {k.split("/")[-1]: rep.series(k) for k in sorted({k for _, k, _ in rep.rows}) if k.startswith("grpo/focus/")}}
     Path(args.result).write_text(json.dumps(res))
 
@@ -127,10 +129,11 @@ def main() -> None:
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="grpo", help=argparse.SUPPRESS)
     ap.add_argument("--rated", default="", help="a project with judgements (and a reward model) to copy for --methods, e.g. the demo project")
-    ap.add_argument("--methods", default="", help="rating-based runs 'METHOD:LR,...' (dpo, sft, refl) on the --rated project's judgements")
+    ap.add_argument("--methods", default="", help="rating-based runs 'METHOD:LR[:SEED],...' (dpo, sft, refl) on the --rated project's judgements")
     ap.add_argument("--beta", type=float, default=100.0, help="DPO's β")
     ap.add_argument("--betas", default="", help="a DPO run per β, e.g. 20,100,500 (the β sweep; β multiplies the per-element mean flow error)")
     ap.add_argument("--refl-reward", default="models/demo-reward", help="ReFL's reward model (a folder of the rated project)")
+    ap.add_argument("--refl-margin", type=float, default=None, help="ReFL's φ(r) = ReLU(margin - r) (none: φ(r) = -r)")
     ap.add_argument("--no-grpo", action="store_true", help="only the --methods runs (GRPO rows come from an earlier run)")
     args = ap.parse_args()
     if args.one:
@@ -142,7 +145,7 @@ def main() -> None:
             else [(float(k), args.lr, 0.0, 0, args.rewards) for k in args.kls.split(",")])
     if args.no_grpo:
         plan = []
-    rated = [(m, float(lr)) for m, lr in (part.split(":") for part in args.methods.split(","))] if args.methods else []
+    rated = [(m, float(lr), int(seed[0]) if seed else 0) for m, lr, *seed in (part.split(":") for part in args.methods.split(","))] if args.methods else []
     if rated:
         if not args.rated:
             raise SystemExit("--methods needs --rated PROJECT (a project with judgements, e.g. the demo project after `make demo`)")
@@ -154,9 +157,10 @@ def main() -> None:
     jobs = [("grpo", f"grpo-kl{kl:g}-lr{lr:g}" + (f"-focus{focus:g}" if focus else "") + (f"-seed{seed}" if seed else "")
              + ("-" + rewards.replace("=", "").replace(",", "-").replace(" ", "") if rewards != args.rewards else ""), kl, lr, args.beta, focus, seed, rewards)
             for kl, lr, focus, seed, rewards in plan]
-    for m, lr in rated:
-        jobs += ([(m, f"{m}-lr{lr:g}-beta{b:g}", 0.0, lr, b, 0.0, 0, args.rewards) for b in betas] if m == "dpo"
-                 else [(m, f"{m}-lr{lr:g}", 0.0, lr, args.beta, 0.0, 0, args.rewards)])
+    for m, lr, seed in rated:
+        tail = (f"-margin{args.refl_margin:g}" if m == "refl" and args.refl_margin is not None else "") + (f"-seed{seed}" if seed else "")
+        jobs += ([(m, f"{m}-lr{lr:g}-beta{b:g}{tail}", 0.0, lr, b, 0.0, seed, args.rewards) for b in betas] if m == "dpo"
+                 else [(m, f"{m}-lr{lr:g}{tail}", 0.0, lr, args.beta, 0.0, seed, args.rewards)])
     if not (work / "proj").exists():  # made once here: runs started together would race to make it
         from backend.store import Project
 
@@ -169,6 +173,8 @@ def main() -> None:
                    "--steps", str(args.steps), "--lr", str(lr), "--rewards", rewards, "--seed", str(seed), "--group", str(args.group),
                    "--prompts", str(args.prompts), "--eval-every", str(args.eval_every), "--threads", str(args.threads),
                    "--method", method, "--beta", str(beta), "--refl-reward", args.refl_reward, "--focus", str(focus)]
+            if args.refl_margin is not None:
+                cmd += ["--refl-margin", str(args.refl_margin)]
             if args.parallel:
                 children.append((subprocess.Popen(cmd, stderr=open(work / f"{name}.log", "w")), name))
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import random
 from pathlib import Path
 
@@ -299,6 +300,28 @@ def test_a_group_of_four_can_grow_to_five_in_its_broken_copy():
     assert grown, "no 'more' break of a group of four in 300 tries"
     assert grown[0].groups[0].count == 5 and len(grown[0].objects) == 5
     assert "five" in caption(grown[0]) and "four" in caption(scene)
+
+
+def test_an_added_object_is_drawn_as_the_world_draws_one():
+    """'more' and 'extra' copies add an object: it must be turned as the world turns its objects (circles
+    upright, the rest within 15 degrees) and touch nothing where there is room, or a prior could tell the broken
+    copy by an odd angle or an overlap rather than by the broken promise. (They were turned anywhere in 0-360.)"""
+    from backend.models.reward_prior import break_promise
+
+    rng = random.Random(1)
+    added = 0
+    for i in range(400):
+        scene = make_scene(5, i, resolution=(64, 64))
+        broken, what = break_promise(scene, rng, group_breaks=True)
+        if what not in ("more", "extra"):
+            continue
+        new = broken.objects[-1]
+        assert len(broken.objects) == len(scene.objects) + 1, what
+        assert (new.rotation == 0.0) if new.shape == "circle" else (-15 <= new.rotation <= 15), (what, new.shape, new.rotation)
+        if len(scene.objects) <= 2:  # room for one more on a 64 px canvas
+            assert all(math.dist(new.center, o.center) > new.radius + o.radius for o in broken.objects[:-1]), (what, i)
+        added += 1
+    assert added >= 40, added
 
 
 def test_prior_pretraining_lowers_its_contrastive_loss(tmp_path: Path):

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from backend.models.reward import RewardHead, RewardModel, save_reward
 from backend.world.fit import fit
+from backend.world.generate import draw_rotation
 from backend.world.spec import COLOR_NAMES, SHAPES, SIZES, PlacedObject, Scene
 
 FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -109,11 +110,7 @@ def break_promise(scene: Scene, rng: random.Random, group_breaks: bool = False) 
         g.count -= 1
     elif what == "more":
         like = rng.choice(members)
-        for _ in range(30):  # a free spot for the extra object, or the best of 30 tries
-            cx, cy = rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85)
-            if all(math.dist((cx, cy), o.center) > o.radius + like.radius for o in s.objects):
-                break
-        s.objects.append(PlacedObject(like.shape, like.color, like.size, gi, (cx, cy), like.radius, rng.uniform(0, 360)))
+        _add_object(s, like.shape, like.color, gi, like, rng)
         g.count += 1
     else:
         _mirror(s)
@@ -176,13 +173,26 @@ def _break_group(s: Scene, what: str, rng: random.Random) -> Scene:
     g, like = s.groups[0], s.objects[0]
     shape = rng.choice([x for x in SHAPES if x != g.shape])
     color = rng.choice([c for c in COLOR_NAMES if c != g.color])
-    for _ in range(30):  # a free spot for the stray object, or the best of 30 tries
-        cx, cy = rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85)
-        if all(math.dist((cx, cy), o.center) > o.radius + like.radius for o in s.objects):
-            break
     s.groups.append(type(g)(shape, color, like.size, 1))
-    s.objects.append(PlacedObject(shape, color, like.size, 1, (cx, cy), like.radius, rng.uniform(0, 360)))
+    _add_object(s, shape, color, 1, like, rng)
     return s
+
+
+def _add_object(s: Scene, shape: str, color: str, group: int, like: PlacedObject, rng: random.Random, tries: int = 30) -> None:
+    """Append an object of ``like``'s size where it touches nothing (else the spot of ``tries`` with the most room),
+    turned as the world turns one (``draw_rotation``): a broken copy must differ from its scene only in the broken
+    promise, and an extra square at 45 degrees, which the world never draws, would tell a prior which copy is broken."""
+    def room(spot: tuple[float, float]) -> float:
+        return min((math.dist(spot, o.center) - o.radius - like.radius for o in s.objects), default=1.0)
+
+    best = None
+    for _ in range(tries):
+        spot = (rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85))
+        if best is None or room(spot) > room(best):
+            best = spot
+        if room(best) > 0:
+            break
+    s.objects.append(PlacedObject(shape, color, like.size, group, best, like.radius, draw_rotation(shape, rng)))
 
 
 def break_two(scene: Scene, rng: random.Random) -> tuple[Scene, str]:

@@ -102,6 +102,12 @@ def _regions(scene: Scene, rng: random.Random) -> list[tuple[float, float, float
     return regions
 
 
+def draw_rotation(shape: str, rng: random.Random) -> float:
+    """The rotation the world gives a new object: none for a circle, within 15 degrees of upright otherwise
+    (a square at 45 degrees would be a diamond, which no caption names)."""
+    return 0.0 if shape == "circle" else rng.uniform(-15, 15)
+
+
 def place(scene: Scene, rng: random.Random, tries: int = 300) -> Scene:
     """Put every object of ``scene`` on the canvas without overlaps; raises PlacementError."""
     W, H = scene.width, scene.height
@@ -128,8 +134,7 @@ def place(scene: Scene, rng: random.Random, tries: int = 300) -> Scene:
                         ok = False
                         break
                 if ok:
-                    rot = 0.0 if group.shape == "circle" else rng.uniform(-15, 15)
-                    placed.append(PlacedObject(group.shape, group.color, group.size, gi, (cx, cy), radius, rot))
+                    placed.append(PlacedObject(group.shape, group.color, group.size, gi, (cx, cy), radius, draw_rotation(group.shape, rng)))
                     break
             else:
                 raise PlacementError("no free spot left")
