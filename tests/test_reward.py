@@ -304,8 +304,9 @@ def test_a_group_of_four_can_grow_to_five_in_its_broken_copy():
 
 def test_an_added_object_is_drawn_as_the_world_draws_one():
     """'more' and 'extra' copies add an object: it must be turned as the world turns its objects (circles
-    upright, the rest within 15 degrees) and touch nothing where there is room, or a prior could tell the broken
-    copy by an odd angle or an overlap rather than by the broken promise. (They were turned anywhere in 0-360.)"""
+    upright, the rest within 15 degrees), lie inside the canvas and touch nothing where there is room, or a prior could
+    tell the broken copy by an odd angle, a clipped edge or an overlap rather than by the broken promise. (They were
+    turned anywhere in 0-360 and placed at 0.15-0.85 whatever their size.)"""
     from backend.models.reward_prior import break_promise
 
     rng = random.Random(1)
@@ -318,7 +319,8 @@ def test_an_added_object_is_drawn_as_the_world_draws_one():
         new = broken.objects[-1]
         assert len(broken.objects) == len(scene.objects) + 1, what
         assert (new.rotation == 0.0) if new.shape == "circle" else (-15 <= new.rotation <= 15), (what, new.shape, new.rotation)
-        if len(scene.objects) <= 2:  # room for one more on a 64 px canvas
+        assert all(new.radius <= c <= 1 - new.radius for c in new.center), (what, new.center, new.radius)  # not clipped by the edge
+        if len(scene.objects) <= 2 and all(o.radius < 0.15 for o in broken.objects):  # room for one more (two large ones may fill it)
             assert all(math.dist(new.center, o.center) > new.radius + o.radius for o in broken.objects[:-1]), (what, i)
         added += 1
     assert added >= 40, added

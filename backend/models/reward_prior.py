@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from backend.models.reward import RewardHead, RewardModel, save_reward
 from backend.world.fit import fit
-from backend.world.generate import draw_rotation
+from backend.world.generate import MARGIN, draw_rotation
 from backend.world.spec import COLOR_NAMES, SHAPES, SIZES, PlacedObject, Scene
 
 FLIP = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -178,19 +178,20 @@ def _break_group(s: Scene, what: str, rng: random.Random) -> Scene:
     return s
 
 
-def _add_object(s: Scene, shape: str, color: str, group: int, like: PlacedObject, rng: random.Random, tries: int = 30) -> None:
-    """Append an object of ``like``'s size where it touches nothing (else the spot of ``tries`` with the most room),
+def _add_object(s: Scene, shape: str, color: str, group: int, like: PlacedObject, rng: random.Random, tries: int = 300) -> None:
+    """Append an object of ``like``'s size inside the canvas where it touches nothing (else the spot of ``tries`` with the most room),
     turned as the world turns one (``draw_rotation``): a broken copy must differ from its scene only in the broken
     promise, and an extra square at 45 degrees, which the world never draws, would tell a prior which copy is broken."""
     def room(spot: tuple[float, float]) -> float:
         return min((math.dist(spot, o.center) - o.radius - like.radius for o in s.objects), default=1.0)
 
-    best = None
+    lo = like.radius + MARGIN  # inside the canvas by the world's margin: a clipped object is a tell too
+    best, most = (0.5, 0.5), float("-inf")
     for _ in range(tries):
-        spot = (rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85))
-        if best is None or room(spot) > room(best):
-            best = spot
-        if room(best) > 0:
+        spot = (rng.uniform(lo, 1 - lo), rng.uniform(lo, 1 - lo))
+        if (r := room(spot)) > most:
+            best, most = spot, r
+        if most > 0:
             break
     s.objects.append(PlacedObject(shape, color, like.size, group, best, like.radius, draw_rotation(shape, rng)))
 
