@@ -19,7 +19,7 @@ from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signa
 from backend.service.client import BackendError, Client, find_backends, incompatibility
 
 from . import __version__ as studio_version
-from .tasks import EventStream, Tasks
+from .tasks import STREAM_READ_S, EventStream, Tasks
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90.0
@@ -57,6 +57,7 @@ class BackendLink(QObject):
         self.project: Path | None = None
         self.process: QProcess | None = None
         self.stream: EventStream | None = None
+        self._attaching = 0  # counts attaches and disconnects: an answer to an older attach is dropped
         self._poll = QTimer(self)
         self._poll.setInterval(150)
         self._poll.timeout.connect(self._check_started)
@@ -134,8 +135,13 @@ class BackendLink(QObject):
 
     def _attach(self, url: str, token: str, starting: bool = False) -> None:
         client = Client(url, token, timeout=30.0)
+        self._attaching += 1
+        attempt = self._attaching
 
         def ok(info: dict) -> None:
+            if attempt != self._attaching:  # the user went elsewhere (or disconnected) while this one was asked
+                client.close()
+                return
             why = incompatibility(info, f"Signal Studio {studio_version}")
             if why is not None:  # one clear message, not a stream of errors from routes that differ
                 client.close()
@@ -143,7 +149,7 @@ class BackendLink(QObject):
                 return
             self.client = client
             self.info = info
-            self.stream = EventStream(lambda: Client(url, token, timeout=30.0), self)
+            self.stream = EventStream(lambda: Client(url, token, timeout=STREAM_READ_S), self)
             self.stream.event.connect(self.event)
             self.stream.connected.connect(self.stream_state)
             self.stream.connected.connect(self._stream_changed)
@@ -152,6 +158,8 @@ class BackendLink(QObject):
 
         def bad(exc: BaseException, details: str) -> None:
             client.close()
+            if attempt != self._attaching:
+                return
             proc = self.process
             unreachable = isinstance(exc, BackendError) and exc.status == 0
             if starting and unreachable and proc is not None and proc.state() != QProcess.NotRunning and time.time() - self._started_at < START_TIMEOUT_S:
@@ -185,6 +193,7 @@ class BackendLink(QObject):
                 return
 
     def disconnect_backend(self, stop_process: bool = False) -> None:
+        self._attaching += 1
         self._rediscover.stop()
         if self.stream is not None:
             self.stream.stop()

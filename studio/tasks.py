@@ -3,12 +3,18 @@
 Calls run in a QThreadPool; results come back as queued signals on the GUI thread, so the
 window never freezes on the network. ``EventStream`` follows the backend's server-sent
 events in a thread of its own and reconnects when the stream drops.
+
+Qt aborts the whole process when a running QThread is destroyed. A stream told to stop while its
+thread sits in a read of a backend that does not answer (busy, or shutting down) cannot be joined at
+once: ``stop`` then hands the thread to ``_STOPPING``, unparented, so deleting the window does not
+destroy it; its reads are bounded (``STREAM_READ_S``), so it ends soon after, and the interpreter
+waits for it at exit.
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +85,10 @@ class Tasks(QObject):
         return self.pool.waitForDone(ms)
 
 
+STREAM_READ_S = 15.0  # the service sends a keep-alive every 5 s: three missed ones mean the connection is dead
+_STOPPING: list[EventStream] = []  # stopped streams whose thread has not ended yet (see the module docstring)
+
+
 class EventStream(QThread):
     """Follows ``/api/events`` and emits each event as a dict on the GUI thread."""
 
@@ -97,9 +107,11 @@ class EventStream(QThread):
             try:
                 self._client = self.make_client()
                 self._client.info()  # making a client connects nothing: only a service that answers counts as live
+                if self._stop.is_set():
+                    break
                 self.connected.emit(True)
                 backoff = 0.5
-                for ev in self._client.events(timeout=None):
+                for ev in self._client.events(timeout=STREAM_READ_S):
                     if self._stop.is_set():
                         break
                     self.event.emit(ev)
@@ -107,7 +119,7 @@ class EventStream(QThread):
                 if self._stop.is_set():
                     break
                 self.connected.emit(False)
-                time.sleep(backoff)
+                self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
                 if self._client is not None:
@@ -117,7 +129,8 @@ class EventStream(QThread):
                         pass
                     self._client = None
 
-    def stop(self) -> None:
+    def stop(self, wait_ms: int = 2000) -> None:
+        """Ask the thread to end and wait up to ``wait_ms``; a thread still in a read is kept alive elsewhere."""
         self._stop.set()
         client = self._client
         if client is not None:
@@ -125,4 +138,13 @@ class EventStream(QThread):
                 client.close()
             except Exception:
                 pass
-        self.wait(5000)
+        if not self.wait(wait_ms):
+            self.setParent(None)  # deleting the old owner must not destroy a running thread
+            _STOPPING.append(self)
+        _STOPPING[:] = [t for t in _STOPPING if not t.isFinished()]
+
+
+@atexit.register
+def _wait_for_stopping() -> None:
+    for thread in list(_STOPPING):
+        thread.wait(int(STREAM_READ_S * 1000) + 5000)
