@@ -71,3 +71,36 @@ def test_sft_on_the_winners_lowers_their_error_more_than_the_losers(tmp_path: Pa
     tr.run()
     w1, l1 = errors(tr.accelerator.unwrap_model(tr.model))
     assert (w1 - w0) < (l1 - l0) - 0.01, (w0, w1, l0, l1)
+
+
+def test_a_shifted_reward_stops_paying_for_a_pattern_tied_to_one_pixel_alignment():
+    """ReFL's ``shift``: averaged over the random translations it draws, the pixel gradient of a reward for a
+    one-pixel stripe pattern (what a hacked reward model pays for) nearly vanishes, while the gradient of a
+    reward for what an image shows (a bright object on the left, which a shift of a few pixels keeps) stays."""
+    from backend.train.refl import shifted
+
+    image = torch.zeros(1, 3, 32, 32)
+    image[:, :, 10:20, 4:14] = 0.8
+
+    def stripes(x: torch.Tensor) -> torch.Tensor:  # rows of even index against rows of odd index
+        return (x[:, :, 0::2] - x[:, :, 1::2]).mean()
+
+    def left_object(x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :, :16].mean() - x[:, :, :, 16:].mean()
+
+    def mean_gradient(reward, shift: int, draws: int = 1000) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        total = torch.zeros_like(image)
+        for _ in range(draws):
+            x = image.clone().requires_grad_(True)
+            reward(shifted(x, shift, gen)).backward()
+            total += x.grad
+        return total / draws
+
+    assert torch.equal(shifted(image, 0, torch.Generator()), image)
+    moved = shifted(image, 3, torch.Generator().manual_seed(1))
+    assert moved.shape == image.shape and abs(float(moved.sum() - image.sum())) < 1e-4  # the object moved whole, nothing cut
+    for reward, kept in ((stripes, False), (left_object, True)):
+        still, eot = mean_gradient(reward, 0, draws=1), mean_gradient(reward, 3)
+        ratio = float(eot.norm() / still.norm())
+        assert (ratio > 0.8) if kept else (ratio < 0.35), (reward.__name__, ratio)  # stripes: 1/7 expected (4 of 7 shifts even)

@@ -46,6 +46,8 @@ class ReFLSection(Section):
     margin: float | None = Field(None, description="φ(r) = ReLU(margin - r): stop pushing images already rewarded above the margin; "
                                  "empty = φ(r) = -r")
     regulariser: float = Field(1.0, ge=0, le=1e6, description="Weight of the flow loss on the project's data (0 = none)")
+    shift: int = Field(0, ge=0, le=64, description="Score each image at a random translation of up to this many pixels: the "
+                       "reward stops paying for patterns tied to one exact pixel alignment (how a reward model is hacked); 0 = as drawn")
 
 
 class AlignDataSection(Section):

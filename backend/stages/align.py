@@ -124,7 +124,7 @@ def refl_method(recipe: AlignRecipe, project: Project, bundle) -> tuple[Any, dic
     pool = training_prompts(recipe.grpo.pool, seed=recipe.seed + 7, size=(s.width, s.height))
     reward = load_reward(locate(project, r.reward))
     settings = ReFLSettings(batch_size=r.batch_size, sampler_steps=s.steps, late=min(r.late, s.steps), cfg=s.cfg, reward_weight=r.reward_weight,
-                            margin=r.margin, regulariser=r.regulariser)
+                            margin=r.margin, regulariser=r.regulariser, shift=r.shift)
     f = bundle.vae_factor
     method = ReFL([p.prompt for p in pool], reward, settings, (s.height // f, s.width // f), recipe.seed)
     return method, {"prompts": len(pool), "reward": r.reward, "regulariser": r.regulariser and f"{recipe.data.dataset}/{recipe.data.view}"}
