@@ -54,7 +54,8 @@ def one_run(args: argparse.Namespace) -> None:
     else:  # the rated project's judgements (DPO, SFT on winners) or its reward model (ReFL)
         recipe = AlignRecipe(method=args.method, name=args.name, model=str(BASE), steps=args.steps, lr=args.lr, eval_images=96,
                              eval_every=args.eval_every, sample_every=0, seed=args.seed, beta=args.beta,
-                             refl={"reward": args.refl_reward, "margin": args.refl_margin, "shift": args.refl_shift})
+                             refl={"reward": args.refl_reward, "margin": args.refl_margin, "shift": args.refl_shift,
+                                   "reward_weight": args.refl_weight})
     class Watch(Collect):  # the log file shows the run as it goes
         def metrics(self, step: int, values: dict[str, float]) -> None:
             super().metrics(step, values)
@@ -74,7 +75,7 @@ def one_run(args: argparse.Namespace) -> None:
            "curve": rep.series("shapes_eval/overall"), "reward": rep.series("grpo/reward_mean"), "kl_curve": rep.series("grpo/kl"),
            "collapse": rep.series("grpo/advantage_collapse"), "dpo_heldout_accuracy": rep.series("dpo/heldout_implicit_accuracy"),
            "dpo_train_accuracy": rep.series("dpo/implicit_accuracy"), "refl_reward": rep.series("refl/reward"), "refl_margin": args.refl_margin,
-           "refl_shift": args.refl_shift,
+           "refl_shift": args.refl_shift, "refl_weight": args.refl_weight,
            "focus_shares": {k.split("/")[-1]: rep.series(k) for k in sorted({k for _, k, _ in rep.rows}) if k.startswith("grpo/focus/")}}
     Path(args.result).write_text(json.dumps(res))
 
@@ -136,6 +137,8 @@ def main() -> None:
     ap.add_argument("--refl-reward", default="models/demo-reward", help="ReFL's reward model (a folder of the rated project)")
     ap.add_argument("--refl-margin", type=float, default=None, help="ReFL's φ(r) = ReLU(margin - r) (none: φ(r) = -r)")
     ap.add_argument("--refl-shift", type=int, default=0, help="ReFL scores each image at a random translation of up to this many pixels")
+    ap.add_argument("--refl-weight", type=float, default=1.0, help="ReFL's reward weight against its flow regulariser (a tiny one, "
+                    "e.g. 1e-6, leaves the regulariser alone: the control for what the reward does)")
     ap.add_argument("--no-grpo", action="store_true", help="only the --methods runs (GRPO rows come from an earlier run)")
     args = ap.parse_args()
     if args.one:
@@ -161,7 +164,8 @@ def main() -> None:
             for kl, lr, focus, seed, rewards in plan]
     for m, lr, seed in rated:
         tail = ((f"-margin{args.refl_margin:g}" if m == "refl" and args.refl_margin is not None else "")
-                + (f"-shift{args.refl_shift}" if m == "refl" and args.refl_shift else "") + (f"-seed{seed}" if seed else ""))
+                + (f"-shift{args.refl_shift}" if m == "refl" and args.refl_shift else "")
+                + (f"-weight{args.refl_weight:g}" if m == "refl" and args.refl_weight != 1.0 else "") + (f"-seed{seed}" if seed else ""))
         jobs += ([(m, f"{m}-lr{lr:g}-beta{b:g}{tail}", 0.0, lr, b, 0.0, seed, args.rewards) for b in betas] if m == "dpo"
                  else [(m, f"{m}-lr{lr:g}{tail}", 0.0, lr, args.beta, 0.0, seed, args.rewards)])
     if not (work / "proj").exists():  # made once here: runs started together would race to make it
@@ -180,6 +184,8 @@ def main() -> None:
                 cmd += ["--refl-margin", str(args.refl_margin)]
             if args.refl_shift:
                 cmd += ["--refl-shift", str(args.refl_shift)]
+            if args.refl_weight != 1.0:
+                cmd += ["--refl-weight", str(args.refl_weight)]
             if args.parallel:
                 children.append((subprocess.Popen(cmd, stderr=open(work / f"{name}.log", "w")), name))
             else:
