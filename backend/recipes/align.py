@@ -47,7 +47,8 @@ class ReFLSection(Section):
                                  "empty = φ(r) = -r")
     regulariser: float = Field(1.0, ge=0, le=1e6, description="Weight of the flow loss on the project's data (0 = none)")
     shift: int = Field(0, ge=0, le=64, description="Score each image at a random translation of up to this many pixels: the "
-                       "reward stops paying for patterns tied to one exact pixel alignment (how a reward model is hacked); 0 = as drawn")
+                       "reward stops paying for patterns tied to one exact pixel alignment (one way a reward model is hacked; it did not stop "
+                       "the shape deformation measured on the demo's reward model); 0 = as drawn")
 
 
 class AlignDataSection(Section):

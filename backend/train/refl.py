@@ -10,10 +10,11 @@ loss on the project's data is mixed in as a regulariser (``regulariser`` weight,
 loop), which keeps the model drawing like its training set while the reward pulls.
 
 ``shift`` scores each image at a random translation of up to that many pixels (edges replicated),
-an expectation over transformations: the pixel gradient of a small reward model is mostly an
-adversarial pattern tied to one exact alignment (at a high rate ReFL turned squares into pinched
-stars that the reward liked), which a shift no longer pays for, while what a prompt asks for
-(shapes, colours, counts, relations, background) survives it.
+an expectation over transformations: a reward hacked by a pattern tied to one exact pixel alignment
+stops paying for it, while what a prompt asks for (shapes, colours, counts, relations, background)
+survives a shift. Measured on the demo's reward model it did not stop ReFL's hack there (squares
+pinched into four-pointed stars at a high rate): that deformation is a shape the reward prefers,
+not a pixel pattern (README, "ReFL scored under shifts"). Off by default.
 """
 
 from __future__ import annotations
